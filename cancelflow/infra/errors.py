@@ -1,0 +1,2 @@
+class InfraError(RuntimeError):
+    """A one-line, actionable error about the local infrastructure (missing JDK, busy port...)."""

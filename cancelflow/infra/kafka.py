@@ -1,0 +1,168 @@
+"""A real single-node Apache Kafka broker in KRaft mode, from Maven Central jars, run with the JDK."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InfraError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
+LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
+CACHE = Path(os.environ.get("CANCELFLOW_CACHE", REPO_ROOT / ".cache"))
+
+
+def kafka_version() -> str:
+    """The pinned broker version (the POM is the one place it is written)."""
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    assert match, "infra/kafka/pom.xml has no <kafka.version>"
+    return match.group(1)
+
+
+def libs_dir() -> Path:
+    return CACHE / f"kafka-{kafka_version()}-libs"
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InfraError(f"`{name}` not found: {install_hint}")
+    return path
+
+
+def ensure_jars() -> Path:
+    """Fetch the broker's runtime jars into the project's cache (once)."""
+    target = libs_dir()
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    mvn = require_tool("mvn", "install Maven (apt-get install maven) to fetch the Kafka broker")
+    require_tool("java", "install a JDK 17+ (apt-get install openjdk-17-jre-headless) to run the Kafka broker")
+    target.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        mvn, "-q", "-B", f"-Dmaven.repo.local={CACHE / 'm2'}", "-f", str(POM),
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={target}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InfraError(f"Maven could not fetch Kafka {kafka_version()}: {result.stdout[-500:]} {result.stderr[-500:]}")
+    marker.write_text(kafka_version())
+    return target
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    data_dir: Path
+    port: int
+    controller_port: int
+    heap_mb: int = 512
+    partitions: int = 4
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def server_properties(self) -> str:
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            f"log.dirs={self.data_dir / 'log'}",
+            f"num.partitions={self.partitions}",
+            # Single node: the internal topics cannot have more than one replica.
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # Consumers join at once instead of waiting 3 s for peers that never come.
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created explicitly with their partition count; a typo must not create one.
+            "auto.create.topics.enable=false",
+            "",
+        ])
+
+    def _java(self, main: str, *args: str, heap: str | None = None) -> list[str]:
+        java = require_tool("java", "install a JDK 17+ (apt-get install openjdk-17-jre-headless) to run the Kafka broker")
+        cmd = [java]
+        if heap:
+            cmd += [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+        cmd += [
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp", str(libs_dir() / "*"), main, *args,
+        ]
+        return cmd
+
+    def format_storage(self) -> None:
+        """Format the KRaft storage on first start only (idempotent across restarts)."""
+        props = self.data_dir / "server.properties"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props.write_text(self.server_properties())
+        if (self.data_dir / "log" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone"),
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise InfraError(f"Kafka storage format failed: {result.stderr[-800:] or result.stdout[-800:]}")
+
+    def start(self, log_file: Path) -> subprocess.Popen:
+        ensure_jars()
+        self.format_storage()
+        log = open(log_file, "ab")
+        return subprocess.Popen(
+            self._java("kafka.Kafka", str(self.data_dir / "server.properties"), heap=f"{self.heap_mb}m"),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
+async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
+    """Wait until the broker answers a metadata request."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.describe_cluster()
+            return
+        except Exception as exc:  # the broker is still starting: any error means "not yet"
+            last = exc
+            await asyncio.sleep(0.3)
+        finally:
+            await admin.close()
+    raise InfraError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f}s ({last!r})")
+
+
+async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int) -> None:
+    """Create the topics that are missing; existing ones are left as they are."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()

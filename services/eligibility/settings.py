@@ -1,0 +1,16 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class EligibilitySettings(ServiceSettings):
+    """eligibility: contract projection, decisions, withdrawals, completion. Env prefix ELIGIBILITY_."""
+
+    model_config = SettingsConfigDict(env_prefix="ELIGIBILITY_", extra="ignore", populate_by_name=True)
+
+    http_port: int = Field(8002, description="Port of health and metrics.")
+    offer_policy_json: str | None = Field(
+        None, description='Retention offers by reason as JSON, e.g. {"TOO_DIFFICULT": ["guided_training"]}; '
+                          "unset means the SPEC's default table.")
+    completion_interval_s: float = Field(1.0, gt=0, description="How often due cancellations are completed.")

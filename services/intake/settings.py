@@ -1,0 +1,18 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class IntakeSettings(ServiceSettings):
+    """intake: the HTTP API and the `cancellation.submissions` consumer. Env prefix INTAKE_."""
+
+    model_config = SettingsConfigDict(env_prefix="INTAKE_", extra="ignore", populate_by_name=True)
+
+    http_port: int = Field(8001, description="Port of the HTTP API, health and metrics.")
+    api_keys: str = Field("dev-key", description="Accepted X-API-Key values, comma separated (several for rotation).")
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 secret for signed upstream webhooks.")
+    public_url: str = Field("http://127.0.0.1:8001", description="Base URL used in `status_url`.")
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,0 +1,20 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class NotifierSettings(ServiceSettings):
+    """notifier: e-mails over SMTP and the reminder schedule. Env prefix NOTIFIER_."""
+
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", populate_by_name=True)
+
+    http_port: int = Field(8004, description="Port of health and metrics.")
+    smtp_host: str = Field("127.0.0.1", description="SMTP relay host.")
+    smtp_port: int = Field(10025, description="SMTP relay port.")
+    smtp_tls: bool = Field(False, description="Implicit TLS (SMTPS).")
+    smtp_starttls: bool = Field(False, description="Upgrade with STARTTLS.")
+    smtp_username: str | None = Field(None, description="SMTP login, if the relay wants one.")
+    smtp_password: str | None = Field(None, description="SMTP password.")
+    mail_from: str = Field("support@cancelflow.example", description="Sender address.")
+    dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")

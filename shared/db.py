@@ -1,0 +1,80 @@
+"""PostgreSQL access: one pool per service, confined to the service's own schema, and versioned
+SQL migrations that each service owns (plus the shared messaging tables every service has)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Errors after which the same work can succeed later: the database restarting, a dropped
+# connection, a serialization conflict. Anything else is a property of the message.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+                              schema="pg_catalog")
+
+
+async def create_pool(url: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections see only `schema` (and public) by default."""
+    return await asyncpg.create_pool(
+        url, min_size=1, max_size=max_size, init=_init_connection,
+        server_settings={"search_path": schema, "application_name": f"cancelflow-{schema}"},
+        command_timeout=30,
+    )
+
+
+def _migration_files(schema: str, service_dir: Path) -> list[tuple[str, str]]:
+    files = [(f"shared/{p.name}", p.read_text()) for p in sorted(SHARED_MIGRATIONS.glob("*.sql"))]
+    files += [(f"{schema}/{p.name}", p.read_text()) for p in sorted((service_dir / "migrations").glob("*.sql"))]
+    return files
+
+
+async def migrate(url: str, schema: str, service_dir: Path) -> list[str]:
+    """Apply the service's migrations that are not applied yet; returns the ones applied now.
+
+    An advisory lock per schema makes two processes of one service starting at once safe.
+    """
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    applied_now = []
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(schema.encode()))
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in _migration_files(schema, service_dir):
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                applied_now.append(version)
+    finally:
+        await conn.close()
+    if applied_now:
+        log.info("migrations applied", extra={"topic": None})
+    return applied_now

@@ -1,0 +1,58 @@
+"""Settings every service shares. Stack-wide connection settings are unprefixed (one broker, one database
+for the whole stack); each service's own class adds its fields under its own prefix (INTAKE_, ...)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:19092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL"),
+        description="How clients talk to Kafka.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", validation_alias=_env("KAFKA_SASL_MECHANISM"),
+        description="SASL mechanism when the protocol is SASL_*.")
+    kafka_sasl_username: str | None = Field(None, validation_alias=_env("KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: str | None = Field(None, validation_alias=_env("KAFKA_SASL_PASSWORD"))
+    kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"),
+                                         description="CA bundle for SSL / SASL_SSL.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:15432/cancelflow", validation_alias=_env("DATABASE_URL"),
+        description="PostgreSQL URL; each service keeps its tables in its own schema.")
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    clock_file: str | None = Field(
+        None, validation_alias=_env("CANCELFLOW_CLOCK_FILE"),
+        description="Tests and demo only: a file holding the current instant, shared by all services.")
+
+    # Per-service tuning; subclasses' env_prefix applies to these.
+    http_host: str = Field("127.0.0.1", description="Address of the health/metrics (and intake API) server.")
+    http_port: int = Field(8000, description="Port of the health/metrics (and intake API) server.")
+    batch_max_records: int = Field(500, ge=1, description="Most records handled in one DB transaction.")
+    db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL connection pool.")
+    relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
+
+    def kafka_client_options(self) -> dict:
+        """aiokafka keyword arguments for the configured security."""
+        options: dict = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            options |= {"sasl_mechanism": self.kafka_sasl_mechanism,
+                        "sasl_plain_username": self.kafka_sasl_username,
+                        "sasl_plain_password": self.kafka_sasl_password}
+        if self.kafka_security_protocol.endswith("SSL"):
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        return options

@@ -1,0 +1,20 @@
+"""The topics of SPEC section 4, in one place for producers, consumers and the stack."""
+
+CONTRACTS = "contracts.events"
+SUBMISSIONS = "cancellation.submissions"
+REQUESTS = "cancellation.requests"
+DECISIONS = "cancellation.decisions"
+SETTLEMENTS = "billing.settlements"
+NOTIFICATIONS = "notifications.sent"
+
+ALL = (CONTRACTS, SUBMISSIONS, REQUESTS, DECISIONS, SETTLEMENTS, NOTIFICATIONS)
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter companion of a topic."""
+    return topic + DLQ_SUFFIX
+
+
+def all_with_dlq() -> tuple[str, ...]:
+    return ALL + tuple(dlq(t) for t in ALL)
