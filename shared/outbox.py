@@ -120,3 +120,10 @@ class OutboxRelay:
 
 
 __all__ = ["OutboxRelay", "add_event", "add_raw", "channel", "TRANSIENT_DB_ERRORS"]
+
+
+async def emit_from(conn: asyncpg.Connection, runtime, data: EventData, *, key: str, correlation_id: str,
+                    causation_id: str | None = None) -> Envelope:
+    """Queue an event from a service's own loop (no incoming event), e.g. a scheduled completion."""
+    return await add_event(conn, runtime.schema, data, key=key, producer=runtime.name,
+                           correlation_id=correlation_id, causation_id=causation_id)

@@ -59,10 +59,11 @@ def main() -> None:
     from aiosmtpd.controller import Controller
 
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args()
-    controller = Controller(MaildirHandler(args.dir), hostname="127.0.0.1", port=args.port)
+    controller = Controller(MaildirHandler(args.dir), hostname=args.host, port=args.port)
     controller.start()
     stop = asyncio.Event()
 

@@ -1,0 +1,36 @@
+"""eligibility: `faststream run services.eligibility.app:create_app --factory --port 8002`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from shared.service import Runtime, ServiceApp, build_app
+
+from .domain import DEFAULT_OFFER_POLICY, parse_offer_policy
+from .handlers import complete_due_cancellations, subscriptions
+from .settings import EligibilitySettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
+    settings = settings or EligibilitySettings()
+    policy = (parse_offer_policy(json.loads(settings.offer_policy_json))
+              if settings.offer_policy_json else DEFAULT_OFFER_POLICY)
+
+    async def completion_loop(rt: Runtime) -> None:
+        """A durable schedule: the due cancellations are in the table, so a restart loses none."""
+        while True:
+            try:
+                await complete_due_cancellations(rt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next tick retries
+                log.warning("completion pass failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(settings.completion_interval_s)
+
+    return build_app(name="eligibility", settings=settings, service_dir=Path(__file__).parent,
+                     subscriptions=subscriptions(policy), background=[completion_loop])

@@ -1,0 +1,120 @@
+"""eligibility's handlers: parse -> domain -> state + outbox, in the consumer's transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from shared import topics
+from shared.calendar import tokyo_date
+from shared.consumer import Context
+from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
+                           CancellationRequested, CancellationWithdrawn, ContractSigned, WithdrawalRefused,
+                           WithdrawalRequested)
+from shared.outbox import emit_from
+from shared.service import Runtime, Subscription
+
+from .domain import Accepted, ContractTerms, can_withdraw, decide
+
+log = logging.getLogger(__name__)
+
+
+async def on_contract_signed(ctx: Context, e: ContractSigned) -> None:
+    await ctx.conn.execute(
+        "INSERT INTO contracts (contract_id, account_id, plan, monthly_fee_jpy, start_date)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (contract_id) DO UPDATE SET account_id = excluded.account_id,"
+        " plan = excluded.plan, monthly_fee_jpy = excluded.monthly_fee_jpy, start_date = excluded.start_date,"
+        " updated_at = now()",
+        e.contract_id, e.account_id, e.plan.value, e.monthly_fee_jpy, e.start_date)
+
+
+def on_cancellation_requested(offer_policy: Mapping):
+    async def handle(ctx: Context, e: CancellationRequested) -> None:
+        conn = ctx.conn
+        if await conn.fetchval("SELECT 1 FROM cancellations WHERE request_id = $1", e.request_id):
+            return  # already decided (a republished request): the first decision stands
+        row = await conn.fetchrow(
+            "SELECT contract_id, start_date, monthly_fee_jpy, ended_on FROM contracts WHERE contract_id = $1"
+            " FOR UPDATE", e.contract_id)
+        contract = None if row is None else ContractTerms(
+            contract_id=row["contract_id"], start_date=row["start_date"], monthly_fee_jpy=row["monthly_fee_jpy"],
+            ended=row["ended_on"] is not None)
+        has_pending = bool(await conn.fetchval(
+            "SELECT 1 FROM cancellations WHERE contract_id = $1 AND status = 'accepted'", e.contract_id))
+        decision = decide(contract=contract, received_on=e.received_on,
+                          desired_effective_date=e.desired_effective_date, has_pending=has_pending,
+                          reason=e.reason, offer_policy=offer_policy)
+        decided_at = ctx.now()
+        if isinstance(decision, Accepted):
+            await conn.execute(
+                "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, effective_date,"
+                " first_anniversary, offers, decided_at) VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8)",
+                e.request_id, e.contract_id, e.reason.value, e.received_on, decision.effective_date,
+                decision.first_anniversary, [o.value for o in decision.offers], decided_at)
+            await ctx.emit(CancellationAccepted(
+                request_id=e.request_id, contract_id=e.contract_id, effective_date=decision.effective_date,
+                first_anniversary=decision.first_anniversary, offers=decision.offers, received_on=e.received_on,
+                reason=e.reason, decided_at=decided_at), key=e.contract_id)
+        else:
+            await conn.execute(
+                "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, codes,"
+                " earliest_effective_date, decided_at) VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7)",
+                e.request_id, e.contract_id, e.reason.value, e.received_on, [c.value for c in decision.codes],
+                decision.earliest_effective_date, decided_at)
+            await ctx.emit(CancellationRejected(
+                request_id=e.request_id, contract_id=e.contract_id, codes=decision.codes,
+                earliest_effective_date=decision.earliest_effective_date, reason=e.reason,
+                decided_at=decided_at), key=e.contract_id)
+
+    return handle
+
+
+async def on_withdrawal_requested(ctx: Context, e: WithdrawalRequested) -> None:
+    row = await ctx.conn.fetchrow(
+        "SELECT contract_id, status, effective_date FROM cancellations WHERE request_id = $1 FOR UPDATE",
+        e.request_id)
+    key = (row["contract_id"] if row else None) or e.contract_id or e.request_id
+    if row is None:
+        why = "unknown request"
+    elif row["status"] != "accepted":
+        why = f"the request is {row['status']}"
+    elif not can_withdraw(effective_date=row["effective_date"], today=tokyo_date(ctx.now())):
+        why = f"the effective date {row['effective_date']} has come: the contract has ended"
+    else:
+        await ctx.conn.execute(
+            "UPDATE cancellations SET status = 'withdrawn', closed_at = $2 WHERE request_id = $1",
+            e.request_id, ctx.now())
+        await ctx.emit(CancellationWithdrawn(request_id=e.request_id, contract_id=row["contract_id"],
+                                             withdrawn_at=ctx.now()), key=key)
+        return
+    await ctx.emit(WithdrawalRefused(request_id=e.request_id, contract_id=key, why=why), key=key)
+
+
+async def complete_due_cancellations(rt: Runtime) -> int:
+    """Complete every accepted cancellation whose effective date has come (Tokyo), in one transaction."""
+    today = tokyo_date(rt.clock.now())
+    async with rt.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "UPDATE cancellations SET status = 'completed', closed_at = now() WHERE request_id IN ("
+            " SELECT request_id FROM cancellations WHERE status = 'accepted' AND effective_date <= $1"
+            " ORDER BY effective_date LIMIT 500 FOR UPDATE SKIP LOCKED)"
+            " RETURNING request_id, contract_id, effective_date", today)
+        for row in rows:
+            await conn.execute("UPDATE contracts SET ended_on = $2, updated_at = now() WHERE contract_id = $1",
+                               row["contract_id"], row["effective_date"])
+            await emit_from(conn, rt, CancellationCompleted(
+                request_id=row["request_id"], contract_id=row["contract_id"], effective_date=row["effective_date"]),
+                key=row["contract_id"], correlation_id=row["request_id"])
+    return len(rows)
+
+
+def subscriptions(offer_policy: Mapping):
+    def build(rt: Runtime) -> list[Subscription]:
+        return [Subscription(
+            topics=(topics.CONTRACTS, topics.REQUESTS),
+            handlers={
+                ContractSigned.event_type: on_contract_signed,
+                CancellationRequested.event_type: on_cancellation_requested(offer_policy),
+                WithdrawalRequested.event_type: on_withdrawal_requested,
+            })]
+    return build

@@ -1,0 +1,249 @@
+"""What every service is made of: a FastStream Kafka broker, a PostgreSQL pool in the service's own
+schema, the outbox relay, background loops, and an HTTP app for health, readiness and metrics.
+
+`build_app()` only wires objects together; nothing connects until the app starts. Start-up waits for
+the database and Kafka with backoff in the background, so /health answers at once and /ready says
+what the service still waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import metrics
+from shared.clock import Clock, clock_from
+from shared.consumer import BatchConsumer, Handler
+from shared.db import create_pool, migrate
+from shared.logging import configure_logging
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# 1 MiB messages may be dead-lettered with their headers, so DLQ writes need some headroom.
+MAX_REQUEST_SIZE = 2 * 1024 * 1024 + 65536
+
+BackgroundLoop = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """The live parts of one service process, filled in at start-up."""
+
+    name: str
+    settings: ServiceSettings
+    service_dir: Path
+    clock: Clock
+    pool: asyncpg.Pool | None = None
+    producer: AIOKafkaProducer | None = None
+    relay: OutboxRelay | None = None
+    waiting_for: list[str] = field(default_factory=lambda: ["database", "kafka"])
+    started: bool = False
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topics: Sequence[str]
+    handlers: dict[str, Handler]
+
+
+async def _retry(what: str, runtime: Runtime, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - waiting for a dependency: log and back off
+            log.warning("waiting for %s: %s: %s", what, type(exc).__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class ServiceApp(AsgiFastStream):
+    """An AsgiFastStream whose broker starts once its dependencies answer, serving FastAPI routes."""
+
+    def __init__(self, broker: KafkaBroker, runtime: Runtime, http: FastAPI,
+                 background: Sequence[BackgroundLoop]) -> None:
+        super().__init__(broker)
+        self.runtime = runtime
+        self.http = http
+        self.background = tuple(background)
+        self._starter: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+    async def _start_broker(self) -> None:
+        self._starter = asyncio.create_task(self._start_when_ready(), name=f"{self.runtime.name}-start")
+
+    async def _start_when_ready(self) -> None:
+        rt, s = self.runtime, self.runtime.settings
+
+        async def connect_db() -> asyncpg.Pool:
+            await migrate(s.database_url, rt.schema, rt.service_dir)
+            return await create_pool(s.database_url, rt.schema, max_size=s.db_pool_max)
+
+        rt.pool = await _retry("database", rt, connect_db)
+        rt.waiting_for.remove("database")
+
+        async def connect_kafka() -> None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=True, acks="all",
+                linger_ms=2, max_request_size=MAX_REQUEST_SIZE, client_id=f"{rt.name}-outbox",
+                **s.kafka_client_options())
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            rt.producer = producer
+            for broker in self.brokers:
+                await broker.start()
+
+        await _retry("kafka", rt, connect_kafka)
+        rt.waiting_for.remove("kafka")
+        rt.relay = OutboxRelay(pool=rt.pool, producer=rt.producer, schema=rt.schema, service=rt.name,
+                               poll_ms=s.relay_poll_ms)
+        rt.tasks.append(asyncio.create_task(rt.relay.run(), name=f"{rt.name}-relay"))
+        for loop in self.background:
+            rt.tasks.append(asyncio.create_task(loop(rt), name=f"{rt.name}-{loop.__name__}"))
+        rt.started = True
+        log.info("%s started", rt.name)
+
+    async def stop(self) -> None:
+        """Stop consuming first (in-flight batches finish and commit), then drain the outbox, then close."""
+        rt = self.runtime
+        if self._starter and not self._starter.done():
+            self._starter.cancel()
+        for broker in self.brokers:
+            await broker.stop()
+        background = [t for t in rt.tasks if t.get_name() != f"{rt.name}-relay"]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if rt.relay is not None:
+            try:
+                await asyncio.wait_for(self._drain(rt.relay), timeout=5)
+            except Exception as exc:  # noqa: BLE001 - what is left is published on the next start
+                log.warning("outbox not drained at shutdown: %s", exc)
+        for task in rt.tasks:
+            task.cancel()
+        await asyncio.gather(*rt.tasks, return_exceptions=True)
+        if rt.producer is not None:
+            await rt.producer.stop()
+        if rt.pool is not None:
+            await rt.pool.close()
+        rt.started = False
+
+    @staticmethod
+    async def _drain(relay: OutboxRelay) -> None:
+        while await relay.publish_batch():
+            pass
+
+
+def health_routes(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title=f"cancelflow {runtime.name}", version="1")
+
+    @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
+    async def health() -> dict:
+        return {"service": runtime.name, "status": "ok", "started": runtime.started,
+                "waiting_for": list(runtime.waiting_for)}
+
+    @app.get("/ready", tags=["operations"], summary="Readiness: database and Kafka reachable")
+    async def ready() -> Response:
+        problems = list(runtime.waiting_for)
+        if runtime.pool is not None and "database" not in problems:
+            try:
+                await asyncio.wait_for(runtime.pool.fetchval("SELECT 1"), 2)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                problems.append(f"database: {type(exc).__name__}")
+        if runtime.producer is not None and "kafka" not in problems:
+            try:
+                await asyncio.wait_for(runtime.producer.client.fetch_all_metadata(), 2)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                problems.append(f"kafka: {type(exc).__name__}")
+        body = {"service": runtime.name, "ready": not problems and runtime.started, "waiting_for": problems}
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        if runtime.relay is not None and runtime.pool is not None:
+            try:
+                metrics.OUTBOX_BACKLOG.labels(runtime.name).set(await runtime.relay.backlog())
+            except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
+                pass
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
+              subscriptions: Callable[[Runtime], Sequence[Subscription]],
+              http: Callable[[Runtime, FastAPI], None] | None = None,
+              background: Sequence[BackgroundLoop] = ()) -> ServiceApp:
+    configure_logging(name, settings.log_level)
+    runtime = Runtime(name=name, settings=settings, service_dir=service_dir, clock=clock_from(settings.clock_file))
+    broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name, logger=logging.getLogger(f"{name}.kafka"),
+                         **_broker_security(settings))
+    for sub in subscriptions(runtime):
+        consumer = BatchConsumer(runtime, sub.topics, sub.handlers)
+        _subscribe(broker, consumer, group_id=name, max_records=settings.batch_max_records)
+    app_http = health_routes(runtime)
+    if http is not None:
+        http(runtime, app_http)
+    return ServiceApp(broker, runtime, app_http, background)
+
+
+def _broker_security(settings: ServiceSettings) -> dict:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return {}
+    from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
+    import ssl
+
+    ssl_context = (ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+                   if settings.kafka_security_protocol.endswith("SSL") else None)
+    if settings.kafka_security_protocol == "SSL":
+        from faststream.security import BaseSecurity
+
+        return {"security": BaseSecurity(ssl_context=ssl_context)}
+    cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
+        settings.kafka_sasl_mechanism]
+    return {"security": cls(username=settings.kafka_sasl_username or "",
+                            password=settings.kafka_sasl_password or "", ssl_context=ssl_context)}
+
+
+def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str, max_records: int) -> None:
+    @broker.subscriber(
+        *consumer.topics, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=50,
+        auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Commit only what the handler finished: FastStream commits after the handler returns.
+        max_poll_interval_ms=300_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+        title=f"{group_id}:{'+'.join(consumer.topics)}",
+    )
+    async def on_batch(message: KafkaMessage) -> None:
+        raw = message.raw_message
+        await consumer.handle_batch(raw if isinstance(raw, tuple) else (raw,))
