@@ -21,6 +21,9 @@ from shared.vocabulary import NotificationKind, Offer, Plan, Reason, RejectionCo
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
                                       pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+# LINE official account ids look like "@123abcde".
+AccountId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                             pattern=r"^@?[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 Yen = Annotated[int, Field(ge=0, le=1_000_000_000)]
 
 
@@ -54,7 +57,7 @@ class CancellationForm(WireModel):
     """The cancellation form (SPEC section 2)."""
 
     contract_id: Id
-    account_id: Id = Field(description="The LINE official account to cancel.")
+    account_id: AccountId = Field(description="The LINE official account to cancel, e.g. @123abcde.")
     customer: Customer
     plan: Plan
     reason: Reason
@@ -82,7 +85,7 @@ class ContractSigned(EventData):
     event_type = "contract.signed"
     topic = topics.CONTRACTS
     contract_id: Id
-    account_id: Id
+    account_id: AccountId
     plan: Plan
     monthly_fee_jpy: Yen
     start_date: date

@@ -12,6 +12,7 @@ import email
 import email.policy
 import os
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ class MaildirHandler:
         directory.mkdir(parents=True, exist_ok=True)
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
-        name = f"{asyncio.get_running_loop().time():020.6f}-{uuid.uuid4().hex}.eml"
+        name = f"{time.time_ns()}-{uuid.uuid4().hex}.eml"
         tmp = self.directory / (name + ".tmp")
         tmp.write_bytes(envelope.original_content or envelope.content)
         os.replace(tmp, self.directory / name)  # readers never see half a message

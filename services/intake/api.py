@@ -1,0 +1,158 @@
+"""intake's HTTP API (SPEC section 2). OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from shared.calendar import tokyo_date
+from shared.events import StrictCancellationForm, WithdrawalRequested
+from shared.outbox import add_event
+from shared.service import Runtime
+from shared.vocabulary import RequestStatus
+
+from .settings import IntakeSettings
+from .store import SCHEMA, IdempotencyConflict, record_request
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. customer.email")
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    errors: list[FieldError] = []
+
+
+class Received(BaseModel):
+    request_id: str
+    status: RequestStatus
+    status_url: str
+
+
+class NotificationView(BaseModel):
+    kind: str
+    channel: str
+    recipient: str
+    sent_at: datetime
+    due_at: datetime | None = None
+
+
+class StatusView(BaseModel):
+    request_id: str
+    contract_id: str
+    status: RequestStatus
+    received_at: datetime
+    received_on: date
+    effective_date: date | None
+    codes: list[str]
+    earliest_effective_date: date | None
+    offers: list[str]
+    settlement: dict[str, Any] | None
+    notifications: list[NotificationView]
+    withdrawal_requested_at: datetime | None = None
+    withdrawal_refused: str | None = None
+
+
+def _field_errors(errors: list[dict], drop_first: set[str]) -> list[FieldError]:
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in drop_first:
+            loc = loc[1:]
+        out.append(FieldError(field=".".join(loc) or "body", message=err.get("msg", "invalid"),
+                              type=err.get("type", "value_error")))
+    return out
+
+
+def install(runtime: Runtime, app: FastAPI) -> None:
+    settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
+    app.title = "cancelflow intake"
+    app.description = "Takes cancellation requests, answers their status, takes withdrawals."
+    keys = [k.encode() for k in settings.api_key_list()]
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(list(exc.errors()), {"body", "header", "path", "query"})
+        return JSONResponse(ErrorBody(error="validation_failed", errors=errors).model_dump(), status_code=422)
+
+    async def authenticate(request: Request, x_api_key: Annotated[str | None, Header()] = None,
+                           x_signature: Annotated[str | None, Header()] = None) -> None:
+        """X-API-Key (any configured key, compared in constant time) or an HMAC-SHA256 signed body."""
+        if x_api_key is not None:
+            given = x_api_key.encode()
+            # Compare with every key so the time taken does not tell which one nearly matched.
+            if any([hmac.compare_digest(given, k) for k in keys]):
+                return
+        if x_signature is not None and settings.webhook_secret:
+            expected = "sha256=" + hmac.new(settings.webhook_secret.encode(), await request.body(),
+                                            hashlib.sha256).hexdigest()
+            if hmac.compare_digest(x_signature.encode(), expected.encode()):
+                return
+        raise HTTPException(401, detail="missing or invalid X-API-Key (or X-Signature)",
+                            headers={"WWW-Authenticate": "ApiKey"})
+
+    auth = [Depends(authenticate)]
+
+    def status_url(request_id: str) -> str:
+        return f"{settings.public_url.rstrip('/')}/v1/cancellations/{request_id}"
+
+    @app.post("/v1/cancellations", status_code=202, response_model=Received, dependencies=auth,
+              tags=["cancellations"], summary="Submit the cancellation form",
+              responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    async def submit(form: StrictCancellationForm,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+        try:
+            async with runtime.pool.acquire() as conn:
+                recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
+                                                received_at=runtime.clock.now())
+        except IdempotencyConflict as exc:
+            return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
+        return Received(request_id=recorded.request_id, status=RequestStatus.received,
+                        status_url=status_url(recorded.request_id))
+
+    @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
+             tags=["cancellations"], summary="The status of a request", responses={404: {"model": ErrorBody}})
+    async def status(request_id: str) -> Any:
+        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+        if row is None:
+            raise HTTPException(404, detail=f"request {request_id} not found")
+        return StatusView(**{k: row[k] for k in StatusView.model_fields if k in row.keys()})
+
+    @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
+              dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
+              responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    async def withdraw(request_id: str) -> Any:
+        now = runtime.clock.now()
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
+                " WHERE request_id = $1 FOR UPDATE", request_id)
+            if row is None:
+                raise HTTPException(404, detail=f"request {request_id} not found")
+            if row["status"] in ("completed", "rejected", "withdrawn"):
+                return JSONResponse(ErrorBody(error=f"request is {row['status']}").model_dump(), status_code=409)
+            if row["effective_date"] is not None and tokyo_date(now) >= row["effective_date"]:
+                return JSONResponse(ErrorBody(error="the effective date has come: the contract has ended").model_dump(),
+                                    status_code=409)
+            if row["withdrawal_requested_at"] is None:  # asking twice is one withdrawal
+                await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, updated_at = now()"
+                                   " WHERE request_id = $1", request_id, now)
+                await add_event(conn, SCHEMA, WithdrawalRequested(
+                    request_id=request_id, contract_id=row["contract_id"], requested_at=now),
+                    key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
+        return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+
+
+def _error(field: str, message: str, type_: str) -> JSONResponse:
+    body = ErrorBody(error="validation_failed", errors=[FieldError(field=field, message=message, type=type_)])
+    return JSONResponse(body.model_dump(), status_code=422)

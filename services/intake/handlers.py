@@ -1,0 +1,94 @@
+"""intake's consumers: Kafka submissions (same validation as HTTP) and the status view."""
+
+from __future__ import annotations
+
+from shared import topics
+from shared.consumer import Context
+from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
+                           CancellationSubmitted, CancellationWithdrawn, NotificationSent, PoisonMessage,
+                           SettlementIssued, SettlementVoided, WithdrawalRefused)
+from shared.service import Runtime, Subscription
+
+from .store import IdempotencyConflict, record_request
+
+
+async def on_submitted(ctx: Context, e: CancellationSubmitted) -> None:
+    form = CancellationForm.model_validate(e.model_dump(exclude={"submission_id"}))
+    try:
+        await record_request(ctx.conn, form, source="kafka", submission_id=e.submission_id,
+                             received_at=ctx.now(), correlation_id=ctx.envelope.correlation_id,
+                             causation_id=str(ctx.envelope.event_id))
+    except IdempotencyConflict as exc:
+        raise PoisonMessage(str(exc)) from None
+
+
+# Status changes only move forward: an answer never goes back to "received", an end is final.
+_ANSWERABLE = "status = 'received'"
+_OPEN = "status IN ('received', 'accepted')"
+
+
+async def on_accepted(ctx: Context, e: CancellationAccepted) -> None:
+    await ctx.conn.execute(
+        f"UPDATE requests SET status = 'accepted', effective_date = $2, first_anniversary = $3, offers = $4,"
+        f" first_answer_at = coalesce(first_answer_at, $5), updated_at = now() WHERE request_id = $1 AND {_ANSWERABLE}",
+        e.request_id, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
+        e.decided_at or ctx.envelope.occurred_at)
+
+
+async def on_rejected(ctx: Context, e: CancellationRejected) -> None:
+    await ctx.conn.execute(
+        f"UPDATE requests SET status = 'rejected', codes = $2, earliest_effective_date = $3,"
+        f" first_answer_at = coalesce(first_answer_at, $4), updated_at = now() WHERE request_id = $1 AND {_ANSWERABLE}",
+        e.request_id, [c.value for c in e.codes], e.earliest_effective_date, e.decided_at or ctx.envelope.occurred_at)
+
+
+async def on_withdrawn(ctx: Context, e: CancellationWithdrawn) -> None:
+    await ctx.conn.execute(
+        f"UPDATE requests SET status = 'withdrawn', updated_at = now() WHERE request_id = $1 AND {_OPEN}",
+        e.request_id)
+
+
+async def on_withdrawal_refused(ctx: Context, e: WithdrawalRefused) -> None:
+    await ctx.conn.execute("UPDATE requests SET withdrawal_refused = $2, updated_at = now() WHERE request_id = $1",
+                           e.request_id, e.why)
+
+
+async def on_completed(ctx: Context, e: CancellationCompleted) -> None:
+    await ctx.conn.execute(
+        f"UPDATE requests SET status = 'completed', updated_at = now() WHERE request_id = $1 AND {_OPEN}",
+        e.request_id)
+
+
+async def on_settlement_issued(ctx: Context, e: SettlementIssued) -> None:
+    settlement = e.model_dump(mode="json", exclude={"request_id", "contract_id"}) | {"status": "issued"}
+    await ctx.conn.execute("UPDATE requests SET settlement = $2, updated_at = now() WHERE request_id = $1",
+                           e.request_id, settlement)
+
+
+async def on_settlement_voided(ctx: Context, e: SettlementVoided) -> None:
+    await ctx.conn.execute(
+        "UPDATE requests SET settlement = coalesce(settlement, '{}'::jsonb) || '{\"status\": \"voided\"}'::jsonb,"
+        " updated_at = now() WHERE request_id = $1", e.request_id)
+
+
+async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
+    entry = e.model_dump(mode="json", exclude={"request_id"})
+    await ctx.conn.execute(
+        "UPDATE requests SET notifications = notifications || $2::jsonb, updated_at = now() WHERE request_id = $1",
+        e.request_id, [entry])
+
+
+def subscriptions(rt: Runtime) -> list[Subscription]:
+    return [Subscription(
+        topics=(topics.SUBMISSIONS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
+        handlers={
+            CancellationSubmitted.event_type: on_submitted,
+            CancellationAccepted.event_type: on_accepted,
+            CancellationRejected.event_type: on_rejected,
+            CancellationWithdrawn.event_type: on_withdrawn,
+            WithdrawalRefused.event_type: on_withdrawal_refused,
+            CancellationCompleted.event_type: on_completed,
+            SettlementIssued.event_type: on_settlement_issued,
+            SettlementVoided.event_type: on_settlement_voided,
+            NotificationSent.event_type: on_notification_sent,
+        })]
