@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .infra.errors import InfraError
-from .stack import SERVICES, Stack, StackConfig
+from .stack import Ports, Stack, StackConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The cancellation pipeline's stack: Kafka, PostgreSQL, SMTP sink and four services.")
@@ -27,11 +27,28 @@ def _fail(message: str) -> None:
 
 
 def _stack(clock_file: Path | None = None) -> Stack:
-    return Stack(StackConfig(clock_file=clock_file))
+    config = StackConfig(ports=Ports.from_env())
+    # The demo moves the clock to show reminders and completion: every `up` gets a clock file.
+    config.clock_file = clock_file or config.root / "clock"
+    return Stack(config)
+
+
+@app.command()
+def install() -> None:
+    """Fetch the Kafka broker's jars from Maven Central and check PostgreSQL's binaries (idempotent)."""
+    from .infra import kafka, postgres
+
+    try:
+        libs = kafka.ensure_jars()
+        postgres.check_binaries()
+    except InfraError as exc:
+        _fail(str(exc))
+    console.print(f"Kafka {kafka.kafka_version()} jars in {libs}; PostgreSQL binaries ok", highlight=False)
 
 
 @app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once healthy, leave it running."),
+       demo: bool = typer.Option(False, "--demo", help="Run the demo once the stack is healthy."),
        clock_file: Path = typer.Option(None, help="Demo/tests: a file holding the stack's current instant.")) -> None:
     """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy."""
     stack = _stack(clock_file.resolve() if clock_file else None)
@@ -44,6 +61,11 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
     for key, value in stack.endpoints().items():
         print(f"{key}={value}")
     console.print(f"[green]healthy in {took:.1f}s[/green]", highlight=False)
+    if demo:
+        from .demo import run_demo
+
+        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.config.api_keys.split(",")[0],
+                 console=console)
     if detach:
         return
     console.print("running; Ctrl-C stops everything", highlight=False)

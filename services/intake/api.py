@@ -7,7 +7,7 @@ import hmac
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -120,13 +120,23 @@ def install(runtime: Runtime, app: FastAPI) -> None:
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
                         status_url=status_url(recorded.request_id))
 
+    @app.get("/v1/cancellations", response_model=StatusView, dependencies=auth, tags=["cancellations"],
+             summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
+             responses={404: {"model": ErrorBody}})
+    async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200)]) -> Any:
+        row = await runtime.pool.fetchrow(
+            "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
+        if row is None:
+            raise HTTPException(404, detail=f"no request for submission {submission_id}")
+        return _view(row)
+
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses={404: {"model": ErrorBody}})
     async def status(request_id: str) -> Any:
         row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
-        return StatusView(**{k: row[k] for k in StatusView.model_fields if k in row.keys()})
+        return _view(row)
 
     @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
@@ -151,6 +161,10 @@ def install(runtime: Runtime, app: FastAPI) -> None:
                     request_id=request_id, contract_id=row["contract_id"], requested_at=now),
                     key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
         return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+
+
+def _view(row) -> StatusView:
+    return StatusView(**{k: row[k] for k in StatusView.model_fields if k in row.keys()})
 
 
 def _error(field: str, message: str, type_: str) -> JSONResponse:

@@ -1,0 +1,160 @@
+"""A client of a running pipeline, the way upstream systems and operators use it: events to Kafka,
+the form over HTTP, status back over HTTP, mail read back from the SMTP sink. Used by the demo, the
+tests and the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from shared import topics
+from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, new_envelope)
+
+from .infra.mailsink import StoredMail, read_mail
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def customer(n: int | str = 1) -> dict:
+    return {"name": f"山田 太郎 {n}", "email": f"taro.{n}@example.jp", "phone": f"090-1234-{int(str(abs(hash(n)))[:4]):04d}"}
+
+
+@dataclass
+class PipelineClient:
+    bootstrap: str
+    intake_url: str
+    mail_dir: Path
+    api_key: str = "dev-key"
+
+    async def __aenter__(self) -> "PipelineClient":
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True,
+                                         max_request_size=2 * 1024 * 1024)
+        await self.producer.start()
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self.admin.start()
+        self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+        await self.admin.close()
+        await self.producer.stop()
+
+    # --- upstream events --------------------------------------------------------------------------
+
+    async def publish(self, data: EventData, *, key: str, correlation_id: str | None = None) -> tuple[int, int]:
+        envelope = new_envelope(data, producer="upstream", correlation_id=correlation_id or key, causation_id=None)
+        return await self.publish_raw(data.topic, envelope.to_bytes(), key=key)
+
+    async def publish_raw(self, topic: str, value: bytes | None, *, key: str | None,
+                          headers: list[tuple[str, bytes]] | None = None) -> tuple[int, int]:
+        meta = await self.producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
+        return meta.partition, meta.offset
+
+    async def sign_contract(self, *, start_date: date, monthly_fee_jpy: int = 10_000, plan: str = "standard",
+                            contract_id: str | None = None, wait: bool = True) -> str:
+        contract_id = contract_id or unique("C")
+        where = await self.publish(ContractSigned(
+            contract_id=contract_id, account_id="@" + contract_id.lower(), plan=plan, monthly_fee_jpy=monthly_fee_jpy,
+            start_date=start_date), key=contract_id)
+        if wait:
+            await self.wait_consumed(("eligibility", "billing"), topics.CONTRACTS, *where)
+        return contract_id
+
+    async def record_payment(self, contract_id: str, billing_date: date, amount_jpy: int, wait: bool = True) -> None:
+        where = await self.publish(PaymentRecorded(contract_id=contract_id, billing_date=billing_date,
+                                                   amount_jpy=amount_jpy), key=contract_id)
+        if wait:
+            await self.wait_consumed(("billing",), topics.CONTRACTS, *where)
+
+    async def wait_consumed(self, groups: tuple[str, ...], topic: str, partition: int, offset: int,
+                            timeout: float = 30) -> None:
+        """Until each group has committed past `offset`: the event has had its effect."""
+        tp = TopicPartition(topic, partition)
+        deadline = time.monotonic() + timeout
+        for group in groups:
+            while True:
+                committed = await self.admin.list_consumer_group_offsets(group, partitions=[tp])
+                meta = committed.get(tp)
+                if meta is not None and meta.offset > offset:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{group} did not consume {topic}[{partition}]@{offset} in {timeout}s")
+                await asyncio.sleep(0.05)
+
+    # --- the form ---------------------------------------------------------------------------------
+
+    def form(self, contract_id: str, *, reason: str = "TOO_DIFFICULT", desired: date | None = None,
+             who: int | str = 1, **extra: Any) -> dict:
+        body = {"contract_id": contract_id, "account_id": "@" + contract_id.lower(), "customer": customer(who),
+                "plan": "standard", "reason": reason, "feedback": "テスト"}
+        if desired:
+            body["desired_effective_date"] = desired.isoformat()
+        return body | extra
+
+    async def submit(self, form: dict, *, idempotency_key: str | None = None) -> httpx.Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return await self.http.post("/v1/cancellations", json=form, headers=headers)
+
+    async def submit_kafka(self, form: dict, *, submission_id: str | None = None) -> str:
+        submission_id = submission_id or unique("S")
+        await self.publish(CancellationSubmitted(**form, submission_id=submission_id), key=form["contract_id"],
+                           correlation_id=submission_id)
+        return submission_id
+
+    async def status(self, request_id: str) -> dict:
+        r = await self.http.get(f"/v1/cancellations/{request_id}")
+        r.raise_for_status()
+        return r.json()
+
+    async def withdraw(self, request_id: str) -> httpx.Response:
+        return await self.http.post(f"/v1/cancellations/{request_id}/withdraw")
+
+    async def wait_status(self, request_id: str, until: Callable[[dict], bool], timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            r = await self.http.get(f"/v1/cancellations/{request_id}")
+            if r.status_code == 200:
+                last = r.json()
+                if until(last):
+                    return last
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"request {request_id} did not reach the expected state in {timeout}s; last: {last}")
+
+    async def find_request_by_submission(self, pool, submission_id: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rid = await pool.fetchval("SELECT request_id FROM intake.requests WHERE submission_id = $1", submission_id)
+            if rid:
+                return rid
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"submission {submission_id} was not recorded in {timeout}s")
+
+    # --- mail -------------------------------------------------------------------------------------
+
+    def mails(self, request_id: str | None = None) -> list[StoredMail]:
+        return [m for m in read_mail(self.mail_dir)
+                if request_id is None or m.headers.get("X-Cancelflow-Request-Id") == request_id]
+
+    async def wait_mails(self, request_id: str, count: int, timeout: float = 30) -> list[StoredMail]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.mails(request_id)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{count} mails for {request_id} not received in {timeout}s; got {len(self.mails(request_id))}")
