@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
@@ -22,6 +22,35 @@ from shared import topics
 from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, new_envelope)
 
 from .infra.mailsink import StoredMail, read_mail
+
+
+async def read_topic(bootstrap: str, topic: str, match: Callable[[Any], bool] = lambda r: True,
+                     timeout: float = 20) -> list:
+    """Every record of `topic` now (from the beginning up to its current end) for which match(record)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    found = []
+    try:
+        metadata = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())]
+        if not partitions:
+            raise ValueError(f"topic {topic} does not exist")
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            caught_up = True
+            for tp, last in end.items():
+                if await consumer.position(tp) < last:
+                    caught_up = False
+            if caught_up:
+                break
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                found += [r for r in records if match(r)]
+    finally:
+        await consumer.stop()
+    return found
 
 
 def unique(prefix: str) -> str:

@@ -246,4 +246,4 @@ def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str, m
     )
     async def on_batch(message: KafkaMessage) -> None:
         raw = message.raw_message
-        await consumer.handle_batch(raw if isinstance(raw, tuple) else (raw,))
+        await consumer.handle_batch(raw if isinstance(raw, (tuple, list)) else (raw,))
