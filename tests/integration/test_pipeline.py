@@ -175,7 +175,7 @@ async def test_field_level_errors_and_nothing_published(client, db):
     assert r.status_code == 422
     fields = {e["field"] for e in r.json()["errors"]}
     assert {"customer.name", "customer.email", "customer.phone", "plan", "reason", "typo"} <= fields
-    assert "not-an-email" not in r.text or True  # errors name fields; inputs are not echoed back
+    assert "not-an-email" not in r.text  # errors name the fields; the inputs are not echoed back
     assert await db.fetchval("SELECT count(*) FROM intake.requests") == before
 
 
@@ -217,6 +217,7 @@ async def test_kafka_submission_is_recorded_once_and_decided(client, db):
     assert await db.fetchval("SELECT count(*) FROM eligibility.cancellations WHERE contract_id = $1", contract) == 1
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # model_construct of a deliberately invalid event
 async def test_poison_messages_go_to_the_dlq_and_the_consumer_goes_on(client, infra, db):
     contract = await client.sign_contract(start_date=OLD_START)
     marker = uuid.uuid4().hex
