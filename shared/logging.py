@@ -48,11 +48,22 @@ class JsonFormatter(logging.Formatter):
         return mask_pii(orjson.dumps(entry, default=str).decode())
 
 
+# Libraries that install their own (plain-text) handlers: routed to the JSON root handler instead.
+_OWN_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream", "faststream.access")
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
+    """JSON lines on stdout for everything in the process. Called again once the server has configured
+    its own loggers, so theirs end up here too."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "uvicorn.access"):
+    for name in _OWN_HANDLERS:
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True
+    # Health probes and per-message access lines would drown what matters.
+    for noisy in ("aiokafka", "uvicorn.access", "faststream.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

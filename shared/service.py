@@ -98,6 +98,7 @@ class ServiceApp(AsgiFastStream):
             await self.http(scope, receive, send)
 
     async def _start_broker(self) -> None:
+        configure_logging(self.runtime.name, self.runtime.settings.log_level)
         self._starter = asyncio.create_task(self._start_when_ready(), name=f"{self.runtime.name}-start")
 
     async def _start_when_ready(self) -> None:

@@ -86,22 +86,24 @@ async def test_service_is_healthy_and_exposes_metrics(infra, service):
     assert "cancelflow_outbox_backlog" in metrics.text
 
 
-def test_service_stops_cleanly_on_sigterm_and_restarts(infra):
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_stops_cleanly_on_sigterm_and_restarts(infra, service):
     """SIGTERM: the service stops consuming, drains its outbox, closes, exits 0; then it comes back."""
     if infra.stack is None:
         pytest.skip("the external stack's processes are not ours to stop")
     stack = infra.stack
-    proc = stack.procs["billing"]
+    proc = stack.procs[service]
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGTERM)
     # uvicorn re-raises the captured SIGTERM once shutdown is complete, so "killed by SIGTERM" is its clean exit.
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
-    log = (stack.logs / "billing.log").read_text()
-    assert "shut down gracefully" in log
-    stack.procs.pop("billing")
-    stack.start_service("billing")
-    stack.wait_healthy(["billing"], timeout=60)
+    log = (stack.logs / f"{service}.log").read_text().splitlines()
+    assert any("shut down gracefully" in line for line in log[-10:])
+    assert all(line.startswith("{") for line in log if line.strip()), "every log line is JSON"
+    stack.procs.pop(service)
+    stack.start_service(service)
+    stack.wait_healthy([service], timeout=60)
 
 
 def test_cli_up_detach_then_down_leaves_nothing(tmp_path):
