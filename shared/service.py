@@ -212,7 +212,7 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
                          **_broker_security(settings))
     for sub in subscriptions(runtime):
         consumer = BatchConsumer(runtime, sub.topics, sub.handlers)
-        _subscribe(broker, consumer, group_id=name, max_records=settings.batch_max_records)
+        _subscribe(broker, consumer, group_id=settings.consumer_group or name, max_records=settings.batch_max_records)
     app_http = health_routes(runtime)
     if http is not None:
         http(runtime, app_http)

@@ -43,6 +43,7 @@ class ServiceSettings(BaseSettings):
     batch_max_records: int = Field(500, ge=1, description="Most records handled in one DB transaction.")
     db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL connection pool.")
     relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
+    consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
 
     def kafka_client_options(self) -> dict:
         """aiokafka keyword arguments for the configured security."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from shared import topics
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
@@ -10,6 +12,8 @@ from shared.events import (CancellationAccepted, CancellationCompleted, Cancella
 from shared.service import Runtime, Subscription
 
 from .store import IdempotencyConflict, record_request
+
+log = logging.getLogger(__name__)
 
 
 async def on_submitted(ctx: Context, e: CancellationSubmitted) -> None:
@@ -73,6 +77,8 @@ async def on_settlement_voided(ctx: Context, e: SettlementVoided) -> None:
 
 async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
     entry = e.model_dump(mode="json", exclude={"request_id"})
+    log.info("notification %s sent to %s", e.kind.value, e.recipient,
+             extra={"request_id": e.request_id, "correlation_id": ctx.envelope.correlation_id})
     await ctx.conn.execute(
         "UPDATE requests SET notifications = notifications || $2::jsonb, updated_at = now() WHERE request_id = $1",
         e.request_id, [entry])

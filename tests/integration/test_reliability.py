@@ -1,0 +1,191 @@
+"""Reliability without a chaos run: poison edge cases, duplicates, late events, fuzzed HTTP, start-up
+while a dependency is down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from datetime import date, timedelta
+
+import httpx
+import orjson
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+
+from cancelflow.client import read_topic
+from cancelflow.infra.ports import free_port
+from cancelflow.infra.postgres import PostgresNode, create_database, wait_ready
+from shared import topics
+from shared.events import CancellationSubmitted, PaymentRecorded, new_envelope
+
+pytestmark = pytest.mark.integration
+OLD_START = date(2024, 1, 31)
+
+
+async def test_huge_message_is_dead_lettered_and_the_consumer_goes_on(client, infra, db):
+    contract = await client.sign_contract(start_date=OLD_START)
+    sid = f"S-huge-{uuid.uuid4().hex[:8]}"
+    form = client.form(contract) | {"feedback": "x" * 900_000}  # the field allows 4,000 characters
+    huge = new_envelope(CancellationSubmitted.model_construct(**form, submission_id=sid), producer="t",
+                        correlation_id=sid, causation_id=None).to_bytes()
+    assert len(huge) > 900_000
+    await client.publish_raw(topics.SUBMISSIONS, huge, key=contract)
+    after = await client.submit_kafka(client.form(contract))
+    rid = await client.find_request_by_submission(db, after)
+    assert (await client.wait_status(rid, lambda s: s["status"] != "received"))["status"] == "accepted"
+    dead = await read_topic(infra.bootstrap, topics.dlq(topics.SUBMISSIONS), lambda r: r.key == contract.encode())
+    assert [len(r.value) for r in dead] == [len(huge)]
+    assert "data.feedback" in dict(dead[0].headers)["dlq.reason"].decode()
+    assert await db.fetchval("SELECT count(*) FROM intake.requests WHERE submission_id = $1", sid) == 0
+
+
+async def test_payments_out_of_order_and_twice_are_one_ledger(client, db):
+    """Payments arrive late, in reverse order and twice: the ledger keys them by billing date."""
+    from shared.calendar import add_months, tokyo_date
+    from datetime import datetime, timezone
+
+    contract = await client.sign_contract(start_date=OLD_START, monthly_fee_jpy=7_000)
+    today = tokyo_date(datetime.now(timezone.utc))
+    due = [b for b in (add_months(OLD_START, n) for n in range(60)) if today <= b < today + timedelta(days=45)]
+    for billing_date in [*reversed(due), *due]:
+        await client.record_payment(contract, billing_date, 7_000, wait=False)
+    await client.record_payment(contract, due[0], 7_000)
+    assert await db.fetchval("SELECT count(*) FROM billing.payments WHERE contract_id = $1", contract) == len(due)
+    rid = (await client.submit(client.form(contract))).json()["request_id"]
+    s = await client.wait_status(rid, lambda s: s["settlement"] is not None)
+    assert s["settlement"]["charges"] == [] and s["settlement"]["total_jpy"] == 0
+
+
+async def test_a_redelivered_decision_has_no_second_effect(client, infra, db):
+    """Replay the very bytes of a cancellation.accepted: no second settlement, no second e-mail."""
+    contract = await client.sign_contract(start_date=OLD_START)
+    rid = (await client.submit(client.form(contract))).json()["request_id"]
+    await client.wait_status(rid, lambda s: s["settlement"] is not None and len(s["notifications"]) >= 3)
+    accepted = await read_topic(infra.bootstrap, topics.DECISIONS,
+                                lambda r: r.key == contract.encode() and b"cancellation.accepted" in r.value)
+    assert len(accepted) == 1
+    for _ in range(3):
+        where = await client.publish_raw(topics.DECISIONS, accepted[0].value, key=contract,
+                                         headers=list(accepted[0].headers))
+    await client.wait_consumed(("billing", "notifier", "intake"), topics.DECISIONS, *where)
+    await asyncio.sleep(1.0)
+    settlements = await read_topic(infra.bootstrap, topics.SETTLEMENTS, lambda r: r.key == contract.encode())
+    assert len(settlements) == 1
+    assert len(client.mails(rid)) == 3
+    assert await db.fetchval("SELECT count(*) FROM notifier.notifications WHERE request_id = $1", rid) == 7
+
+
+def _intake_openapi() -> dict:
+    """intake's OpenAPI document, built without connecting to anything (as `create_app` does)."""
+    from fastapi import FastAPI
+    from pathlib import Path
+
+    from services.intake.api import install
+    from services.intake.settings import IntakeSettings
+    from shared.clock import SystemClock
+    from shared.service import Runtime, health_routes
+
+    runtime = Runtime(name="intake", settings=IntakeSettings(), service_dir=Path("."), clock=SystemClock())
+    app: FastAPI = health_routes(runtime)
+    install(runtime, app)
+    return app.openapi()
+
+
+intake_schema = schemathesis.openapi.from_dict(_intake_openapi())
+
+
+@intake_schema.parametrize()
+@pytest.mark.filterwarnings("ignore")
+def test_http_api_fuzzed_from_its_openapi_never_answers_500(case, client, infra):
+    """Schemathesis generates valid and invalid requests for every operation: never a 5xx."""
+    response = case.call(base_url=infra.intake_url, headers={"X-API-Key": client.api_key}, timeout=10)
+    case.validate_response(response, checks=[not_a_server_error])
+
+
+def _start_service(name: str, env: dict, port: int, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "faststream", "run", f"services.{name}.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def _ready(port: int) -> tuple[int, dict]:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+        return r.status_code, r.json()
+
+
+async def _wait(predicate, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError("condition not met")
+
+
+async def test_service_started_while_database_and_kafka_are_down_becomes_ready_when_they_return(infra, tmp_path):
+    """The health endpoint says what it waits for; backoff until PostgreSQL, then Kafka, answer."""
+    pg_port, kafka_port, http_port = free_port(), free_port(), free_port()
+    kafka_host, kafka_real_port = infra.bootstrap.split(":")
+    env = os.environ | {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/cancelflow",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+        # Its own group and database: it must not take partitions from the stack's billing.
+        "BILLING_CONSUMER_GROUP": f"billing-startup-{uuid.uuid4().hex[:6]}",
+    }
+    log = open(tmp_path / "billing.log", "wb")
+    proc = _start_service("billing", env, http_port, log)
+    pg = None
+    proxy = None
+    try:
+        async def says_waiting_for_both():
+            status, body = await _ready(http_port)
+            return status == 503 and body["waiting_for"] == ["database", "kafka"]
+        await _wait(says_waiting_for_both)
+
+        pg = PostgresNode(tmp_path / "pg", pg_port)
+        pg_proc = pg.start(tmp_path / "pg.log")
+        await wait_ready(pg.admin_url)
+        await create_database(pg.admin_url)
+
+        async def waits_for_kafka_only():
+            status, body = await _ready(http_port)
+            return status == 503 and body["waiting_for"] == ["kafka"]
+        await _wait(waits_for_kafka_only)
+
+        # Kafka "returns": a TCP forwarder appears on the port the service was given.
+        async def forward(reader, writer):
+            up_reader, up_writer = await asyncio.open_connection(kafka_host, int(kafka_real_port))
+
+            async def pipe(src, dst):
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                finally:
+                    dst.close()
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+        proxy = await asyncio.start_server(forward, "127.0.0.1", kafka_port)
+
+        async def ready():
+            status, body = await _ready(http_port)
+            return status == 200 and body["ready"] is True
+        await _wait(ready, timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proxy is not None:
+            proxy.close()
+        if pg is not None:
+            pg_proc.send_signal(2)
+            pg_proc.wait(timeout=30)
+    text = (tmp_path / "billing.log").read_text()
+    assert "waiting for database" in text and "waiting for kafka" in text
