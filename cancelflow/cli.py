@@ -113,14 +113,17 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
            partitions: int = typer.Option(4)) -> None:
     """Create the SPEC's topics and their .dlq companions (idempotent)."""
     from shared import topics as t
+    from shared.settings import ServiceSettings
 
     from .infra import kafka
 
     bootstrap = bootstrap or "127.0.0.1:19092"
+    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services.
+    options = ServiceSettings().kafka_client_options()
 
     async def run() -> None:
-        await kafka.wait_ready(bootstrap, 120)
-        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions)
+        await kafka.wait_ready(bootstrap, 120, **options)
+        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions, **options)
 
     try:
         asyncio.run(run())

@@ -66,19 +66,38 @@ class KafkaNode:
     controller_port: int
     heap_mb: int = 512
     partitions: int = 4
+    # (username, password): the client listener then requires SASL/SCRAM-SHA-512.
+    scram_user: tuple[str, str] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _listener_lines(self) -> list[str]:
+        if self.scram_user is None:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        user, password = self.scram_user
+        return [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";',
+        ]
+
     def server_properties(self) -> str:
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            *self._listener_lines(),
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
             f"log.dirs={self.data_dir / 'log'}",
             f"num.partitions={self.partitions}",
@@ -117,8 +136,11 @@ class KafkaNode:
         if (self.data_dir / "log" / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.scram_user[0]},password={self.scram_user[1]}]"] \
+            if self.scram_user else []
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone"),
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone",
+                       *scram),
             capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -134,7 +156,7 @@ class KafkaNode:
         )
 
 
-async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
+async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) -> None:
     """Wait until the broker answers a metadata request."""
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -145,7 +167,7 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     last: Exception | None = None
     while asyncio.get_running_loop().time() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **client_options)
         try:
             await admin.start()
             await admin.describe_cluster()
@@ -159,11 +181,11 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0) -> None:
     raise InfraError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f}s ({last!r})")
 
 
-async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int) -> None:
+async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int, **client_options) -> None:
     """Create the topics that are missing; existing ones are left as they are."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

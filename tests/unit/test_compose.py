@@ -294,3 +294,26 @@ def test_service_settings_load_from_the_compose_env(compose, service, monkeypatc
     assert settings.http_host == "0.0.0.0"
     assert settings.kafka_bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
     assert settings.database_url == env["DATABASE_URL"]
+
+
+def test_sasl_overlay_turns_on_scram_for_every_client():
+    """docker-compose.sasl.yml: the broker gets a SASL listener, every client uses it with SCRAM settings
+    whose names the settings classes read."""
+    overlay = yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text())
+    kafka_env = overlay["services"]["kafka"]["environment"]
+    assert "SASL://:9094" in kafka_env["KAFKA_LISTENERS"]
+    assert "SASL:SASL_PLAINTEXT" in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert kafka_env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert overlay["services"]["kafka-scram"]["image"] == base["services"]["kafka"]["image"]
+    from shared.settings import ServiceSettings
+
+    accepted = {alias for f in ServiceSettings.model_fields.values() if f.validation_alias
+                for alias in f.validation_alias.choices}
+    for name in ("topics", "intake", "eligibility", "billing", "notifier"):
+        env = overlay["services"][name]["environment"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094"
+        assert set(env) <= accepted, set(env) - accepted
+        settings = ServiceSettings(**{k: v.replace("${KAFKA_SASL_PASSWORD:-cancelflow-secret}", "x")
+                                      for k, v in env.items()})
+        assert settings.kafka_client_options()["sasl_mechanism"] == "SCRAM-SHA-512"
