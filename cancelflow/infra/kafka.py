@@ -68,29 +68,41 @@ class KafkaNode:
     partitions: int = 4
     # (username, password): the client listener then requires SASL/SCRAM-SHA-512.
     scram_user: tuple[str, str] | None = None
+    # (PEM with the PKCS#8 key and the certificate chain, PEM of the CA): the client listener is TLS.
+    tls: tuple[Path, Path] | None = None
+
+    @property
+    def protocol(self) -> str:
+        return ("SASL_" if self.scram_user else "") + ("SSL" if self.tls else "PLAINTEXT")
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def _listener_lines(self) -> list[str]:
-        if self.scram_user is None:
-            return [
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            ]
-        user, password = self.scram_user
-        return [
-            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
-            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=SASL_PLAINTEXT",
-            "sasl.enabled.mechanisms=SCRAM-SHA-512",
-            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
-            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";',
+        p = self.protocol
+        lines = [
+            f"listeners={p}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={p}://127.0.0.1:{self.port}",
+            f"listener.security.protocol.map={p}:{p},CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={p}",
         ]
+        if self.scram_user:
+            user, password = self.scram_user
+            lines += [
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                f"listener.name.{p.lower()}.scram-sha-512.sasl.jaas.config="
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";',
+            ]
+        if self.tls:
+            keystore, ca = self.tls
+            lines += [
+                "ssl.keystore.type=PEM", f"ssl.keystore.location={keystore}",
+                # The broker talks to itself over this listener too, so it trusts the same CA.
+                "ssl.truststore.type=PEM", f"ssl.truststore.location={ca}",
+            ]
+        return lines
 
     def server_properties(self) -> str:
         return "\n".join([
