@@ -42,6 +42,14 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
 class WireModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_has_no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text and jsonb cannot hold U+0000: refuse it here, with the field's name.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain the NUL character")
+        return value
+
 
 # --- the cancellation form -------------------------------------------------------------------------
 

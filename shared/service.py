@@ -91,6 +91,10 @@ class ServiceApp(AsgiFastStream):
         self.background = tuple(background)
         self._starter: asyncio.Task | None = None
 
+    async def run(self, log_level: int = logging.INFO, run_extra_options: dict | None = None) -> None:
+        # uvicorn would install its own plain-text handlers; without them its loggers reach our JSON root.
+        await super().run(log_level, {**(run_extra_options or {}), "log_config": None})
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self.lifespan(scope, receive, send)

@@ -7,7 +7,7 @@ import hmac
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -20,6 +20,10 @@ from shared.vocabulary import RequestStatus
 
 from .settings import IntakeSettings
 from .store import SCHEMA, IdempotencyConflict, record_request
+
+
+# Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
 class FieldError(BaseModel):
@@ -110,7 +114,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               tags=["cancellations"], summary="Submit the cancellation form",
               responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}})
     async def submit(form: StrictCancellationForm,
-                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+                     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
         try:
             async with runtime.pool.acquire() as conn:
                 recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
@@ -123,7 +127,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.get("/v1/cancellations", response_model=StatusView, dependencies=auth, tags=["cancellations"],
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
              responses={404: {"model": ErrorBody}})
-    async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200)]) -> Any:
+    async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
         row = await runtime.pool.fetchrow(
             "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
         if row is None:
@@ -132,7 +136,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
 
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses={404: {"model": ErrorBody}})
-    async def status(request_id: str) -> Any:
+    async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
@@ -141,7 +145,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-    async def withdraw(request_id: str) -> Any:
+    async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         now = runtime.clock.now()
         async with runtime.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
