@@ -145,6 +145,10 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
         _fail(str(exc))
 
 
+from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi
+ops.register(app)
+
+
 def main() -> None:
     try:
         app()
