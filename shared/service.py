@@ -55,6 +55,8 @@ class Runtime:
     waiting_for: list[str] = field(default_factory=lambda: ["database", "kafka"])
     started: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
+    group: str = ""
+    topics: tuple[str, ...] = ()
 
     @property
     def schema(self) -> str:
@@ -134,7 +136,7 @@ class ServiceApp(AsgiFastStream):
         rt.relay = OutboxRelay(pool=rt.pool, producer=rt.producer, schema=rt.schema, service=rt.name,
                                poll_ms=s.relay_poll_ms)
         rt.tasks.append(asyncio.create_task(rt.relay.run(), name=f"{rt.name}-relay"))
-        for loop in self.background:
+        for loop in (*self.background, lag_loop):
             rt.tasks.append(asyncio.create_task(loop(rt), name=f"{rt.name}-{loop.__name__}"))
         rt.started = True
         log.info("%s started", rt.name)
@@ -168,6 +170,41 @@ class ServiceApp(AsgiFastStream):
     async def _drain(relay: OutboxRelay) -> None:
         while await relay.publish_batch():
             pass
+
+
+async def lag_loop(rt: Runtime, interval_s: float = 5.0) -> None:
+    """Publish the consumer group's lag (end offset - committed offset) per partition as a gauge."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    options = rt.settings.kafka_client_options()
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=rt.settings.kafka_bootstrap_servers, **options)
+        probe = AIOKafkaConsumer(bootstrap_servers=rt.settings.kafka_bootstrap_servers, **options)
+        try:
+            await admin.start()
+            await probe.start()
+            from aiokafka.structs import TopicPartition
+
+            while True:
+                cluster = await probe._client.fetch_all_metadata()
+                tps = [TopicPartition(t, p) for t in rt.topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+                committed = await admin.list_consumer_group_offsets(rt.group)
+                starts = await probe.beginning_offsets(tps) if tps else {}
+                ends = await probe.end_offsets(tps) if tps else {}
+                for tp in tps:
+                    # Never committed: the group would start at the beginning of the partition.
+                    done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp]
+                    metrics.LAG.labels(rt.name, tp.topic, str(tp.partition)).set(max(ends[tp] - done, 0))
+                await asyncio.sleep(interval_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the gauge goes stale, the service goes on
+            log.debug("lag not measured: %s", exc)
+            await asyncio.sleep(interval_s)
+        finally:
+            await probe.stop()
+            await admin.close()
 
 
 def health_routes(runtime: Runtime) -> FastAPI:
@@ -211,10 +248,12 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
               http: Callable[[Runtime, FastAPI], None] | None = None,
               background: Sequence[BackgroundLoop] = ()) -> ServiceApp:
     configure_logging(name, settings.log_level)
-    runtime = Runtime(name=name, settings=settings, service_dir=service_dir, clock=clock_from(settings.clock_file))
+    runtime = Runtime(name=name, settings=settings, service_dir=service_dir, clock=clock_from(settings.clock_file),
+                      group=settings.consumer_group or name)
     broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name, logger=logging.getLogger(f"{name}.kafka"),
                          **_broker_security(settings))
     for sub in subscriptions(runtime):
+        runtime.topics += tuple(sub.topics)
         consumer = BatchConsumer(runtime, sub.topics, sub.handlers)
         _subscribe(broker, consumer, group_id=settings.consumer_group or name, max_records=settings.batch_max_records)
     app_http = health_routes(runtime)

@@ -84,6 +84,17 @@ async def test_service_is_healthy_and_exposes_metrics(infra, service):
     assert ready.json() == {"service": service, "ready": True, "waiting_for": []}
     assert health.json()["started"] is True
     assert "cancelflow_outbox_backlog" in metrics.text
+    # The lag gauge is measured every 5 s per subscribed partition.
+    for _ in range(40):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            text = (await http.get("/metrics")).text
+        lines = [line for line in text.splitlines()
+                 if line.startswith("cancelflow_consumer_lag{") and f'service="{service}"' in line]
+        if lines:
+            break
+        await asyncio.sleep(0.25)
+    assert len({line.split('topic="')[1].split('"')[0] for line in lines}) >= 2, "every service reads 2+ topics"
+    assert all(float(line.rsplit(" ", 1)[1]) >= 0 for line in lines)
 
 
 @pytest.mark.parametrize("service", SERVICES)
