@@ -111,3 +111,8 @@ async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -
                 subject = m.subject.split(" / ")[-1].split(" [")[0]
                 mails.add_row(rid[:8], m.headers.get("X-Cancelflow-Kind", ""), masked, subject)
         console.print(mails)
+        console.print(f"\nnext: [bold].venv/bin/cancelflow trace {cases[0][1]}[/bold]  (every event of the first request)\n"
+                      "      [bold].venv/bin/cancelflow report --html .stack/report.html[/bold]  (reasons, save rate, "
+                      "time to first answer)\n      [bold].venv/bin/cancelflow top[/bold]  (rates, lag, dead letters); "
+                      f"metrics: http://127.0.0.1:{stack.ports.intake}/metrics (and each service's port)",
+                      highlight=False)
