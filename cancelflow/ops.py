@@ -26,6 +26,8 @@ from rich.table import Table
 from shared import topics
 from shared.logging import mask_pii
 
+from .report import parse_instant
+
 app = typer.Typer(add_completion=False, help="Operate a running pipeline.")
 dlq_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Dead letters: list them with their reasons, replay them to their source topic.")
@@ -130,21 +132,11 @@ def decode_record(r: Any) -> Record:
     return Record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, headers, envelope, raw)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
 def event_time(record: Record) -> datetime:
     """When it happened: a dead letter at `dlq.failed_at`, an event at its `occurred_at`, else the log time."""
     if record.is_dead_letter:
-        return _parse_time(record.headers.get("dlq.failed_at")) or record.kafka_time
-    return _parse_time((record.envelope or {}).get("occurred_at")) or record.kafka_time
+        return parse_instant(record.headers.get("dlq.failed_at")) or record.kafka_time
+    return parse_instant((record.envelope or {}).get("occurred_at")) or record.kafka_time
 
 
 async def read_records(bootstrap: str, topic_names: Iterable[str], timeout: float = 20) -> list[Record]:

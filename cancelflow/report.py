@@ -83,7 +83,8 @@ def nearest_rank(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def _time(value: Any) -> datetime | None:
+def parse_instant(value: Any) -> datetime | None:
+    """An RFC 3339 string from an event -> aware datetime (UTC if it had no offset); None if it is not one."""
     if not isinstance(value, str):
         return None
     try:
@@ -117,9 +118,9 @@ def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetim
         rid = d.get("request_id")
         if not isinstance(rid, str):
             continue
-        when = _time(d.get("decided_at")) or _time(env.get("occurred_at"))
+        when = parse_instant(d.get("decided_at")) or parse_instant(env.get("occurred_at"))
         if t == "cancellation.requested":
-            if (at := _time(d.get("received_at"))) is not None:
+            if (at := parse_instant(d.get("received_at"))) is not None:
                 received_at[rid] = at
             if d.get("reason"):
                 requested_reason[rid] = d["reason"]

@@ -45,27 +45,34 @@ def _settings(node, password: str) -> ServiceSettings:
                            KAFKA_SASL_PASSWORD=password)
 
 
-async def test_services_talk_scram_when_configured_and_are_refused_with_a_wrong_password(scram_broker):
-    good = _settings(scram_broker, "s3cret")
-    options = good.kafka_client_options()
-    await kafka.wait_ready(scram_broker.bootstrap, 90, **options)
-    topic = f"sasl-{uuid.uuid4().hex[:6]}"
-    await kafka.create_topics(scram_broker.bootstrap, (topic,), 1, **options)
-
-    broker = KafkaBroker(good.kafka_bootstrap_servers, **_broker_security(good))
+async def _round_trip_through_service_clients(settings: ServiceSettings, payload: bytes) -> None:
+    """Create a topic, consume it with a FastStream broker and produce to it with the outbox's client
+    options, all built from `settings` as the services build them."""
+    options = settings.kafka_client_options()
+    bootstrap = settings.kafka_bootstrap_servers
+    await kafka.wait_ready(bootstrap, 90, **options)
+    topic = f"secure-{uuid.uuid4().hex[:6]}"
+    await kafka.create_topics(bootstrap, (topic,), 1, **options)
+    broker = KafkaBroker(bootstrap, **_broker_security(settings))
     received: asyncio.Queue = asyncio.Queue()
 
-    @broker.subscriber(topic, group_id="sasl-test", auto_offset_reset="earliest")
+    @broker.subscriber(topic, group_id=f"{topic}-group", auto_offset_reset="earliest")
     async def handle(body: bytes) -> None:
         await received.put(body)
 
     await broker.start()
-    producer = AIOKafkaProducer(bootstrap_servers=good.kafka_bootstrap_servers, **options)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
     await producer.start()
-    await producer.send_and_wait(topic, b"over scram")
+    await producer.send_and_wait(topic, payload)
     await producer.stop()
-    assert await asyncio.wait_for(received.get(), 30) == b"over scram"
-    await broker.stop()
+    try:
+        assert await asyncio.wait_for(received.get(), 30) == payload
+    finally:
+        await broker.stop()
+
+
+async def test_services_talk_scram_when_configured_and_are_refused_with_a_wrong_password(scram_broker):
+    await _round_trip_through_service_clients(_settings(scram_broker, "s3cret"), b"over scram")
 
     bad = AIOKafkaProducer(bootstrap_servers=scram_broker.bootstrap,
                            **_settings(scram_broker, "wrong").kafka_client_options())
@@ -114,24 +121,7 @@ async def test_services_talk_tls_with_the_configured_ca_and_refuse_an_unknown_on
     try:
         settings = ServiceSettings(KAFKA_BOOTSTRAP_SERVERS=node.bootstrap, KAFKA_SECURITY_PROTOCOL="SSL",
                                    KAFKA_SSL_CAFILE=str(ca))
-        options = settings.kafka_client_options()
-        await kafka.wait_ready(node.bootstrap, 90, **options)
-        topic = f"tls-{uuid.uuid4().hex[:6]}"
-        await kafka.create_topics(node.bootstrap, (topic,), 1, **options)
-        broker = KafkaBroker(settings.kafka_bootstrap_servers, **_broker_security(settings))
-        received: asyncio.Queue = asyncio.Queue()
-
-        @broker.subscriber(topic, group_id="tls-test", auto_offset_reset="earliest")
-        async def handle(body: bytes) -> None:
-            await received.put(body)
-
-        await broker.start()
-        producer = AIOKafkaProducer(bootstrap_servers=node.bootstrap, **options)
-        await producer.start()
-        await producer.send_and_wait(topic, b"over tls")
-        await producer.stop()
-        assert await asyncio.wait_for(received.get(), 30) == b"over tls"
-        await broker.stop()
+        await _round_trip_through_service_clients(settings, b"over tls")
 
         untrusting = ServiceSettings(KAFKA_BOOTSTRAP_SERVERS=node.bootstrap, KAFKA_SECURITY_PROTOCOL="SSL")
         stranger = AIOKafkaProducer(bootstrap_servers=node.bootstrap, request_timeout_ms=5000,
