@@ -7,6 +7,17 @@
   outbox, with the reason and its source topic/partition/offset in headers, and the batch goes on.
 - A transient failure (database or broker down) rolls the whole batch back, waits with backoff and
   raises, so FastStream's NACK_ON_ERROR seeks back and the same records come again.
+
+How a batch is written (few round trips, same guarantees):
+- the fast path: one inbox INSERT for the whole batch, the handlers in record order, the outbox rows of
+  the batch in one INSERT (with the relay's NOTIFY) just before the commit. No savepoints.
+- if any record fails (poison or handler error), that attempt is rolled back entirely and the batch is
+  handled again the careful way: a savepoint per record, so only the bad record is dead-lettered and the
+  others keep their effects. Records that cannot even be decoded are dead-lettered on the fast path
+  (they never touch the database before).
+- a handler may `ctx.defer(sql, *args)` a write whose result it does not need: deferred statements are
+  sent together (a run of the same statement as one executemany), and always before anything else is
+  sent on the connection, so every statement still runs in the order the handlers wrote them.
 """
 
 from __future__ import annotations
@@ -25,19 +36,105 @@ from shared import metrics, topics
 from shared.db import TRANSIENT_DB_ERRORS
 from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.logging import mask_pii
-from shared.outbox import add_event, add_raw
+from shared.outbox import OutboxBuffer, add_event, add_raw, buffered, notify
 
 if TYPE_CHECKING:
     from shared.service import Runtime
 
 log = logging.getLogger(__name__)
 
+_INBOX_ONE = ("INSERT INTO processed_events (event_id, event_type, topic, partition, \"offset\")"
+              " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING RETURNING true")
+_INBOX_MANY = ("INSERT INTO processed_events (event_id, event_type, topic, partition, \"offset\")"
+               " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])"
+               " ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+
+
+class BatchConnection:
+    """The batch's connection as the handlers see it: `defer()` queues a write whose result nobody reads;
+    every other use of the connection first sends what is queued (a run of the same statement as one
+    executemany round trip), so the statements run in exactly the order they were written."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.raw = conn
+        self._queue: list[tuple[str, tuple]] = []
+
+    def defer(self, sql: str, *args: Any) -> None:
+        self._queue.append((sql, args))
+
+    def discard(self) -> None:
+        """Forget what is queued (its record's savepoint was rolled back)."""
+        self._queue.clear()
+
+    async def flush(self) -> None:
+        queue, self._queue = self._queue, []
+        i = 0
+        while i < len(queue):
+            sql, j = queue[i][0], i + 1
+            while j < len(queue) and queue[j][0] == sql:
+                j += 1
+            if j - i == 1:
+                await self.raw.execute(sql, *queue[i][1])
+            else:
+                await self.raw.executemany(sql, [args for _, args in queue[i:j]])
+            i = j
+
+    async def execute(self, *args: Any, **kwargs: Any) -> str:
+        await self.flush()
+        return await self.raw.execute(*args, **kwargs)
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> None:
+        await self.flush()
+        return await self.raw.executemany(*args, **kwargs)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> list:
+        await self.flush()
+        return await self.raw.fetch(*args, **kwargs)
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        await self.flush()
+        return await self.raw.fetchrow(*args, **kwargs)
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        await self.flush()
+        return await self.raw.fetchval(*args, **kwargs)
+
+    def transaction(self, **kwargs: Any) -> "_FlushFirst":
+        return _FlushFirst(self, self.raw.transaction(**kwargs))
+
+    def is_in_transaction(self) -> bool:
+        return self.raw.is_in_transaction()
+
+    def is_closed(self) -> bool:
+        return self.raw.is_closed()
+
+
+class _FlushFirst:
+    """A savepoint opened after the queued statements were sent (they must not be inside it)."""
+
+    def __init__(self, conn: BatchConnection, transaction: Any) -> None:
+        self.conn = conn
+        self.transaction = transaction
+
+    async def __aenter__(self) -> Any:
+        await self.conn.flush()
+        return await self.transaction.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        if exc[0] is None:
+            try:
+                await self.conn.flush()  # what the block deferred belongs inside it
+            except BaseException as error:
+                await self.transaction.__aexit__(type(error), error, error.__traceback__)
+                raise
+        return await self.transaction.__aexit__(*exc)
+
 
 @dataclass
 class Context:
     """What a handler gets besides the event: the open transaction and a way to emit events."""
 
-    conn: asyncpg.Connection
+    conn: BatchConnection
     envelope: Envelope
     topic: str
     partition: int
@@ -53,8 +150,28 @@ class Context:
                                correlation_id=self.envelope.correlation_id,
                                causation_id=str(self.envelope.event_id))
 
+    async def notify(self, channel: str) -> None:
+        """NOTIFY `channel` when this transaction commits (once per batch, however often it is asked)."""
+        await notify(self.conn, channel)
+
+    def defer(self, sql: str, *args: Any) -> None:
+        """Queue a write whose result is not needed; sent before anything else, in order (see module doc)."""
+        self.conn.defer(sql, *args)
+
 
 Handler = Callable[[Context, Any], Awaitable[None]]
+
+
+class _RecordFailed(Exception):
+    """A record failed on the fast path: the attempt is rolled back and the batch redone record by record."""
+
+
+@dataclass
+class _Decoded:
+    record: Any
+    envelope: Envelope | None = None
+    data: Any = None
+    poison: str | None = None
 
 
 class BatchConsumer:
@@ -67,13 +184,23 @@ class BatchConsumer:
     async def handle_batch(self, records: Sequence[Any]) -> None:
         started = time.perf_counter()
         try:
-            async with self.runtime.pool.acquire() as conn, conn.transaction():
-                for record in records:
-                    await self._handle_one(conn, record)
+            decoded = [self._decode(r) for r in records]
+            async with self.runtime.pool.acquire() as raw:
+                try:
+                    conn = BatchConnection(raw)
+                    async with raw.transaction(), buffered(conn, self.runtime.schema) as outbox:
+                        duplicates = await self._fast(conn, decoded, outbox)
+                    for topic in duplicates:
+                        metrics.DUPLICATES.labels(self.runtime.name, topic).inc()
+                except _RecordFailed:
+                    conn = BatchConnection(raw)
+                    async with raw.transaction(), buffered(conn, self.runtime.schema) as outbox:
+                        for item in decoded:
+                            await self._careful(conn, item, outbox)
         except Exception as exc:
             if not isinstance(exc, TRANSIENT_DB_ERRORS):
-                # The per-record savepoints catch everything a record can cause; what reaches here is
-                # the database itself failing. Retry the whole batch after a pause.
+                # Every record's own failure is caught and dead-lettered; what reaches here is the
+                # database itself failing. Retry the whole batch after a pause.
                 log.exception("batch failed outside a record; retrying")
             for record in records:
                 metrics.FAILED.labels(self.runtime.name, record.topic).inc()
@@ -85,36 +212,93 @@ class BatchConsumer:
         for record in records:
             metrics.CONSUMED.labels(self.runtime.name, record.topic).inc()
 
-    async def _handle_one(self, conn: asyncpg.Connection, record: Any) -> None:
+    @staticmethod
+    def _decode(record: Any) -> _Decoded:
         try:
             envelope, data = decode(record.value)
         except PoisonMessage as exc:
-            await self.dead_letter(conn, record, str(exc))
+            return _Decoded(record, poison=str(exc))
+        return _Decoded(record, envelope, data)
+
+    async def _fast(self, conn: BatchConnection, decoded: list[_Decoded], outbox: OutboxBuffer) -> list[str]:
+        """The whole batch without savepoints; any record failing raises _RecordFailed. Returns the topics of
+        the duplicates skipped (counted once the transaction committed)."""
+        rows, seen = [], set()
+        for item in decoded:
+            if item.envelope is not None and item.envelope.event_id not in seen:
+                seen.add(item.envelope.event_id)
+                r = item.record
+                rows.append((item.envelope.event_id, item.envelope.event_type, r.topic, r.partition, r.offset))
+        first_time = set()
+        if rows:
+            inserted = await conn.fetch(_INBOX_MANY, *(list(c) for c in zip(*rows)))
+            first_time = {row["event_id"] for row in inserted}
+        duplicates, undecodable = [], []
+        for item in decoded:
+            record = item.record
+            if item.envelope is None:
+                undecodable.append(item)
+                continue
+            if item.envelope.event_id not in first_time:
+                duplicates.append(record.topic)
+                continue
+            first_time.discard(item.envelope.event_id)  # the same event twice in one batch: once
+            handler = self.handlers.get(item.envelope.event_type)
+            if handler is None:
+                continue
+            try:
+                await handler(Context(conn, item.envelope, record.topic, record.partition, record.offset,
+                                      self.runtime), item.data)
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - redone record by record, where it is dead-lettered
+                raise _RecordFailed() from exc
+        try:
+            await conn.flush()  # the last deferred writes: a failure here is some record's too
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _RecordFailed() from exc
+        # Only now, so a fallback to the careful path does not log and count them twice. Their rows go to
+        # the .dlq topics, whose order against the other topics' rows does not matter.
+        for item in undecodable:
+            await self.dead_letter(conn, item.record, item.poison or "undecodable")
+        return duplicates
+
+    async def _careful(self, conn: BatchConnection, item: _Decoded, outbox: OutboxBuffer) -> None:
+        """One record in its own savepoint: a bad record does not spoil the others."""
+        record, envelope = item.record, item.envelope
+        if envelope is None:
+            await self.dead_letter(conn, record, item.poison or "undecodable")
             return
         handler = self.handlers.get(envelope.event_type)
+        mark = outbox.mark()
+        await conn.flush()
         try:
-            async with conn.transaction():  # a savepoint: one bad record does not spoil the batch
-                first_time = await conn.fetchval(
-                    "INSERT INTO processed_events (event_id, event_type, topic, partition, \"offset\")"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING RETURNING true",
-                    envelope.event_id, envelope.event_type, record.topic, record.partition, record.offset)
+            async with conn.transaction():  # a savepoint; the record's deferred writes are sent inside it
+                first_time = await conn.fetchval(_INBOX_ONE, envelope.event_id, envelope.event_type, record.topic,
+                                                 record.partition, record.offset)
                 if not first_time:
                     metrics.DUPLICATES.labels(self.runtime.name, record.topic).inc()
                     return
                 if handler is not None:
                     ctx = Context(conn, envelope, record.topic, record.partition, record.offset, self.runtime)
-                    await handler(ctx, data)
+                    await handler(ctx, item.data)
         except TRANSIENT_DB_ERRORS:
             raise
         except PoisonMessage as exc:
+            outbox.rollback_to(mark)
+            conn.discard()
             await self.dead_letter(conn, record, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug or bad data: park it with the reason, go on
+            outbox.rollback_to(mark)
+            conn.discard()
             log.exception("handler failed; dead-lettering",
                           extra={"event_id": str(envelope.event_id), "topic": record.topic,
                                  "partition": record.partition, "offset": record.offset})
             await self.dead_letter(conn, record, f"{type(exc).__name__}: {exc}")
 
-    async def dead_letter(self, conn: asyncpg.Connection, record: Any, reason: str) -> None:
+    async def dead_letter(self, conn: BatchConnection | asyncpg.Connection, record: Any, reason: str) -> None:
         reason = mask_pii(reason)[:2000]
         log.warning("dead-lettered: %s", reason,
                     extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})

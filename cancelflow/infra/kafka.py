@@ -151,7 +151,7 @@ class KafkaNode:
         scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.scram_user[0]},password={self.scram_user[1]}]"] \
             if self.scram_user else []
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--standalone",
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone",
                        *scram),
             capture_output=True, text=True,
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from shared import topics
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationWithdrawn, ChargeLine, ContractSigned,
@@ -13,21 +11,34 @@ from shared.service import Runtime, Subscription
 from .domain import settle
 
 
+# The contract's terms and its paid billing dates, in one round trip.
+TERMS = ("SELECT c.start_date, c.monthly_fee_jpy,"
+         " ARRAY(SELECT p.billing_date FROM payments p WHERE p.contract_id = c.contract_id) AS paid"
+         " FROM contracts c WHERE c.contract_id = $1")
+
+
 async def on_contract_signed(ctx: Context, e: ContractSigned) -> None:
     await ctx.conn.execute(
         "INSERT INTO contracts (contract_id, start_date, monthly_fee_jpy) VALUES ($1, $2, $3)"
         " ON CONFLICT (contract_id) DO UPDATE SET start_date = excluded.start_date,"
         " monthly_fee_jpy = excluded.monthly_fee_jpy", e.contract_id, e.start_date, e.monthly_fee_jpy)
     awaiting = await ctx.conn.fetch(
-        "SELECT request_id FROM settlements WHERE contract_id = $1 AND status = 'awaiting_contract' FOR UPDATE",
-        e.contract_id)
-    for row in awaiting:
-        await _issue(ctx, row["request_id"])
+        "SELECT request_id, received_on, effective_date FROM settlements"
+        " WHERE contract_id = $1 AND status = 'awaiting_contract' FOR UPDATE", e.contract_id)
+    if awaiting:
+        terms = await ctx.conn.fetchrow(TERMS, e.contract_id)
+        for row in awaiting:
+            charges, settlement = _settle(terms, row["received_on"], row["effective_date"])
+            await ctx.conn.execute(
+                "UPDATE settlements SET status = 'issued', charges = $2, total_jpy = $3, paid_through = $4,"
+                " issued_at = $5 WHERE request_id = $1", row["request_id"], [c.model_dump(mode="json") for c in charges],
+                settlement.total_jpy, settlement.paid_through, ctx.now())
+            await _announce(ctx, row["request_id"], e.contract_id, charges, settlement)
 
 
 async def on_payment_recorded(ctx: Context, e: PaymentRecorded) -> None:
     # Keyed by billing date: the same payment recorded twice is one payment.
-    await ctx.conn.execute(
+    ctx.defer(
         "INSERT INTO payments (contract_id, billing_date, amount_jpy) VALUES ($1, $2, $3)"
         " ON CONFLICT (contract_id, billing_date) DO NOTHING", e.contract_id, e.billing_date, e.amount_jpy)
 
@@ -35,31 +46,37 @@ async def on_payment_recorded(ctx: Context, e: PaymentRecorded) -> None:
 async def on_accepted(ctx: Context, e: CancellationAccepted) -> None:
     if e.received_on is None:
         raise ValueError("data.received_on: billing needs the received-on date to settle")
+    terms = await ctx.conn.fetchrow(TERMS, e.contract_id)
+    if terms is None:
+        # The acceptance came before the contract (two topics): settled when the contract arrives.
+        await ctx.conn.execute(
+            "INSERT INTO settlements (request_id, contract_id, status, received_on, effective_date)"
+            " VALUES ($1, $2, 'awaiting_contract', $3, $4) ON CONFLICT (request_id) DO NOTHING",
+            e.request_id, e.contract_id, e.received_on, e.effective_date)
+        return
+    charges, settlement = _settle(terms, e.received_on, e.effective_date)
     inserted = await ctx.conn.fetchval(
-        "INSERT INTO settlements (request_id, contract_id, status, received_on, effective_date)"
-        " VALUES ($1, $2, 'awaiting_contract', $3, $4) ON CONFLICT (request_id) DO NOTHING RETURNING true",
-        e.request_id, e.contract_id, e.received_on, e.effective_date)
-    if inserted and await ctx.conn.fetchval("SELECT 1 FROM contracts WHERE contract_id = $1", e.contract_id):
-        await _issue(ctx, e.request_id)
+        "INSERT INTO settlements (request_id, contract_id, status, received_on, effective_date, charges, total_jpy,"
+        " paid_through, issued_at) VALUES ($1, $2, 'issued', $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
+        e.request_id, e.contract_id, e.received_on, e.effective_date, [c.model_dump(mode="json") for c in charges],
+        settlement.total_jpy, settlement.paid_through, ctx.now())
+    if inserted:  # one settlement per request: a second acceptance of it changes nothing
+        await _announce(ctx, e.request_id, e.contract_id, charges, settlement)
 
 
-async def _issue(ctx: Context, request_id: str) -> None:
-    conn: asyncpg.Connection = ctx.conn
-    row = await conn.fetchrow(
-        "SELECT s.contract_id, s.received_on, s.effective_date, c.start_date, c.monthly_fee_jpy"
-        " FROM settlements s JOIN contracts c USING (contract_id) WHERE s.request_id = $1", request_id)
-    paid = await conn.fetch("SELECT billing_date FROM payments WHERE contract_id = $1", row["contract_id"])
-    settlement = settle(start_date=row["start_date"], monthly_fee_jpy=row["monthly_fee_jpy"],
-                        received_on=row["received_on"], effective_date=row["effective_date"],
-                        paid_billing_dates=frozenset(r["billing_date"] for r in paid))
+def _settle(terms, received_on, effective_date):
+    settlement = settle(start_date=terms["start_date"], monthly_fee_jpy=terms["monthly_fee_jpy"],
+                        received_on=received_on, effective_date=effective_date,
+                        paid_billing_dates=frozenset(terms["paid"]))
     charges = tuple(ChargeLine(billing_date=c.billing_date, amount_jpy=c.amount_jpy) for c in settlement.charges)
-    await conn.execute(
-        "UPDATE settlements SET status = 'issued', charges = $2, total_jpy = $3, paid_through = $4, issued_at = $5"
-        " WHERE request_id = $1", request_id, [c.model_dump(mode="json") for c in charges], settlement.total_jpy,
-        settlement.paid_through, ctx.now())
+    return charges, settlement
+
+
+async def _announce(ctx: Context, request_id: str, contract_id: str, charges, settlement) -> None:
     await ctx.emit(SettlementIssued(
-        request_id=request_id, contract_id=row["contract_id"], charges=charges, total_jpy=settlement.total_jpy,
-        refund_jpy=settlement.refund_jpy, paid_through=settlement.paid_through), key=row["contract_id"])
+        request_id=request_id, contract_id=contract_id, charges=charges, total_jpy=settlement.total_jpy,
+        refund_jpy=settlement.refund_jpy, paid_through=settlement.paid_through), key=contract_id)
 
 
 async def on_withdrawn(ctx: Context, e: CancellationWithdrawn) -> None:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def on_contract_signed(ctx: Context, e: ContractSigned) -> None:
-    await ctx.conn.execute(
+    ctx.defer(  # a write nobody reads back here: sent with the next statement (see shared.consumer)
         "INSERT INTO contracts (contract_id, account_id, plan, monthly_fee_jpy, start_date)"
         " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (contract_id) DO UPDATE SET account_id = excluded.account_id,"
         " plan = excluded.plan, monthly_fee_jpy = excluded.monthly_fee_jpy, start_date = excluded.start_date,"
@@ -31,15 +31,22 @@ async def on_contract_signed(ctx: Context, e: ContractSigned) -> None:
 def on_cancellation_requested(offer_policy: Mapping):
     async def handle(ctx: Context, e: CancellationRequested) -> None:
         conn = ctx.conn
-        if await conn.fetchval("SELECT 1 FROM cancellations WHERE request_id = $1", e.request_id):
-            return  # already decided (a republished request): the first decision stands
+        # The contract, locked, and whether this request was decided already, in one round trip.
         row = await conn.fetchrow(
-            "SELECT contract_id, start_date, monthly_fee_jpy, ended_on FROM contracts WHERE contract_id = $1"
-            " FOR UPDATE", e.contract_id)
+            "SELECT contract_id, start_date, monthly_fee_jpy, ended_on,"
+            " EXISTS (SELECT 1 FROM cancellations WHERE request_id = $2) AS decided"
+            " FROM contracts WHERE contract_id = $1 FOR UPDATE", e.contract_id, e.request_id)
+        if row is None:
+            decided = await conn.fetchval("SELECT true FROM cancellations WHERE request_id = $1", e.request_id)
+        else:
+            decided = row["decided"]
+        if decided:
+            return  # already decided (a republished request): the first decision stands
         contract = None if row is None else ContractTerms(
             contract_id=row["contract_id"], start_date=row["start_date"], monthly_fee_jpy=row["monthly_fee_jpy"],
             ended=row["ended_on"] is not None)
-        has_pending = bool(await conn.fetchval(
+        # Asked after the lock, with a fresh snapshot; only a live contract can have a pending one.
+        has_pending = contract is not None and not contract.ended and bool(await conn.fetchval(
             "SELECT 1 FROM cancellations WHERE contract_id = $1 AND status = 'accepted'", e.contract_id))
         decision = decide(contract=contract, received_on=e.received_on,
                           desired_effective_date=e.desired_effective_date, has_pending=has_pending,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,7 +41,9 @@ async def record_request(conn: asyncpg.Connection, form: CancellationForm, *, so
     request_id = str(uuid.uuid4())
     received_on = tokyo_date(received_at)
     form_json = form.model_dump(mode="json")
-    async with conn.transaction():
+    # Its own transaction from the HTTP API; inside the consumer's batch transaction no savepoint is needed:
+    # nothing is written before the checks that can fail.
+    async with (nullcontext() if conn.is_in_transaction() else conn.transaction()):
         inserted = await conn.fetchval(
             "INSERT INTO requests (request_id, contract_id, source, submission_id, body_hash, form, received_at,"
             " received_on, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
