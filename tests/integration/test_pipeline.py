@@ -14,7 +14,7 @@ import pytest
 from cancelflow.client import read_topic
 from shared import topics
 from shared.calendar import TOKYO, add_months, tokyo_date
-from shared.events import CancellationSubmitted, ContractSigned, new_envelope
+from shared.events import CancellationAccepted, CancellationSubmitted, ContractSigned, new_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -247,14 +247,22 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_goes_on(client, in
 
 async def test_out_of_order_contract_event_settles_when_it_arrives(client, db):
     """billing sees the acceptance before the contract (different topics): it settles when the contract comes."""
-    contract = f"C-{uuid.uuid4().hex[:10]}"
-    await client.publish(ContractSigned(contract_id=contract, account_id="@x", plan="lite", monthly_fee_jpy=3000,
-                                        start_date=OLD_START), key=contract)
-    await client.wait_consumed(("eligibility", "billing"), topics.CONTRACTS,
-                               *(await client.publish(ContractSigned(contract_id=contract, account_id="@x", plan="lite",
-                                                                     monthly_fee_jpy=3000, start_date=OLD_START),
-                                                      key=contract)))
-    rid = (await client.submit(client.form(contract))).json()["request_id"]
-    s = await client.wait_status(rid, lambda s: s["settlement"] is not None)
-    assert s["settlement"]["total_jpy"] % 3000 == 0 and s["settlement"]["total_jpy"] > 0
-    assert await db.fetchval("SELECT count(*) FROM billing.settlements WHERE request_id = $1", rid) == 1
+    contract, rid = f"C-{uuid.uuid4().hex[:10]}", f"R-{uuid.uuid4().hex[:10]}"
+    received_on = today()
+    effective = received_on + timedelta(days=45)
+    where = await client.publish(CancellationAccepted(
+        request_id=rid, contract_id=contract, effective_date=effective, first_anniversary=add_months(OLD_START, 12),
+        received_on=received_on), key=contract)
+    await client.wait_consumed(("billing",), topics.DECISIONS, *where)
+    assert await db.fetchval("SELECT status FROM billing.settlements WHERE request_id = $1", rid) == "awaiting_contract"
+
+    await client.sign_contract(start_date=OLD_START, monthly_fee_jpy=3000, contract_id=contract)
+    row = await db.fetchrow("SELECT status, total_jpy FROM billing.settlements WHERE request_id = $1", rid)
+    due = [b for b in (add_months(OLD_START, n) for n in range(60)) if received_on <= b < effective]
+    assert (row["status"], row["total_jpy"]) == ("issued", 3000 * len(due))
+    for _ in range(50):  # the outbox relay publishes right after the commit
+        issued = await read_topic(client.bootstrap, topics.SETTLEMENTS, lambda r: r.key == contract.encode())
+        if issued:
+            break
+        await asyncio.sleep(0.2)
+    assert len(issued) == 1 and orjson.loads(issued[0].value)["data"]["request_id"] == rid
