@@ -5,6 +5,7 @@ tests and the benchmark."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -58,7 +59,8 @@ def unique(prefix: str) -> str:
 
 
 def customer(n: int | str = 1) -> dict:
-    return {"name": f"山田 太郎 {n}", "email": f"taro.{n}@example.jp", "phone": f"090-1234-{int(str(abs(hash(n)))[:4]):04d}"}
+    suffix = int(hashlib.sha256(str(n).encode()).hexdigest(), 16) % 10_000  # stable across runs
+    return {"name": f"山田 太郎 {n}", "email": f"taro.{n}@example.jp", "phone": f"090-1234-{suffix:04d}"}
 
 
 @dataclass
