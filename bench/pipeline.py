@@ -512,6 +512,18 @@ async def start_profilers(stack, seconds: float, out_dir: Path) -> list[subproce
     return procs
 
 
+async def finish_profilers(procs: list[subprocess.Popen], seconds: float, name: str) -> dict:
+    from cancelflow.stack import SERVICES
+
+    for p in procs:
+        try:
+            await asyncio.to_thread(p.wait, timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    out = REPO / "bench" / "results" / name
+    return {svc: summarize_profile(out / f"{svc}.raw") for svc in SERVICES if (out / f"{svc}.raw").exists()}
+
+
 IDLE_FRAMES = ("EpollSelector.select", "select (selectors.py")
 
 
@@ -697,9 +709,16 @@ async def run(args) -> dict:
                     print(f"  {rate}/s: skipped (saturated at a lower rate)", flush=True)
                     results["skipped"] = results.get("skipped", []) + [rate]
                     continue
+                profilers = []
+                if args.profile_rate == rate:
+                    profilers = await start_profilers(stack, min(plan.profile_s, plan.duration),
+                                                      REPO / "bench" / "results" / f"profile-{args.label}-{rate}")
                 results["pipeline"].append(await run_phase(
                     f"{rate}/s", rate=rate, messages=take(int(rate * plan.duration)), producer=producer,
                     topic=topics.SUBMISSIONS, collector=collector, monitor=monitor, timeout=plan.timeout))
+                if profilers:
+                    out = await finish_profilers(profilers, plan.profile_s, f"profile-{args.label}-{rate}")
+                    results.setdefault("profile_at_rate", {})[str(rate)] = out
             if plan.burst:
                 msgs = take(plan.burst)
                 profilers = []
@@ -709,15 +728,8 @@ async def run(args) -> dict:
                 results["pipeline"].append(await run_phase(
                     "full speed", rate=None, messages=msgs, producer=producer, topic=topics.SUBMISSIONS,
                     collector=collector, monitor=monitor, timeout=plan.timeout))
-                for p in profilers:
-                    try:
-                        p.wait(timeout=plan.profile_s + 30)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
                 if profilers:
-                    out = REPO / "bench" / "results" / f"profile-{args.label}"
-                    results["profile"] = {name: summarize_profile(out / f"{name}.raw")
-                                          for name in SERVICES if (out / f"{name}.raw").exists()}
+                    results["profile"] = await finish_profilers(profilers, plan.profile_s, f"profile-{args.label}")
             results["notification_kinds"] = dict(collector.kinds)
             results["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in monitor.peak_rss.items()}
             ctask.cancel()
@@ -848,6 +860,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare relay")
     parser.add_argument("--profile", action="store_true", help="py-spy every service during the burst")
+    parser.add_argument("--profile-rate", type=int, default=None, metavar="RATE",
+                        help="py-spy every service during the phase at this offered load")
     parser.add_argument("--label", default="latest", help="name of this run in the results and the plot")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the services (e.g. NOTIFIER_DISPATCH_INTERVAL_S=0.1)")

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -180,12 +181,35 @@ class BatchConsumer:
         self.topics = tuple(topics_)
         self.handlers = handlers
         self._failures = 0
+        self._conn: asyncpg.Connection | None = None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The consumer's own connection, kept between batches (batches of one subscriber run one at a
+        time). Handing it back to the pool after each batch would cost a reset round trip per batch; it
+        goes back, and is reset or closed by the pool, only after a batch failed."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self.runtime.pool.acquire()
+        try:
+            yield self._conn
+        except BaseException:
+            conn, self._conn = self._conn, None
+            try:
+                await self.runtime.pool.release(conn, timeout=5)
+            except Exception:  # noqa: BLE001 - a broken connection: the pool closes it
+                pass
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.runtime.pool.release(conn, timeout=5)
 
     async def handle_batch(self, records: Sequence[Any]) -> None:
         started = time.perf_counter()
         try:
             decoded = [self._decode(r) for r in records]
-            async with self.runtime.pool.acquire() as raw:
+            async with self._connection() as raw:
                 try:
                     conn = BatchConnection(raw)
                     async with raw.transaction(), buffered(conn, self.runtime.schema) as outbox:

@@ -30,6 +30,7 @@ from shared.clock import Clock, clock_from
 from shared.consumer import BatchConsumer, Handler
 from shared.db import create_pool, migrate
 from shared.logging import configure_logging
+from shared.offsets import OffsetCommitter
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
 
@@ -57,10 +58,19 @@ class Runtime:
     tasks: list[asyncio.Task] = field(default_factory=list)
     group: str = ""
     topics: tuple[str, ...] = ()
+    consumers: list[BatchConsumer] = field(default_factory=list)
+    committers: list[OffsetCommitter] = field(default_factory=list)
 
     @property
     def schema(self) -> str:
         return self.name
+
+    async def close_pool(self) -> None:
+        """Close the pool, after the consumers gave back the connections they keep between batches."""
+        for consumer in self.consumers:
+            await consumer.close()
+        if self.pool is not None:
+            await self.pool.close()
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,8 @@ class ServiceApp(AsgiFastStream):
         rt = self.runtime
         if self._starter and not self._starter.done():
             self._starter.cancel()
+        for committer in rt.committers:  # what finished so far; batches finishing later commit at once
+            await committer.close()
         for broker in self.brokers:
             await broker.stop()
         background = [t for t in rt.tasks if t.get_name() != f"{rt.name}-relay"]
@@ -162,8 +174,7 @@ class ServiceApp(AsgiFastStream):
         await asyncio.gather(*rt.tasks, return_exceptions=True)
         if rt.producer is not None:
             await rt.producer.stop()
-        if rt.pool is not None:
-            await rt.pool.close()
+        await rt.close_pool()
         rt.started = False
 
     @staticmethod
@@ -255,7 +266,11 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
     for sub in subscriptions(runtime):
         runtime.topics += tuple(sub.topics)
         consumer = BatchConsumer(runtime, sub.topics, sub.handlers)
-        _subscribe(broker, consumer, group_id=settings.consumer_group or name, max_records=settings.batch_max_records)
+        runtime.consumers.append(consumer)
+        committer = OffsetCommitter(settings.commit_interval_ms / 1000)
+        runtime.committers.append(committer)
+        _subscribe(broker, consumer, committer, group_id=settings.consumer_group or name,
+                   max_records=settings.batch_max_records)
     app_http = health_routes(runtime)
     if http is not None:
         http(runtime, app_http)
@@ -280,14 +295,21 @@ def _broker_security(settings: ServiceSettings) -> dict:
                             password=settings.kafka_sasl_password or "", ssl_context=ssl_context)}
 
 
-def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, *, group_id: str, max_records: int) -> None:
+def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, committer: OffsetCommitter, *, group_id: str,
+               max_records: int) -> None:
     @broker.subscriber(
         *consumer.topics, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=50,
-        auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
-        # Commit only what the handler finished: FastStream commits after the handler returns.
+        auto_offset_reset="earliest", ack_policy=AckPolicy.MANUAL, listener=committer,
         max_poll_interval_ms=300_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
         title=f"{group_id}:{'+'.join(consumer.topics)}",
     )
     async def on_batch(message: KafkaMessage) -> None:
         raw = message.raw_message
-        await consumer.handle_batch(raw if isinstance(raw, (tuple, list)) else (raw,))
+        records = raw if isinstance(raw, (tuple, list)) else (raw,)
+        try:
+            await consumer.handle_batch(records)
+        except BaseException:
+            await message.nack()  # rewind: the same records come again
+            raise
+        # Offsets only after the database commit; the committer sends them within commit_interval_ms.
+        await committer.processed(message, records)

@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(8000, description="Port of the health/metrics (and intake API) server.")
     batch_max_records: int = Field(500, ge=1, description="Most records handled in one DB transaction.")
     db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL connection pool.")
+    commit_interval_ms: int = Field(
+        100, ge=0, description="Offsets of processed batches are committed to Kafka this often (0: after every "
+                               "batch). Later is safe: re-read records are skipped by the inbox.")
     relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
     consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from email.header import Header
 from email.message import Message
 from email.mime.text import MIMEText
+from email.policy import compat32
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
 
 from shared import metrics
 from shared.outbox import buffered, emit_from
@@ -70,31 +73,101 @@ class MailRefused(RuntimeError):
     """The SMTP server refused the message after it was committed as sent."""
 
 
+class _Replies(asyncio.Protocol):
+    """The connection once aiosmtplib has greeted, secured and logged in: SMTP replies queued in order,
+    so pipelined commands (RFC 2920) get theirs however the server's bytes are split into packets."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.buffer = bytearray()
+        self.replies: deque[tuple[int, str]] = deque()
+        self.waiter: asyncio.Future | None = None
+        self.lost: Exception | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            text, end = [], 0
+            while True:
+                nl = self.buffer.find(b"\n", end)
+                if nl < 0:
+                    return self._wake()
+                line = bytes(self.buffer[end:nl]).rstrip(b"\r")
+                end = nl + 1
+                text.append(line[4:].decode("utf-8", "replace"))
+                if line[3:4] != b"-":
+                    break
+            del self.buffer[:end]
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = 0  # not SMTP: fails whatever waits for it
+            self.replies.append((code, "\n".join(text)))
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done() and (self.replies or self.lost):
+            self.waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = aiosmtplib.SMTPServerDisconnected(f"connection lost: {exc}" if exc else "connection lost")
+        self._wake()
+
+    def write(self, data: bytes) -> None:
+        if self.lost is not None or self.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self.transport.write(data)
+
+    async def reply(self, timeout: float = 10) -> tuple[int, str]:
+        while not self.replies:
+            if self.lost is not None:
+                raise self.lost
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.waiter, timeout)
+            except asyncio.TimeoutError:
+                raise aiosmtplib.SMTPReadTimeoutError("no answer from the SMTP server") from None
+        return self.replies.popleft()
+
+
 class Mailer:
-    """One SMTP connection, kept open between mails and reopened when it breaks."""
+    """One SMTP connection, kept open between mails and reopened when it breaks. aiosmtplib connects,
+    greets, secures and logs in; the mails themselves go over `_Replies`, MAIL/RCPT/DATA pipelined
+    when the server offers PIPELINING (one round trip instead of three)."""
 
     def __init__(self, settings: NotifierSettings) -> None:
         self.settings = settings
-        self._smtp: aiosmtplib.SMTP | None = None
-        self._locked = None
+        self._wire: _Replies | None = None
+        self._pipelining = False
 
-    async def _connection(self) -> aiosmtplib.SMTP:
-        if self._smtp is not None and self._smtp.is_connected:
-            return self._smtp
+    async def _connection(self) -> _Replies:
+        if self._wire is not None and self._wire.lost is None and not self._wire.transport.is_closing():
+            return self._wire
+        self.close()
         s = self.settings
         smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, use_tls=s.smtp_tls,
                                start_tls=s.smtp_starttls, timeout=10)
         await smtp.connect()
-        if s.smtp_username:
-            await smtp.login(s.smtp_username, s.smtp_password or "")
-        self._smtp = smtp
-        return smtp
+        try:
+            if s.smtp_username:
+                await smtp.login(s.smtp_username, s.smtp_password or "")
+            if not smtp.last_ehlo_response:
+                await smtp.ehlo()
+        except BaseException:
+            smtp.close()
+            raise
+        self._pipelining = smtp.supports_extension("pipelining")
+        transport = smtp.transport
+        self._wire = _Replies(transport)
+        transport.set_protocol(self._wire)
+        return self._wire
 
     def close(self) -> None:
-        self._unlock()
-        if self._smtp is not None:
-            self._smtp.close()
-            self._smtp = None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.transport.close()
 
     def compose(self, to: str, subject: str, body: str, msg_id: str, headers: dict[str, str]) -> Message:
         """The message, built with the compat32 classes: four times cheaper than EmailMessage's default
@@ -114,47 +187,52 @@ class Mailer:
 
     async def begin(self, msg: Message) -> None:
         """MAIL, RCPT, DATA and the content: everything up to, not including, the final "." of DATA."""
-        from aiosmtplib.email import flatten_message
-        from aiosmtplib.protocol import PERIOD_REGEX
-        from aiosmtplib.smtp import normalize_message_line_endings
-
-        smtp = await self._connection()
         try:
-            await smtp.mail(self.settings.mail_from)
-            await smtp.rcpt(str(msg["To"]))
-            content = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(flatten_message(msg)))
-            if not content.endswith(b"\r\n"):
-                content += b"\r\n"
-            # aiosmtplib (pinned <6) sends DATA, content and "." in one call; this is that call, split.
-            proto = smtp.protocol
-            await proto._command_lock.acquire()  # released by result() or close()
-            self._locked = proto
-            proto._response_pending = True
-            proto.write(b"DATA\r\n")
-            start = await proto.read_response(timeout=10)
-            if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
-            proto.write(content)
+            wire = await self._connection()
+            sender, recipient = self.settings.mail_from, str(msg["To"])
+            utf8 = not (sender.isascii() and recipient.isascii())
+            commands = [b"MAIL FROM:%s%s\r\n" % (quote_address(sender).encode(), b" SMTPUTF8" if utf8 else b""),
+                        b"RCPT TO:%s\r\n" % quote_address(recipient).encode(), b"DATA\r\n"]
+            if self._pipelining:
+                wire.write(b"".join(commands))  # RFC 2920: the three answers come back in order
+                answers = [await wire.reply(), await wire.reply(), await wire.reply()]
+            else:
+                answers = []
+                for command in commands:
+                    wire.write(command)
+                    answers.append(await wire.reply())
+                    if answers[-1][0] >= 400:
+                        break
+            (mail_code, mail_text), *rest = answers
+            if mail_code != 250:
+                raise aiosmtplib.SMTPSenderRefused(mail_code, mail_text, sender)
+            if rest[0][0] not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(rest[0][0], rest[0][1], recipient)
+            if rest[1][0] != 354:
+                raise aiosmtplib.SMTPDataError(rest[1][0], rest[1][1])
+            content = _dot_stuffed(msg.as_bytes(policy=_SMTP_POLICY))
+            wire.write(content)
         except BaseException:
             self.close()  # a half-sent DATA must never be completed by a later mail
             raise
 
     def end_data(self) -> None:
         """Write the final "." (no await: called right after the commit)."""
-        proto = self._smtp.protocol
-        proto._response_pending = True
-        proto.write(b".\r\n")
+        if self._wire is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self._wire.write(b".\r\n")
 
     async def result(self) -> None:
         """The server's answer to the end of DATA; MailRefused unless it accepted the mail."""
         try:
-            done = await self._smtp.protocol.read_response(timeout=10)
-            if done.code != 250:
-                raise MailRefused(f"{done.code} {done.message}")
+            if self._wire is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost")
+            code, text = await self._wire.reply()
+            if code != 250:
+                raise MailRefused(f"{code} {text}")
         except BaseException:
             self.close()
             raise
-        self._unlock()
 
     async def send(self, msg: Message, commit) -> None:
         """Send `msg`, calling `commit()` after the content and before the end of DATA (see module doc)."""
@@ -167,10 +245,17 @@ class Mailer:
             raise
         await self.result()
 
-    def _unlock(self) -> None:
-        proto, self._locked = self._locked, None
-        if proto is not None and proto._command_lock is not None and proto._command_lock.locked():
-            proto._command_lock.release()
+
+# Lines end in CRLF on the wire (RFC 5321); the body's own line breaks are converted by the policy.
+_SMTP_POLICY = compat32.clone(linesep="\r\n")
+
+
+def _dot_stuffed(content: bytes) -> bytes:
+    """RFC 5321 4.5.2: a line starting with "." gets one more; the content ends with CRLF."""
+    if content.startswith(b"."):
+        content = b"." + content
+    content = content.replace(b"\r\n.", b"\r\n..")
+    return content if content.endswith(b"\r\n") else content + b"\r\n"
 
 
 async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:

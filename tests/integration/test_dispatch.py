@@ -1,5 +1,6 @@
-"""The notifier's send is decided by the database commit: a real SMTP server (aiosmtpd) stores the
-mail only if the commit, made between the content and the end of DATA, succeeded."""
+"""The notifier's send is decided by the database commit: a real SMTP server stores the mail only if the
+commit, made between the content and the end of DATA, succeeded. Against two servers: aiosmtpd (third
+party, no PIPELINING: one command per round trip) and the project's own sink (PIPELINING)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,36 @@ import asyncio
 import pytest
 from aiosmtpd.controller import Controller
 
-from cancelflow.infra.mailsink import MaildirHandler, read_mail
+from cancelflow.infra.mailsink import Maildir, read_mail, serve
 from cancelflow.infra.ports import free_port
 from services.notifier.dispatch import Mailer
 from services.notifier.settings import NotifierSettings
 
 
-@pytest.fixture
-def smtp(tmp_path):
+class MaildirHandler:
+    """aiosmtpd's hook: a message it accepted goes to the same maildir as the project's own sink's."""
+
+    def __init__(self, directory) -> None:
+        self.maildir = Maildir(directory)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.maildir.store(envelope.original_content or envelope.content)
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture(params=["aiosmtpd", "mailsink"])
+async def smtp(request, tmp_path):
     port = free_port()
-    controller = Controller(MaildirHandler(tmp_path / "mail"), hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, tmp_path / "mail"
-    controller.stop()
+    if request.param == "aiosmtpd":
+        controller = Controller(MaildirHandler(tmp_path / "mail"), hostname="127.0.0.1", port=port)
+        controller.start()
+        yield port, tmp_path / "mail"
+        controller.stop()
+    else:
+        server = await serve("127.0.0.1", port, tmp_path / "mail")
+        yield port, tmp_path / "mail"
+        server.close()
+        await server.wait_closed()
 
 
 async def test_mail_is_delivered_only_after_the_commit_and_discarded_when_it_fails(smtp):

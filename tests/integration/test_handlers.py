@@ -42,7 +42,7 @@ async def eligibility(handler_db, infra):
     await migrate(handler_db, rt.schema, rt.service_dir)
     rt.pool = await create_pool(handler_db, rt.schema)
     yield app
-    await rt.pool.close()
+    await rt.close_pool()
 
 
 def _requested(contract_id: str, received_on: date) -> bytes:
