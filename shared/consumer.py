@@ -37,7 +37,7 @@ from shared import metrics, topics
 from shared.db import TRANSIENT_DB_ERRORS
 from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.logging import mask_pii
-from shared.outbox import OutboxBuffer, add_event, add_raw, buffered, notify
+from shared.outbox import OutboxBuffer, add_event, add_raw, buffered_into, notify
 
 if TYPE_CHECKING:
     from shared.service import Runtime
@@ -200,6 +200,19 @@ class BatchConsumer:
                 pass
             raise
 
+    @asynccontextmanager
+    async def _transaction(self, raw: asyncpg.Connection) -> AsyncIterator[tuple[BatchConnection, OutboxBuffer]]:
+        """The batch's transaction and outbox buffer; once it committed, its rows go to the relay."""
+        conn = BatchConnection(raw)
+        outbox = OutboxBuffer(conn, self.runtime.schema, self.runtime.relay)
+        try:
+            async with raw.transaction(), buffered_into(outbox):
+                yield conn, outbox
+        except BaseException:
+            outbox.abandoned()
+            raise
+        outbox.committed()
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -211,14 +224,12 @@ class BatchConsumer:
             decoded = [self._decode(r) for r in records]
             async with self._connection() as raw:
                 try:
-                    conn = BatchConnection(raw)
-                    async with raw.transaction(), buffered(conn, self.runtime.schema) as outbox:
+                    async with self._transaction(raw) as (conn, outbox):
                         duplicates = await self._fast(conn, decoded, outbox)
                     for topic in duplicates:
                         metrics.DUPLICATES.labels(self.runtime.name, topic).inc()
                 except _RecordFailed:
-                    conn = BatchConnection(raw)
-                    async with raw.transaction(), buffered(conn, self.runtime.schema) as outbox:
+                    async with self._transaction(raw) as (conn, outbox):
                         for item in decoded:
                             await self._careful(conn, item, outbox)
         except Exception as exc:

@@ -160,27 +160,18 @@ class ServiceApp(AsgiFastStream):
             await committer.close()
         for broker in self.brokers:
             await broker.stop()
-        background = [t for t in rt.tasks if t.get_name() != f"{rt.name}-relay"]
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if rt.relay is not None:
-            try:
-                await asyncio.wait_for(self._drain(rt.relay), timeout=5)
-            except Exception as exc:  # noqa: BLE001 - what is left is published on the next start
-                log.warning("outbox not drained at shutdown: %s", exc)
-        for task in rt.tasks:
+        for task in rt.tasks:  # the relay too: what it has not published is in the table
             task.cancel()
         await asyncio.gather(*rt.tasks, return_exceptions=True)
+        if rt.relay is not None:
+            try:
+                await asyncio.wait_for(rt.relay.drain(), timeout=5)
+            except Exception as exc:  # noqa: BLE001 - what is left is published on the next start
+                log.warning("outbox not drained at shutdown: %s", exc)
         if rt.producer is not None:
             await rt.producer.stop()
         await rt.close_pool()
         rt.started = False
-
-    @staticmethod
-    async def _drain(relay: OutboxRelay) -> None:
-        while await relay.publish_batch():
-            pass
 
 
 async def lag_loop(rt: Runtime, interval_s: float = 5.0) -> None:

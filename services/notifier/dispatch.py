@@ -10,7 +10,7 @@ whose DATA never ended, so:
 The remaining window, a crash between PostgreSQL's commit and writing five bytes per mail, is a few
 syscalls long. The Message-ID is deterministic, so even then a receiving system could drop a copy.
 
-Throughput: a transaction claims up to `BATCH` due rows and sends them at once, each on its own SMTP
+Throughput: a transaction claims up to `smtp_connections` due rows and sends them at once, each on its own SMTP
 connection (kept open between mails), so one commit and a handful of round trips serve several mails;
 up to `WORKERS` such transactions run side by side when more than a batch is due (SKIP LOCKED keeps
 them apart). The loop is woken by
@@ -62,7 +62,6 @@ WHERE n.id = u.id
 """
 
 WORKERS = 2  # dispatch transactions running side by side
-BATCH = 16   # due notifications claimed per transaction, each sent on its own SMTP connection
 
 
 def message_id(row) -> str:
@@ -264,6 +263,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
         tx = conn.transaction()
         await tx.start()
         committed = False
+        outbox = None
         used: list[Mailer] = []
         try:
             rows = await conn.fetch(DUE, rt.clock.now(), len(mailers))
@@ -274,7 +274,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
             msg_ids = [message_id(row) for row in rows]
             await conn.execute(MARK_SENT, [row["id"] for row in rows], sent_at, msg_ids)
             messages = []
-            async with buffered(conn, rt.schema):  # the notification.sent events: one INSERT
+            async with buffered(conn, rt.schema, rt.relay) as outbox:  # the notification.sent events: one INSERT
                 for row, msg_id in zip(rows, msg_ids):
                     kind = NotificationKind(row["kind"])
                     await emit_from(conn, rt, NotificationSent(
@@ -306,8 +306,11 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
                 except Exception as exc:  # noqa: BLE001 - the connection broke: this DATA never ended
                     mailer.close()
                     not_ended.append(exc)
+            outbox.committed()  # the notification.sent events to the relay
         except BaseException:
             if not committed:
+                if outbox is not None:
+                    outbox.abandoned()
                 for mailer in used:
                     mailer.close()  # abandon every unfinished DATA: the server discards them
                 if not conn.is_closed():
@@ -340,7 +343,7 @@ async def _failed(error: BaseException) -> None:
 
 def dispatch_loop(settings: NotifierSettings):
     async def dispatch(rt: Runtime) -> None:
-        workers = [[Mailer(settings) for _ in range(BATCH)] for _ in range(WORKERS)]
+        workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
         wake = asyncio.Event()
         listener = None
         delay = settings.dispatch_interval_s
@@ -364,7 +367,7 @@ def dispatch_loop(settings: NotifierSettings):
                         await listener.add_listener(DUE_CHANNEL, on_notify)
                     wake.clear()
                     # One worker first; the others join only when there is more than a batch to send.
-                    if await send_batch(rt, workers[0]) == BATCH:
+                    if await send_batch(rt, workers[0]) == settings.smtp_connections:
                         outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                         error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                         if error is not None:

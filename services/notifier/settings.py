@@ -17,4 +17,7 @@ class NotifierSettings(ServiceSettings):
     smtp_username: str | None = Field(None, description="SMTP login, if the relay wants one.")
     smtp_password: str | None = Field(None, description="SMTP password.")
     mail_from: str = Field("support@cancelflow.example", description="Sender address.")
+    smtp_connections: int = Field(
+        32, ge=1, le=500, description="SMTP connections per dispatch worker (two workers): the mails one "
+                                      "transaction sends at once, each DATA held open until the commit.")
     dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")
