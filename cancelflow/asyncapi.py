@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -92,15 +93,7 @@ def topic_schema(models: tuple[type[events.EventData], ...]) -> Any:
     return Annotated[Union[wrapped], Field(discriminator="event_type")]  # noqa: UP007 - a runtime Union of types
 
 
-def _consumer_description(service: str, handled: dict[str, Any], subscribed: tuple[str, ...]) -> str:
-    kinds = ", ".join(f"`{t}`" for t in handled)
-    dlqs = ", ".join(f"`{topics.dlq(t)}`" for t in subscribed)
-    return (f"Consumer group `{service}` (batches, one PostgreSQL transaction each, offsets committed after it). "
-            f"Handles {kinds}; other event types are recorded in the inbox and skipped. A record that cannot be "
-            f"parsed or handled goes to {dlqs} with the reason in headers.")
-
-
-def _service_handlers() -> dict[str, list]:
+def service_subscriptions() -> dict[str, list]:
     """The services' subscriptions as declared in their handlers modules (no runtime needed to list them)."""
     from services.billing.handlers import subscriptions as billing
     from services.eligibility.domain import DEFAULT_OFFER_POLICY
@@ -108,7 +101,10 @@ def _service_handlers() -> dict[str, list]:
     from services.intake.handlers import subscriptions as intake
     from services.notifier.handlers import subscriptions as notifier
 
-    return {"intake": intake(None), "eligibility": eligibility(DEFAULT_OFFER_POLICY)(None),
+    from services.intake.settings import IntakeSettings
+
+    return {"intake": intake(SimpleNamespace(settings=IntakeSettings())),
+            "eligibility": eligibility(DEFAULT_OFFER_POLICY)(None),
             "billing": billing(None), "notifier": notifier(None)}
 
 
@@ -139,16 +135,11 @@ def service_brokers() -> dict[str, KafkaBroker]:
              "consumer_group": None, "offer_policy_json": None}
     factories = {"intake": (intake_app, IntakeSettings), "eligibility": (eligibility_app, EligibilitySettings),
                  "billing": (billing_app, BillingSettings), "notifier": (notifier_app, NotifierSettings)}
-    handlers = _service_handlers()
     brokers = {}
     with _logging_untouched():
         for name, (factory, settings_cls) in factories.items():
             app = factory(settings_cls(**fixed))
             broker = app.broker
-            subs = handlers[name]
-            for subscriber, sub in zip(broker.subscribers, subs, strict=True):
-                subscriber.specification.config.description_ = _consumer_description(
-                    name, sub.handlers, tuple(sub.topics))
             brokers[name] = broker
     return brokers
 
@@ -182,7 +173,7 @@ def documentation_broker() -> KafkaBroker:
 
 def _consumers_of() -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
-    for service, subs in _service_handlers().items():
+    for service, subs in service_subscriptions().items():
         for sub in subs:
             for topic in sub.topics:
                 out.setdefault(topic, []).append(service)

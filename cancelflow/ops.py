@@ -587,15 +587,9 @@ def dlq_replay(topic: str = typer.Argument(None, help="A topic or its .dlq (defa
 
 def service_topics() -> dict[str, tuple[str, ...]]:
     """The topics each service consumes, from its handlers module."""
-    from services.billing.handlers import subscriptions as billing
-    from services.eligibility.domain import DEFAULT_OFFER_POLICY
-    from services.eligibility.handlers import subscriptions as eligibility
-    from services.intake.handlers import subscriptions as intake
-    from services.notifier.handlers import subscriptions as notifier
+    from .asyncapi import service_subscriptions
 
-    subs = {"intake": intake(None), "eligibility": eligibility(DEFAULT_OFFER_POLICY)(None),
-            "billing": billing(None), "notifier": notifier(None)}
-    return {name: tuple(t for s in ss for t in s.topics) for name, ss in subs.items()}
+    return {name: tuple(t for s in ss for t in s.topics) for name, ss in service_subscriptions().items()}
 
 
 def consumer_group(service: str) -> str:

@@ -25,7 +25,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared import metrics
+from shared import metrics, topics
 from shared.clock import Clock, clock_from
 from shared.consumer import BatchConsumer, Handler
 from shared.db import create_pool, migrate
@@ -77,6 +77,9 @@ class Runtime:
 class Subscription:
     topics: Sequence[str]
     handlers: dict[str, Handler]
+    # 0: each batch as soon as a record arrives (the latency path). N > 0: records are collected for up to N ms
+    # into one batch (one transaction, one round of statements) - for views that may lag a little.
+    collect_ms: int = 0
 
 
 async def _retry(what: str, runtime: Runtime, attempt: Callable[[], Awaitable[Any]]) -> Any:
@@ -261,7 +264,7 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
         committer = OffsetCommitter(settings.commit_interval_ms / 1000)
         runtime.committers.append(committer)
         _subscribe(broker, consumer, committer, group_id=settings.consumer_group or name,
-                   max_records=settings.batch_max_records)
+                   max_records=settings.batch_max_records, collect_ms=sub.collect_ms)
     app_http = health_routes(runtime)
     if http is not None:
         http(runtime, app_http)
@@ -286,13 +289,25 @@ def _broker_security(settings: ServiceSettings) -> dict:
                             password=settings.kafka_sasl_password or "", ssl_context=ssl_context)}
 
 
+def consumer_description(group_id: str, consumer: BatchConsumer) -> str:
+    """What the AsyncAPI document says of a subscriber."""
+    kinds = ", ".join(f"`{t}`" for t in consumer.handlers)
+    dlqs = ", ".join(f"`{topics.dlq(t)}`" for t in consumer.topics)
+    return (f"Consumer group `{group_id}` (batches, one PostgreSQL transaction each, offsets committed after it). "
+            f"Handles {kinds}; other event types are recorded in the inbox and skipped. A record that cannot be "
+            f"parsed or handled goes to {dlqs} with the reason in headers.")
+
+
 def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, committer: OffsetCommitter, *, group_id: str,
-               max_records: int) -> None:
+               max_records: int, collect_ms: int = 0) -> None:
+    # collect_ms: the broker holds each fetch until 1 MiB or collect_ms, so a batch gathers what came meanwhile.
+    collecting = {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": collect_ms} if collect_ms else {}
     @broker.subscriber(
-        *consumer.topics, group_id=group_id, batch=True, max_records=max_records, batch_timeout_ms=50,
+        *consumer.topics, group_id=group_id, batch=True, max_records=max_records,
+        batch_timeout_ms=max(50, collect_ms), **collecting,
         auto_offset_reset="earliest", ack_policy=AckPolicy.MANUAL, listener=committer,
         max_poll_interval_ms=300_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
-        title=f"{group_id}:{'+'.join(consumer.topics)}",
+        title=f"{group_id}:{'+'.join(consumer.topics)}", description=consumer_description(group_id, consumer),
     )
     async def on_batch(message: KafkaMessage) -> None:
         raw = message.raw_message

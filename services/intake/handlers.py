@@ -87,10 +87,13 @@ async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    return [Subscription(
-        topics=(topics.SUBMISSIONS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
+    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted}),
+            # The status view: five events per request, none on the way to the customer's e-mails, so they
+            # are collected for up to status_collect_ms and written a batch at a time.
+            Subscription(
+        topics=(topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
+        collect_ms=rt.settings.status_collect_ms,
         handlers={
-            CancellationSubmitted.event_type: on_submitted,
             CancellationAccepted.event_type: on_accepted,
             CancellationRejected.event_type: on_rejected,
             CancellationWithdrawn.event_type: on_withdrawn,

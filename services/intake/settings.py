@@ -13,6 +13,9 @@ class IntakeSettings(ServiceSettings):
     api_keys: str = Field("dev-key", description="Accepted X-API-Key values, comma separated (several for rotation).")
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 secret for signed upstream webhooks.")
     public_url: str = Field("http://127.0.0.1:8001", description="Base URL used in `status_url`.")
+    status_collect_ms: int = Field(
+        100, ge=0, le=5000, description="The status view's events (decisions, settlements, notifications) are "
+                                        "collected this long into one transaction; the status lags by as much.")
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
