@@ -12,10 +12,12 @@ apart by `event_type`) and the `data` model from `shared/events.py`.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
+from urllib.parse import unquote
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -196,8 +198,8 @@ def build_specification() -> Specification:
 def _tidy(spec: Any) -> None:
     """What FastStream cannot know, and a stable order.
 
-    - A subscriber's handler takes the raw batch, so FastStream gives its message an empty payload: it is the
-      envelope of the topic, the same schema as the topic's publisher.
+    - A subscriber's handler takes the raw batch, so FastStream gives its message an untyped payload: it is
+      the envelope of the topic, the same schema as the topic's publisher.
     - The correlation id is the envelope's `correlation_id` field, not a header.
     - FastStream keeps endpoints in weak sets, whose order can change from run to run: sort by key.
     """
@@ -211,13 +213,15 @@ def _tidy(spec: Any) -> None:
     for channel in channels.values():
         for ref_ in channel.messages.values():
             message = components.messages[_ref_name(ref_)]
-            if message.payload.get("$ref") == "#/components/schemas/EmptyPayload" and channel.address in payload_of_topic:
+            if _ref_name(ref_).endswith("SubscribeMessage") and channel.address in payload_of_topic:
                 message.payload = dict(payload_of_topic[channel.address])
             message.correlationId.location = "$message.payload#/correlation_id"
             message.correlationId.description = "the request_id, or the upstream id"
-    referenced = spec.to_json()
-    if '"#/components/schemas/EmptyPayload"' not in referenced:
-        components.schemas.pop("EmptyPayload", None)
+    referenced = {unquote(r) for r in re.findall(r'"#/components/schemas/([^"]+)"', spec.to_json())}
+    for name in list(components.schemas):
+        # The subscribers' own (untyped) payloads, now replaced by their topic's envelope.
+        if (name == "EmptyPayload" or name.endswith(":Message:Payload")) and name not in referenced:
+            components.schemas.pop(name)
     spec.channels = dict(sorted(channels.items()))
     spec.operations = dict(sorted(spec.operations.items()))
     components.messages = dict(sorted(components.messages.items()))
