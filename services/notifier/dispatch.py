@@ -21,10 +21,11 @@ them apart). The loop is woken by
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections import deque
+from dataclasses import dataclass
 from email.header import Header
-from email.message import Message
 from email.mime.text import MIMEText
 from email.policy import compat32
 
@@ -168,27 +169,15 @@ class Mailer:
         if wire is not None:
             wire.transport.close()
 
-    def compose(self, to: str, subject: str, body: str, msg_id: str, headers: dict[str, str]) -> Message:
-        """The message, built with the compat32 classes: four times cheaper than EmailMessage's default
-        policy (which parses every header it is given), and read back the same by any mail reader."""
-        for value in (to, subject, msg_id, *headers.values()):
-            if "\r" in value or "\n" in value:
-                raise ValueError("a header value must not contain a line break")
-        ascii_body = body.isascii()
-        msg = MIMEText(body, "plain", "us-ascii" if ascii_body else "utf-8")
-        msg["From"] = self.settings.mail_from
-        msg["To"] = to
-        msg["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
-        msg["Message-ID"] = msg_id
-        for key, value in headers.items():
-            msg[key] = value
-        return msg
+    def compose(self, to: str, subject: str, body: str, msg_id: str, headers: dict[str, str]) -> "Mail":
+        """The message as SMTP sends it (see `render_mail`)."""
+        return Mail(to, render_mail(self.settings.mail_from, to, subject, body, msg_id, headers))
 
-    async def begin(self, msg: Message) -> None:
+    async def begin(self, msg: "Mail") -> None:
         """MAIL, RCPT, DATA and the content: everything up to, not including, the final "." of DATA."""
         try:
             wire = await self._connection()
-            sender, recipient = self.settings.mail_from, str(msg["To"])
+            sender, recipient = self.settings.mail_from, msg.to
             utf8 = not (sender.isascii() and recipient.isascii())
             commands = [b"MAIL FROM:%s%s\r\n" % (quote_address(sender).encode(), b" SMTPUTF8" if utf8 else b""),
                         b"RCPT TO:%s\r\n" % quote_address(recipient).encode(), b"DATA\r\n"]
@@ -209,7 +198,7 @@ class Mailer:
                 raise aiosmtplib.SMTPRecipientRefused(rest[0][0], rest[0][1], recipient)
             if rest[1][0] != 354:
                 raise aiosmtplib.SMTPDataError(rest[1][0], rest[1][1])
-            content = _dot_stuffed(msg.as_bytes(policy=_SMTP_POLICY))
+            content = _dot_stuffed(msg.content)
             wire.write(content)
         except BaseException:
             self.close()  # a half-sent DATA must never be completed by a later mail
@@ -233,7 +222,7 @@ class Mailer:
             self.close()
             raise
 
-    async def send(self, msg: Message, commit) -> None:
+    async def send(self, msg: "Mail", commit) -> None:
         """Send `msg`, calling `commit()` after the content and before the end of DATA (see module doc)."""
         await self.begin(msg)
         try:
@@ -245,8 +234,67 @@ class Mailer:
         await self.result()
 
 
+@dataclass(frozen=True)
+class Mail:
+    to: str
+    content: bytes  # RFC 5322 with CRLF line ends; dot-stuffing and the last CRLF come when it is sent
+
+
 # Lines end in CRLF on the wire (RFC 5321); the body's own line breaks are converted by the policy.
 _SMTP_POLICY = compat32.clone(linesep="\r\n")
+_MAX_LINE = 998  # RFC 5322 2.1.1
+_WORD_BYTES = 45  # UTF-8 bytes per encoded word: base64 of 45 -> 60 chars, "=?utf-8?b?...?=" stays <= 75
+
+
+def render_mail(sender: str, to: str, subject: str, body: str, msg_id: str, headers: dict[str, str]) -> bytes:
+    """A text/plain message, written directly: what `email.mime.text.MIMEText` with the compat32 policy
+    produces for these messages (same headers, RFC 2047 subject, base64 body when not ASCII), at a
+    fraction of its cost (its header folding was a sixth of the notifier's time). Anything unusual
+    (a header line longer than RFC 5322 allows, a very long ASCII body line) goes through the stdlib."""
+    for value in (to, subject, msg_id, *headers.values()):
+        if "\r" in value or "\n" in value:
+            raise ValueError("a header value must not contain a line break")
+    ascii_body = body.isascii()
+    lines = [f"Content-Type: text/plain; charset=\"{'us-ascii' if ascii_body else 'utf-8'}\"", "MIME-Version: 1.0",
+             f"Content-Transfer-Encoding: {'7bit' if ascii_body else 'base64'}", f"From: {sender}", f"To: {to}",
+             f"Subject: {subject if subject.isascii() else _encoded_words(subject)}", f"Message-ID: {msg_id}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    if ascii_body:
+        text = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if any(len(line) > _MAX_LINE for line in text):
+            return _render_with_stdlib(sender, to, subject, body, msg_id, headers)
+        payload = "\r\n".join(text)
+    else:
+        payload = base64.encodebytes(body.encode()).decode("ascii").replace("\n", "\r\n")
+    if any(len(line) > _MAX_LINE or not line.isascii() for line in lines):
+        return _render_with_stdlib(sender, to, subject, body, msg_id, headers)
+    return ("\r\n".join(lines) + "\r\n\r\n" + payload).encode("ascii")
+
+
+def _encoded_words(text: str) -> str:
+    """RFC 2047 B-encoded words of at most `_WORD_BYTES` UTF-8 bytes each (never splitting a character),
+    folded one per line."""
+    words, chunk, size = [], [], 0
+    for ch in text:
+        n = len(ch.encode())
+        if size + n > _WORD_BYTES:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(ch)
+        size += n
+    words.append("".join(chunk))
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode()).decode('ascii')}?=" for w in words)
+
+
+def _render_with_stdlib(sender: str, to: str, subject: str, body: str, msg_id: str, headers: dict[str, str]) -> bytes:
+    msg = MIMEText(body, "plain", "us-ascii" if body.isascii() else "utf-8")
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
+    msg["Message-ID"] = msg_id
+    for key, value in headers.items():
+        msg[key] = value
+    return msg.as_bytes(policy=_SMTP_POLICY)
 
 
 def _dot_stuffed(content: bytes) -> bytes:
