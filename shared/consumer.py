@@ -141,6 +141,8 @@ class Context:
     partition: int
     offset: int
     runtime: "Runtime"
+    # What the subscription's `prepare` returned for the whole batch (fast path only; None otherwise).
+    prepared: Any = None
 
     def now(self) -> datetime:
         return self.runtime.clock.now()
@@ -161,6 +163,10 @@ class Context:
 
 
 Handler = Callable[[Context, Any], Awaitable[None]]
+# Runs once per batch on the fast path, before the handlers, with the (envelope, event) of every record
+# handled for the first time: one statement for the batch instead of one per record. Its result is each
+# handler's `ctx.prepared`; a handler must still work without it (the careful path passes None).
+Prepare = Callable[[BatchConnection, "Runtime", list[tuple[Envelope, Any]]], Awaitable[Any]]
 
 
 class _RecordFailed(Exception):
@@ -176,10 +182,12 @@ class _Decoded:
 
 
 class BatchConsumer:
-    def __init__(self, runtime: "Runtime", topics_: Sequence[str], handlers: dict[str, Handler]) -> None:
+    def __init__(self, runtime: "Runtime", topics_: Sequence[str], handlers: dict[str, Handler],
+                 prepare: Prepare | None = None) -> None:
         self.runtime = runtime
         self.topics = tuple(topics_)
         self.handlers = handlers
+        self.prepare = prepare
         self._failures = 0
         self._conn: asyncpg.Connection | None = None
 
@@ -268,6 +276,20 @@ class BatchConsumer:
         if rows:
             inserted = await conn.fetch(_INBOX_MANY, *(list(c) for c in zip(*rows)))
             first_time = {row["event_id"] for row in inserted}
+        prepared = None
+        if self.prepare is not None:
+            fresh, taken = [], set()
+            for item in decoded:
+                if item.envelope is not None and item.envelope.event_id in first_time \
+                        and item.envelope.event_id not in taken:
+                    taken.add(item.envelope.event_id)
+                    fresh.append((item.envelope, item.data))
+            try:
+                prepared = await self.prepare(conn, self.runtime, fresh) if fresh else None
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - some record is bad: found and dead-lettered record by record
+                raise _RecordFailed() from exc
         duplicates, undecodable = [], []
         for item in decoded:
             record = item.record
@@ -283,7 +305,7 @@ class BatchConsumer:
                 continue
             try:
                 await handler(Context(conn, item.envelope, record.topic, record.partition, record.offset,
-                                      self.runtime), item.data)
+                                      self.runtime, prepared), item.data)
             except TRANSIENT_DB_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - redone record by record, where it is dead-lettered

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import metrics, topics
 from shared.clock import Clock, clock_from
-from shared.consumer import BatchConsumer, Handler
+from shared.consumer import BatchConsumer, Handler, Prepare
 from shared.db import create_pool, migrate
 from shared.logging import configure_logging
 from shared.offsets import OffsetCommitter
@@ -80,6 +80,7 @@ class Subscription:
     # 0: each batch as soon as a record arrives (the latency path). N > 0: records are collected for up to N ms
     # into one batch (one transaction, one round of statements) - for views that may lag a little.
     collect_ms: int = 0
+    prepare: Prepare | None = None  # see shared.consumer.Prepare
 
 
 async def _retry(what: str, runtime: Runtime, attempt: Callable[[], Awaitable[Any]]) -> Any:
@@ -262,7 +263,7 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
                          **_broker_security(settings))
     for sub in subscriptions(runtime):
         runtime.topics += tuple(sub.topics)
-        consumer = BatchConsumer(runtime, sub.topics, sub.handlers)
+        consumer = BatchConsumer(runtime, sub.topics, sub.handlers, sub.prepare)
         runtime.consumers.append(consumer)
         committer = OffsetCommitter(settings.commit_interval_ms / 1000)
         runtime.committers.append(committer)

@@ -11,15 +11,35 @@ from shared.events import (CancellationAccepted, CancellationCompleted, Cancella
                            SettlementIssued, SettlementVoided, WithdrawalRefused)
 from shared.service import Runtime, Subscription
 
-from .store import IdempotencyConflict, record_request
+from .store import IdempotencyConflict, existing_request, insert_requests, new_request, queue_requested, record_request
 
 log = logging.getLogger(__name__)
 
 
+def _form(e: CancellationSubmitted) -> CancellationForm:
+    return CancellationForm.model_validate(e.model_dump(exclude={"submission_id"}))
+
+
+async def prepare_submissions(conn, rt: Runtime, items: list) -> dict:
+    """The batch's submissions inserted with one statement: {event_id: (NewRequest, created)}."""
+    news = {envelope.event_id: new_request(_form(e), source="kafka", submission_id=e.submission_id,
+                                           received_at=rt.clock.now())
+            for envelope, e in items if isinstance(e, CancellationSubmitted)}
+    created = await insert_requests(conn, list(news.values()))
+    return {event_id: (new, new.request_id in created) for event_id, new in news.items()}
+
+
 async def on_submitted(ctx: Context, e: CancellationSubmitted) -> None:
-    form = CancellationForm.model_validate(e.model_dump(exclude={"submission_id"}))
     try:
-        await record_request(ctx.conn, form, source="kafka", submission_id=e.submission_id,
+        if ctx.prepared is not None and ctx.envelope.event_id in ctx.prepared:
+            new, created = ctx.prepared[ctx.envelope.event_id]
+            if created:
+                await queue_requested(ctx.conn, new, correlation_id=ctx.envelope.correlation_id,
+                                      causation_id=str(ctx.envelope.event_id))
+            else:
+                await existing_request(ctx.conn, new)  # the same key before: same body, or a conflict
+            return
+        await record_request(ctx.conn, _form(e), source="kafka", submission_id=e.submission_id,
                              received_at=ctx.now(), correlation_id=ctx.envelope.correlation_id,
                              causation_id=str(ctx.envelope.event_id))
     except IdempotencyConflict as exc:
@@ -87,7 +107,8 @@ async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted}),
+    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted},
+                         prepare=prepare_submissions),
             # The status view: five events per request, none on the way to the customer's e-mails, so they
             # are collected for up to status_collect_ms and written a batch at a time.
             Subscription(

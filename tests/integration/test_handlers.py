@@ -101,3 +101,58 @@ async def test_a_failing_handler_rolls_back_only_its_own_record(eligibility, mon
     assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", event_id) == 0
     dlq = await pool.fetch("SELECT headers FROM outbox WHERE key = $1", contract.encode())
     assert len(dlq) == 1 and "decision blew up" in dict(map(tuple, dlq[0]["headers"]))["dlq.reason"]
+
+
+@pytest.fixture
+async def intake(handler_db, infra):
+    from services.intake.app import create_app as create_intake
+    from services.intake.settings import IntakeSettings
+
+    app = create_intake(IntakeSettings(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
+    rt = app.runtime
+    await migrate(handler_db, rt.schema, rt.service_dir)
+    rt.pool = await create_pool(handler_db, rt.schema)
+    yield app
+    await rt.close_pool()
+
+
+def _submitted(contract_id: str, submission_id: str, reason: str = "TOO_DIFFICULT") -> bytes:
+    from shared.events import CancellationSubmitted
+
+    data = CancellationSubmitted(
+        submission_id=submission_id, contract_id=contract_id, account_id="@a", plan="pro", reason=reason,
+        customer={"name": "n", "email": "a@example.jp", "phone": "090-0000-0000"})
+    return new_envelope(data, producer="upstream", correlation_id=submission_id, causation_id=None).to_bytes()
+
+
+async def test_a_batch_of_submissions_is_inserted_at_once_and_each_key_counts_once(intake):
+    """One batch: a new key, the same key again with the same body (one request), another new key (the
+    fast path, one INSERT for the batch); then a batch where a key comes back with another body (that record
+    is dead-lettered, the others still recorded: the record-by-record path)."""
+    pool = intake.runtime.pool
+    contract = f"C-{uuid.uuid4().hex[:8]}"
+    a, b, c = (f"S-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    consumer = next(c for c in intake.runtime.consumers if c.prepare is not None)
+    prepared_sizes, prepare = [], consumer.prepare
+
+    async def counting(conn, rt, items):
+        prepared_sizes.append(len(items))
+        return await prepare(conn, rt, items)
+
+    consumer.prepare = counting
+    async with TestKafkaBroker(intake.broker) as broker:
+        await broker.publish_batch(_submitted(contract, a), _submitted(contract, a), _submitted(contract, b),
+                                   topic=topics.SUBMISSIONS)
+        await broker.publish_batch(_submitted(contract, c), _submitted(contract, b, reason="SWITCHING_TOOL"),
+                                   topic=topics.SUBMISSIONS)
+    assert prepared_sizes[0] == 3, "the first batch went through the one-INSERT path"
+    rows = await pool.fetch("SELECT submission_id, request_id FROM requests WHERE contract_id = $1 ORDER BY received_at",
+                            contract)
+    assert sorted(r["submission_id"] for r in rows) == sorted([a, b, c])
+    outbox = await pool.fetch("SELECT topic, value, headers FROM outbox WHERE key = $1 ORDER BY id", contract.encode())
+    requested = [orjson.loads(r["value"]) for r in outbox if r["topic"] == topics.REQUESTS]
+    assert sorted(e["data"]["submission_id"] for e in requested) == sorted([a, b, c]), "one event per key"
+    assert {e["data"]["request_id"] for e in requested} == {r["request_id"] for r in rows}
+    dlq = [r for r in await pool.fetch("SELECT value, headers FROM outbox WHERE topic = $1", topics.dlq(topics.SUBMISSIONS))
+           if orjson.loads(r["value"])["data"]["contract_id"] == contract]
+    assert len(dlq) == 1 and dict(map(tuple, dlq[0]["headers"]))["dlq.reason"].startswith("submission_id: already used")
