@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from shared import topics
 from shared.calendar import tokyo_date
@@ -28,32 +31,76 @@ async def on_contract_signed(ctx: Context, e: ContractSigned) -> None:
         e.contract_id, e.account_id, e.plan.value, e.monthly_fee_jpy, e.start_date)
 
 
+@dataclass(frozen=True)
+class PreparedRequests:
+    """What the decisions of a batch's requests read, read for all of them at once: only for contracts that
+    one request of the batch and nothing else in it touches (the others are read record by record)."""
+
+    covered: frozenset[str]
+    contracts: dict[str, Any]
+    pending: frozenset[str]
+    decided: frozenset[str]
+
+
+async def prepare_requests(conn, rt: Runtime, items: list) -> PreparedRequests | None:
+    requests = [e for _, e in items if isinstance(e, CancellationRequested)]
+    if not requests or any(isinstance(e, WithdrawalRequested) for _, e in items):
+        return None  # a withdrawal changes what is pending: the record-by-record reads keep the order
+    signed = {e.contract_id for _, e in items if isinstance(e, ContractSigned)}
+    per_contract = Counter(e.contract_id for e in requests)
+    per_request = Counter(e.request_id for e in requests)
+    covered = sorted(c for c, n in per_contract.items() if n == 1 and c not in signed)
+    request_ids = [e.request_id for e in requests if e.contract_id in set(covered) and per_request[e.request_id] == 1]
+    covered = sorted({e.contract_id for e in requests if e.request_id in set(request_ids)})
+    if not covered:
+        return None
+    # The contracts locked (in a fixed order), then, with a fresh snapshot after the locks, the pending
+    # cancellations and the requests decided already: as the one-record path asks them.
+    rows = await conn.fetch("SELECT contract_id, start_date, monthly_fee_jpy, ended_on FROM contracts"
+                            " WHERE contract_id = ANY($1::text[]) ORDER BY contract_id FOR UPDATE", covered)
+    seen = await conn.fetch("SELECT contract_id, request_id, status FROM cancellations"
+                            " WHERE contract_id = ANY($1::text[]) OR request_id = ANY($2::text[])", covered, request_ids)
+    return PreparedRequests(
+        covered=frozenset(covered), contracts={r["contract_id"]: r for r in rows},
+        pending=frozenset(r["contract_id"] for r in seen if r["status"] == "accepted"),
+        decided=frozenset(r["request_id"] for r in seen if r["request_id"] in set(request_ids)))
+
+
 def on_cancellation_requested(offer_policy: Mapping):
     async def handle(ctx: Context, e: CancellationRequested) -> None:
         conn = ctx.conn
-        # The contract, locked, and whether this request was decided already, in one round trip.
-        row = await conn.fetchrow(
-            "SELECT contract_id, start_date, monthly_fee_jpy, ended_on,"
-            " EXISTS (SELECT 1 FROM cancellations WHERE request_id = $2) AS decided"
-            " FROM contracts WHERE contract_id = $1 FOR UPDATE", e.contract_id, e.request_id)
-        if row is None:
-            decided = await conn.fetchval("SELECT true FROM cancellations WHERE request_id = $1", e.request_id)
+        prepared: PreparedRequests | None = ctx.prepared
+        if prepared is not None and e.contract_id in prepared.covered:
+            row, decided = prepared.contracts.get(e.contract_id), e.request_id in prepared.decided
         else:
-            decided = row["decided"]
+            # The contract, locked, and whether this request was decided already, in one round trip.
+            row = await conn.fetchrow(
+                "SELECT contract_id, start_date, monthly_fee_jpy, ended_on,"
+                " EXISTS (SELECT 1 FROM cancellations WHERE request_id = $2) AS decided"
+                " FROM contracts WHERE contract_id = $1 FOR UPDATE", e.contract_id, e.request_id)
+            if row is None:
+                decided = await conn.fetchval("SELECT true FROM cancellations WHERE request_id = $1", e.request_id)
+            else:
+                decided = row["decided"]
         if decided:
             return  # already decided (a republished request): the first decision stands
         contract = None if row is None else ContractTerms(
             contract_id=row["contract_id"], start_date=row["start_date"], monthly_fee_jpy=row["monthly_fee_jpy"],
             ended=row["ended_on"] is not None)
         # Asked after the lock, with a fresh snapshot; only a live contract can have a pending one.
-        has_pending = contract is not None and not contract.ended and bool(await conn.fetchval(
-            "SELECT 1 FROM cancellations WHERE contract_id = $1 AND status = 'accepted'", e.contract_id))
+        if prepared is not None and e.contract_id in prepared.covered:
+            has_pending = contract is not None and not contract.ended and e.contract_id in prepared.pending
+        else:
+            has_pending = contract is not None and not contract.ended and bool(await conn.fetchval(
+                "SELECT 1 FROM cancellations WHERE contract_id = $1 AND status = 'accepted'", e.contract_id))
         decision = decide(contract=contract, received_on=e.received_on,
                           desired_effective_date=e.desired_effective_date, has_pending=has_pending,
                           reason=e.reason, offer_policy=offer_policy)
         decided_at = ctx.now()
+        # Nothing reads the decision back in this batch before the next statement: deferred, so a batch's
+        # decisions go as one executemany.
         if isinstance(decision, Accepted):
-            await conn.execute(
+            ctx.defer(
                 "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, effective_date,"
                 " first_anniversary, offers, decided_at) VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8)",
                 e.request_id, e.contract_id, e.reason.value, e.received_on, decision.effective_date,
@@ -63,7 +110,7 @@ def on_cancellation_requested(offer_policy: Mapping):
                 first_anniversary=decision.first_anniversary, offers=decision.offers, received_on=e.received_on,
                 reason=e.reason, decided_at=decided_at), key=e.contract_id)
         else:
-            await conn.execute(
+            ctx.defer(
                 "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, codes,"
                 " earliest_effective_date, decided_at) VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7)",
                 e.request_id, e.contract_id, e.reason.value, e.received_on, [c.value for c in decision.codes],
@@ -123,5 +170,6 @@ def subscriptions(offer_policy: Mapping):
                 ContractSigned.event_type: on_contract_signed,
                 CancellationRequested.event_type: on_cancellation_requested(offer_policy),
                 WithdrawalRequested.event_type: on_withdrawal_requested,
-            })]
+            },
+            prepare=prepare_requests)]
     return build

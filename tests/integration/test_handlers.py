@@ -156,3 +156,45 @@ async def test_a_batch_of_submissions_is_inserted_at_once_and_each_key_counts_on
     dlq = [r for r in await pool.fetch("SELECT value, headers FROM outbox WHERE topic = $1", topics.dlq(topics.SUBMISSIONS))
            if orjson.loads(r["value"])["data"]["contract_id"] == contract]
     assert len(dlq) == 1 and dict(map(tuple, dlq[0]["headers"]))["dlq.reason"].startswith("submission_id: already used")
+
+
+async def test_a_batch_of_requests_is_read_at_once_and_decided_as_one_by_one(eligibility):
+    """One batch: a request for a signed contract, two for another (the second finds the first pending),
+    one for an unknown contract; then the first again (republished). The batch read covers the contracts
+    one request touches; the others are read record by record; the decisions are the same either way."""
+    pool = eligibility.runtime.pool
+    one, two, unknown = (f"C-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    today = tokyo_date(datetime.now(timezone.utc))
+    consumer = next(c for c in eligibility.runtime.consumers if c.prepare is not None)
+    covered, prepare = [], consumer.prepare
+
+    async def recording(conn, rt, items):
+        result = await prepare(conn, rt, items)
+        covered.append(sorted(result.covered) if result else [])
+        return result
+
+    consumer.prepare = recording
+
+    def signed(contract):
+        return new_envelope(ContractSigned(contract_id=contract, account_id="@a", plan="pro", monthly_fee_jpy=5000,
+                                           start_date=date(2020, 1, 1)), producer="up", correlation_id=contract,
+                            causation_id=None).to_bytes()
+
+    first = _requested(one, today)
+    async with TestKafkaBroker(eligibility.broker) as broker:
+        await broker.publish_batch(signed(one), signed(two), topic=topics.CONTRACTS)
+        await broker.publish_batch(first, _requested(two, today), _requested(two, today), _requested(unknown, today),
+                                   topic=topics.REQUESTS)
+        again = orjson.loads(first) | {"event_id": str(uuid.uuid4())}  # republished: a new event, same request
+        await broker.publish_batch(orjson.dumps(again), topic=topics.REQUESTS)
+
+    assert covered[:3] == [[], sorted([one, unknown]), [one]], "the contract with two requests is read record by record"
+    rows = await pool.fetch("SELECT contract_id, status, codes FROM cancellations WHERE contract_id = ANY($1)"
+                            " ORDER BY decided_at", [one, two, unknown])
+    by_contract = {}
+    for r in rows:
+        by_contract.setdefault(r["contract_id"], []).append((r["status"], list(r["codes"] or [])))
+    assert by_contract[one] == [("accepted", [])], "decided once, the republished request changes nothing"
+    assert by_contract[two][0] == ("accepted", [])
+    assert by_contract[two][1][0] == "rejected" and "ALREADY_PENDING" in by_contract[two][1][1]
+    assert by_contract[unknown] == [("rejected", ["CONTRACT_NOT_FOUND"])]
