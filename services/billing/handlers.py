@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from shared import topics
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationWithdrawn, ChargeLine, ContractSigned,
@@ -43,10 +46,39 @@ async def on_payment_recorded(ctx: Context, e: PaymentRecorded) -> None:
         " ON CONFLICT (contract_id, billing_date) DO NOTHING", e.contract_id, e.billing_date, e.amount_jpy)
 
 
+# The same, for many contracts at once.
+TERMS_MANY = ("SELECT c.contract_id, c.start_date, c.monthly_fee_jpy,"
+              " ARRAY(SELECT p.billing_date FROM payments p WHERE p.contract_id = c.contract_id) AS paid"
+              " FROM contracts c WHERE c.contract_id = ANY($1::text[])")
+
+
+@dataclass(frozen=True)
+class PreparedTerms:
+    """The terms of the contracts a batch's acceptances settle, read at once; only for contracts whose
+    contract events (signature, payments) are not in the same batch (those are read record by record)."""
+
+    covered: frozenset[str]
+    terms: dict[str, Any]
+
+
+async def prepare_terms(conn, rt: Runtime, items: list) -> PreparedTerms | None:
+    changed = {e.contract_id for _, e in items if isinstance(e, (ContractSigned, PaymentRecorded))}
+    covered = sorted({e.contract_id for _, e in items if isinstance(e, CancellationAccepted) and e.contract_id
+                      and e.contract_id not in changed})
+    if not covered:
+        return None
+    rows = await conn.fetch(TERMS_MANY, covered)
+    return PreparedTerms(frozenset(covered), {r["contract_id"]: r for r in rows})
+
+
 async def on_accepted(ctx: Context, e: CancellationAccepted) -> None:
     if e.received_on is None:
         raise ValueError("data.received_on: billing needs the received-on date to settle")
-    terms = await ctx.conn.fetchrow(TERMS, e.contract_id)
+    prepared: PreparedTerms | None = ctx.prepared
+    if prepared is not None and e.contract_id in prepared.covered:
+        terms = prepared.terms.get(e.contract_id)
+    else:
+        terms = await ctx.conn.fetchrow(TERMS, e.contract_id)
     if terms is None:
         # The acceptance came before the contract (two topics): settled when the contract arrives.
         await ctx.conn.execute(
@@ -96,4 +128,5 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             PaymentRecorded.event_type: on_payment_recorded,
             CancellationAccepted.event_type: on_accepted,
             CancellationWithdrawn.event_type: on_withdrawn,
-        })]
+        },
+        prepare=prepare_terms)]

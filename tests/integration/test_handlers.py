@@ -198,3 +198,61 @@ async def test_a_batch_of_requests_is_read_at_once_and_decided_as_one_by_one(eli
     assert by_contract[two][0] == ("accepted", [])
     assert by_contract[two][1][0] == "rejected" and "ALREADY_PENDING" in by_contract[two][1][1]
     assert by_contract[unknown] == [("rejected", ["CONTRACT_NOT_FOUND"])]
+
+
+@pytest.fixture
+async def billing(handler_db, infra):
+    from services.billing.app import create_app as create_billing
+    from services.billing.settings import BillingSettings
+
+    app = create_billing(BillingSettings(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
+    rt = app.runtime
+    await migrate(handler_db, rt.schema, rt.service_dir)
+    rt.pool = await create_pool(handler_db, rt.schema)
+    yield app
+    await rt.close_pool()
+
+
+async def test_a_batch_of_acceptances_reads_the_terms_at_once_and_settles_as_one_by_one(billing):
+    """Terms read for the whole batch, except a contract whose payment is in the same batch: that one is
+    read after the payment, so the payment counts. An acceptance before its contract waits for it."""
+    from shared.events import CancellationAccepted, PaymentRecorded
+
+    pool = billing.runtime.pool
+    a, b, c = (f"C-{uuid.uuid4().hex[:8]}" for _ in range(3))
+
+    def env(data) -> bytes:
+        return new_envelope(data, producer="t", correlation_id="x", causation_id=None).to_bytes()
+
+    def signed(contract):
+        return env(ContractSigned(contract_id=contract, account_id="@a", plan="pro", monthly_fee_jpy=3000,
+                                  start_date=date(2024, 1, 31)))
+
+    def accepted(contract):
+        return env(CancellationAccepted(request_id=f"R-{contract}", contract_id=contract,
+                                        effective_date=date(2026, 6, 30), first_anniversary=date(2025, 1, 31),
+                                        received_on=date(2026, 5, 10)))
+
+    consumer = next(x for x in billing.runtime.consumers if x.prepare is not None)
+    covered, prepare = [], consumer.prepare
+
+    async def recording(conn, rt, items):
+        result = await prepare(conn, rt, items)
+        covered.append(sorted(result.covered) if result else [])
+        return result
+
+    consumer.prepare = recording
+    async with TestKafkaBroker(billing.broker) as broker:
+        await broker.publish_batch(signed(a), signed(b), topic=topics.CONTRACTS)
+        # One batch over both topics (one subscription): b's payment comes before its acceptance.
+        await broker.publish_batch(env(PaymentRecorded(contract_id=b, billing_date=date(2026, 5, 31), amount_jpy=3000)),
+                                   accepted(a), accepted(b), accepted(c), topic=topics.CONTRACTS)
+    assert sorted([a, c]) in covered, covered
+    rows = {r["contract_id"]: r for r in await pool.fetch(
+        "SELECT contract_id, status, total_jpy FROM settlements WHERE contract_id = ANY($1)", [a, b, c])}
+    assert rows[a]["status"] == "issued" and rows[b]["status"] == "issued"
+    assert rows[b]["total_jpy"] == rows[a]["total_jpy"] - 3000, "b's payment in the same batch counted"
+    assert rows[c]["status"] == "awaiting_contract"
+    issued = await pool.fetch("SELECT value FROM outbox WHERE topic = $1 AND key = ANY($2)",
+                              topics.SETTLEMENTS, [a.encode(), b.encode(), c.encode()])
+    assert len(issued) == 2
