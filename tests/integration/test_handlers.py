@@ -35,14 +35,20 @@ async def handler_db(infra):
     await admin.close()
 
 
-@pytest.fixture
-async def eligibility(handler_db, infra):
-    app = create_app(EligibilitySettings(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
+async def _service_on_own_db(create, settings_cls, handler_db, infra):
+    """A service app whose handlers run against the test database; its broker is driven by TestKafkaBroker."""
+    app = create(settings_cls(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
     rt = app.runtime
     await migrate(handler_db, rt.schema, rt.service_dir)
     rt.pool = await create_pool(handler_db, rt.schema)
+    return app
+
+
+@pytest.fixture
+async def eligibility(handler_db, infra):
+    app = await _service_on_own_db(create_app, EligibilitySettings, handler_db, infra)
     yield app
-    await rt.close_pool()
+    await app.runtime.close_pool()
 
 
 def _requested(contract_id: str, received_on: date) -> bytes:
@@ -108,12 +114,9 @@ async def intake(handler_db, infra):
     from services.intake.app import create_app as create_intake
     from services.intake.settings import IntakeSettings
 
-    app = create_intake(IntakeSettings(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
-    rt = app.runtime
-    await migrate(handler_db, rt.schema, rt.service_dir)
-    rt.pool = await create_pool(handler_db, rt.schema)
+    app = await _service_on_own_db(create_intake, IntakeSettings, handler_db, infra)
     yield app
-    await rt.close_pool()
+    await app.runtime.close_pool()
 
 
 def _submitted(contract_id: str, submission_id: str, reason: str = "TOO_DIFFICULT") -> bytes:
@@ -158,14 +161,9 @@ async def test_a_batch_of_submissions_is_inserted_at_once_and_each_key_counts_on
     assert len(dlq) == 1 and dict(map(tuple, dlq[0]["headers"]))["dlq.reason"].startswith("submission_id: already used")
 
 
-async def test_a_batch_of_requests_is_read_at_once_and_decided_as_one_by_one(eligibility):
-    """One batch: a request for a signed contract, two for another (the second finds the first pending),
-    one for an unknown contract; then the first again (republished). The batch read covers the contracts
-    one request touches; the others are read record by record; the decisions are the same either way."""
-    pool = eligibility.runtime.pool
-    one, two, unknown = (f"C-{uuid.uuid4().hex[:8]}" for _ in range(3))
-    today = tokyo_date(datetime.now(timezone.utc))
-    consumer = next(c for c in eligibility.runtime.consumers if c.prepare is not None)
+def _record_covered(app) -> list[list[str]]:
+    """Wrap the service's batch `prepare` to record, per batch, which contracts it covered."""
+    consumer = next(c for c in app.runtime.consumers if c.prepare is not None)
     covered, prepare = [], consumer.prepare
 
     async def recording(conn, rt, items):
@@ -174,6 +172,17 @@ async def test_a_batch_of_requests_is_read_at_once_and_decided_as_one_by_one(eli
         return result
 
     consumer.prepare = recording
+    return covered
+
+
+async def test_a_batch_of_requests_is_read_at_once_and_decided_as_one_by_one(eligibility):
+    """One batch: a request for a signed contract, two for another (the second finds the first pending),
+    one for an unknown contract; then the first again (republished). The batch read covers the contracts
+    one request touches; the others are read record by record; the decisions are the same either way."""
+    pool = eligibility.runtime.pool
+    one, two, unknown = (f"C-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    today = tokyo_date(datetime.now(timezone.utc))
+    covered = _record_covered(eligibility)
 
     def signed(contract):
         return new_envelope(ContractSigned(contract_id=contract, account_id="@a", plan="pro", monthly_fee_jpy=5000,
@@ -205,12 +214,9 @@ async def billing(handler_db, infra):
     from services.billing.app import create_app as create_billing
     from services.billing.settings import BillingSettings
 
-    app = create_billing(BillingSettings(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
-    rt = app.runtime
-    await migrate(handler_db, rt.schema, rt.service_dir)
-    rt.pool = await create_pool(handler_db, rt.schema)
+    app = await _service_on_own_db(create_billing, BillingSettings, handler_db, infra)
     yield app
-    await rt.close_pool()
+    await app.runtime.close_pool()
 
 
 async def test_a_batch_of_acceptances_reads_the_terms_at_once_and_settles_as_one_by_one(billing):
@@ -233,15 +239,7 @@ async def test_a_batch_of_acceptances_reads_the_terms_at_once_and_settles_as_one
                                         effective_date=date(2026, 6, 30), first_anniversary=date(2025, 1, 31),
                                         received_on=date(2026, 5, 10)))
 
-    consumer = next(x for x in billing.runtime.consumers if x.prepare is not None)
-    covered, prepare = [], consumer.prepare
-
-    async def recording(conn, rt, items):
-        result = await prepare(conn, rt, items)
-        covered.append(sorted(result.covered) if result else [])
-        return result
-
-    consumer.prepare = recording
+    covered = _record_covered(billing)
     async with TestKafkaBroker(billing.broker) as broker:
         await broker.publish_batch(signed(a), signed(b), topic=topics.CONTRACTS)
         # One batch over both topics (one subscription): b's payment comes before its acceptance.
