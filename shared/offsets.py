@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition  # noqa: F401
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
 

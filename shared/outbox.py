@@ -65,15 +65,12 @@ class OutboxBuffer:
         self.conn = conn
         self.schema = schema
         self.relay = relay
-        self.rows: list[tuple[str, bytes | None, bytes, str]] = []
-        self.headers: list[Sequence[Header]] = []
+        self.rows: list[tuple[str, bytes | None, bytes, Sequence[Header]]] = []
         self.channels: set[str] = set()
         self.written: list[OutboxRow] = []  # flushed in this transaction, for the relay once it commits
 
     def add(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header]) -> None:
-        # Headers as JSON text: a list of pairs would be taken for a two-dimensional array.
-        self.rows.append((topic, key, value, orjson.dumps([list(h) for h in headers]).decode()))
-        self.headers.append(headers)
+        self.rows.append((topic, key, value, headers))
 
     def notify(self, channel_: str) -> None:
         self.channels.add(channel_)
@@ -83,7 +80,6 @@ class OutboxBuffer:
 
     def rollback_to(self, mark: tuple[int, frozenset[str]]) -> None:
         del self.rows[mark[0]:]
-        del self.headers[mark[0]:]
         self.channels = set(mark[1])
 
     async def flush(self) -> None:
@@ -92,13 +88,14 @@ class OutboxBuffer:
             self.channels.add(channel(self.schema))  # the relay (maybe another process's) reads them back
         if not self.channels and not self.rows:
             return
-        columns = list(zip(*self.rows)) if self.rows else [(), (), (), ()]
-        ids = await self.conn.fetchval(_INSERT_MANY, *(list(c) for c in columns), sorted(self.channels))
+        # Headers as JSON text: a list of pairs would be taken for a two-dimensional array.
+        ids = await self.conn.fetchval(
+            _INSERT_MANY, [r[0] for r in self.rows], [r[1] for r in self.rows], [r[2] for r in self.rows],
+            [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels))
         if relay is not None and ids:
             relay.expect(ids)  # not committed yet: the relay must not read them back meanwhile
-            self.written += [OutboxRow(i, r[0], r[1], r[2], h) for i, r, h in zip(ids, self.rows, self.headers)]
+            self.written += [OutboxRow(i, *r) for i, r in zip(ids, self.rows)]
         self.rows.clear()
-        self.headers.clear()
         self.channels.clear()
 
     def committed(self) -> None:
@@ -208,7 +205,6 @@ class OutboxRelay:
         self.active = False           # holds the lock: transactions may hand their rows over
         self._in_flight: set[int] = set()   # written by a transaction of this process not ended yet
         self._handed: list = []              # committed, handed over, not published yet
-        self._unpublished_ids: set[int] = set()
         self._to_delete: list[int] = []      # published, not deleted yet
         self._scanned: deque[int] = deque(maxlen=10_000)  # recently read back and published
         self._scan = True
@@ -223,7 +219,6 @@ class OutboxRelay:
     def hand_over(self, rows: Sequence[OutboxRow]) -> None:
         for row in rows:
             self._in_flight.discard(row.id)
-            self._unpublished_ids.add(row.id)
         self._handed.extend(rows)
         self._wake.set()
 
@@ -259,7 +254,6 @@ class OutboxRelay:
             await listen_conn.add_listener(channel(self.schema), on_notify)
             # Whatever was handed over before (a lost connection) is in the table: read it from there.
             self._handed, self._to_delete, self._scan = [], [], True
-            self._unpublished_ids.clear()
             self.active = True
             try:
                 await self._loop(listen_conn)
@@ -280,7 +274,6 @@ class OutboxRelay:
                     scanned = set(self._scanned)
                     rows = [r for r in rows if r.id not in scanned]
                 await self._publish(rows)
-                self._unpublished_ids.difference_update(r.id for r in rows)
                 self._to_delete += [r.id for r in rows]
                 if len(self._to_delete) >= self.DELETE_EVERY:
                     await self._delete(conn)
@@ -288,12 +281,12 @@ class OutboxRelay:
             if self._scan:
                 self._scan = False
                 await self._delete(conn)
-                skip = [*self._in_flight, *self._unpublished_ids]
-                rows = await conn.fetch(_SCAN, skip, self.batch_size)
+                # Handed-over rows are not waiting here: they were published just above.
+                rows = _rows(await conn.fetch(_SCAN, list(self._in_flight), self.batch_size))
                 if rows:
                     await self._publish(rows)
-                    self._to_delete += [r["id"] for r in rows]
-                    self._scanned.extend(r["id"] for r in rows)
+                    self._to_delete += [r.id for r in rows]
+                    self._scanned.extend(r.id for r in rows)
                     self._scan = len(rows) == self.batch_size
                 continue
             self._wake.clear()
@@ -314,19 +307,15 @@ class OutboxRelay:
             await conn.execute(_DELETE, self._to_delete)
             self._to_delete = []
 
-    async def _publish(self, rows: Sequence) -> None:
+    async def _publish(self, rows: Sequence[OutboxRow]) -> None:
         """Send rows in order and wait until Kafka acknowledged every one (idempotent producer, acks=all)."""
         futures = []
         for row in rows:
-            if isinstance(row, OutboxRow):
-                topic, key, value, headers = row.topic, row.key, row.value, row.headers
-            else:
-                topic, key, value, headers = row["topic"], row["key"], row["value"], row["headers"]
-            futures.append(await self.producer.send(topic, value, key=key,
-                                                    headers=[(k, v.encode()) for k, v in headers]))
+            futures.append(await self.producer.send(row.topic, row.value, key=row.key,
+                                                    headers=[(k, v.encode()) for k, v in row.headers]))
         await asyncio.gather(*futures)
         for row in rows:
-            metrics.PRODUCED.labels(self.service, row.topic if isinstance(row, OutboxRow) else row["topic"]).inc()
+            metrics.PRODUCED.labels(self.service, row.topic).inc()
         self.published += len(rows)
 
     async def drain(self) -> None:
@@ -339,12 +328,16 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """One batch through the pool; how many were published."""
-        rows = await self.pool.fetch(_NEXT, self.batch_size)
+        rows = _rows(await self.pool.fetch(_NEXT, self.batch_size))
         if not rows:
             return 0
         await self._publish(rows)
-        await self.pool.execute(_DELETE, [r["id"] for r in rows])
+        await self.pool.execute(_DELETE, [r.id for r in rows])
         return len(rows)
+
+
+def _rows(records: Sequence[asyncpg.Record]) -> list[OutboxRow]:
+    return [OutboxRow(r["id"], r["topic"], r["key"], r["value"], r["headers"]) for r in records]
 
 
 __all__ = ["OutboxBuffer", "OutboxRelay", "OutboxRow", "add_event", "add_raw", "buffered", "buffered_into", "channel",

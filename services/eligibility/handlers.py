@@ -49,21 +49,23 @@ async def prepare_requests(conn, rt: Runtime, items: list) -> PreparedRequests |
     signed = {e.contract_id for _, e in items if isinstance(e, ContractSigned)}
     per_contract = Counter(e.contract_id for e in requests)
     per_request = Counter(e.request_id for e in requests)
-    covered = sorted(c for c, n in per_contract.items() if n == 1 and c not in signed)
-    request_ids = [e.request_id for e in requests if e.contract_id in set(covered) and per_request[e.request_id] == 1]
-    covered = sorted({e.contract_id for e in requests if e.request_id in set(request_ids)})
-    if not covered:
+    # A contract one request of the batch touches, that request once, the contract not signed in it.
+    single = [e for e in requests if per_contract[e.contract_id] == 1 and per_request[e.request_id] == 1
+              and e.contract_id not in signed]
+    if not single:
         return None
+    covered, request_ids = sorted(e.contract_id for e in single), {e.request_id for e in single}
     # The contracts locked (in a fixed order), then, with a fresh snapshot after the locks, the pending
     # cancellations and the requests decided already: as the one-record path asks them.
     rows = await conn.fetch("SELECT contract_id, start_date, monthly_fee_jpy, ended_on FROM contracts"
                             " WHERE contract_id = ANY($1::text[]) ORDER BY contract_id FOR UPDATE", covered)
     seen = await conn.fetch("SELECT contract_id, request_id, status FROM cancellations"
-                            " WHERE contract_id = ANY($1::text[]) OR request_id = ANY($2::text[])", covered, request_ids)
+                            " WHERE contract_id = ANY($1::text[]) OR request_id = ANY($2::text[])", covered,
+                            list(request_ids))
     return PreparedRequests(
         covered=frozenset(covered), contracts={r["contract_id"]: r for r in rows},
         pending=frozenset(r["contract_id"] for r in seen if r["status"] == "accepted"),
-        decided=frozenset(r["request_id"] for r in seen if r["request_id"] in set(request_ids)))
+        decided=frozenset(r["request_id"] for r in seen if r["request_id"] in request_ids))
 
 
 def on_cancellation_requested(offer_policy: Mapping):
