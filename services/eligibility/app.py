@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
 from shared.service import Runtime, ServiceApp, build_app
 
-from .domain import DEFAULT_OFFER_POLICY, parse_offer_policy
+from .domain import offer_policy_from_json
 from .handlers import complete_due_cancellations, subscriptions
 from .settings import EligibilitySettings
 
@@ -18,8 +17,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
     settings = settings or EligibilitySettings()
-    policy = (parse_offer_policy(json.loads(settings.offer_policy_json))
-              if settings.offer_policy_json else DEFAULT_OFFER_POLICY)
+    policy = offer_policy_from_json(settings.offer_policy_json)
 
     async def completion_loop(rt: Runtime) -> None:
         """A durable schedule: the due cancellations are in the table, so a restart loses none."""
