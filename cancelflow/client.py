@@ -96,20 +96,21 @@ class PipelineClient:
         return meta.partition, meta.offset
 
     async def sign_contract(self, *, start_date: date, monthly_fee_jpy: int = 10_000, plan: str = "standard",
-                            contract_id: str | None = None, wait: bool = True) -> str:
+                            contract_id: str | None = None, wait: bool = True, who: int | str | None = None) -> str:
+        """Publish `contract.signed` (with the customer `who`, if given) and wait until every projection has it."""
         contract_id = contract_id or unique("C")
         where = await self.publish(ContractSigned(
             contract_id=contract_id, account_id="@" + contract_id.lower(), plan=plan, monthly_fee_jpy=monthly_fee_jpy,
-            start_date=start_date), key=contract_id)
+            start_date=start_date, customer=customer(who) if who is not None else None), key=contract_id)
         if wait:
-            await self.wait_consumed(("eligibility", "billing"), topics.CONTRACTS, *where)
+            await self.wait_consumed(("eligibility", "billing", "intake"), topics.CONTRACTS, *where)
         return contract_id
 
     async def record_payment(self, contract_id: str, billing_date: date, amount_jpy: int, wait: bool = True) -> None:
         where = await self.publish(PaymentRecorded(contract_id=contract_id, billing_date=billing_date,
                                                    amount_jpy=amount_jpy), key=contract_id)
         if wait:
-            await self.wait_consumed(("billing",), topics.CONTRACTS, *where)
+            await self.wait_consumed(("billing", "intake"), topics.CONTRACTS, *where)
 
     async def wait_consumed(self, groups: tuple[str, ...], topic: str, partition: int, offset: int,
                             timeout: float = 30) -> None:
@@ -145,6 +146,16 @@ class PipelineClient:
         await self.publish(CancellationSubmitted(**form, submission_id=submission_id), key=form["contract_id"],
                            correlation_id=submission_id)
         return submission_id
+
+    async def quote(self, contract_id: str, *, desired: date | None = None, reason: str | None = None) -> httpx.Response:
+        params = {k: v for k, v in {"desired_effective_date": desired.isoformat() if desired else None,
+                                    "reason": reason}.items() if v}
+        return await self.http.get(f"/v1/contracts/{contract_id}/cancellation-quote", params=params)
+
+    async def cancel_link(self, contract_id: str, *, ttl_days: int | None = None) -> httpx.Response:
+        """A signed link to the customer's cancel page: {url, expires_at}."""
+        body = {"contract_id": contract_id} | ({"ttl_days": ttl_days} if ttl_days else {})
+        return await self.http.post("/v1/cancel-links", json=body)
 
     async def status(self, request_id: str) -> dict:
         r = await self.http.get(f"/v1/cancellations/{request_id}")

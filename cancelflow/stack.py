@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class StackConfig:
     clock_file: Path | None = None
     partitions: int = 4
     api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
+    # Signs the customers' cancel links; one per stack unless given.
+    link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
@@ -114,6 +117,7 @@ class Stack:
             "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
             "INTAKE_API_KEYS": self.config.api_keys,
+            "INTAKE_LINK_SECRET": self.config.link_secret,
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
             "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
             "PYTHONUNBUFFERED": "1",

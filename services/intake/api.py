@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -12,14 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from shared.calendar import tokyo_date
-from shared.events import StrictCancellationForm, WithdrawalRequested
-from shared.outbox import add_event
+from shared.events import StrictCancellationForm
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .auth import authenticator
 from .settings import IntakeSettings
-from .store import SCHEMA, IdempotencyConflict, record_request
+from .store import IdempotencyConflict, record_request
+from .withdrawal import ask_withdrawal
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -82,30 +80,13 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
     app.title = "cancelflow intake"
     app.description = "Takes cancellation requests, answers their status, takes withdrawals."
-    keys = [k.encode() for k in settings.api_key_list()]
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _field_errors(list(exc.errors()), {"body", "header", "path", "query"})
         return JSONResponse(ErrorBody(error="validation_failed", errors=errors).model_dump(), status_code=422)
 
-    async def authenticate(request: Request, x_api_key: Annotated[str | None, Header()] = None,
-                           x_signature: Annotated[str | None, Header()] = None) -> None:
-        """X-API-Key (any configured key, compared in constant time) or an HMAC-SHA256 signed body."""
-        if x_api_key is not None:
-            given = x_api_key.encode()
-            # Compare with every key so the time taken does not tell which one nearly matched.
-            if any([hmac.compare_digest(given, k) for k in keys]):
-                return
-        if x_signature is not None and settings.webhook_secret:
-            expected = "sha256=" + hmac.new(settings.webhook_secret.encode(), await request.body(),
-                                            hashlib.sha256).hexdigest()
-            if hmac.compare_digest(x_signature.encode(), expected.encode()):
-                return
-        raise HTTPException(401, detail="missing or invalid X-API-Key (or X-Signature)",
-                            headers={"WWW-Authenticate": "ApiKey"})
-
-    auth = [Depends(authenticate)]
+    auth = [Depends(authenticator(settings))]
 
     def status_url(request_id: str) -> str:
         return f"{settings.public_url.rstrip('/')}/v1/cancellations/{request_id}"
@@ -146,25 +127,12 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        now = runtime.clock.now()
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
-                " WHERE request_id = $1 FOR UPDATE", request_id)
-            if row is None:
-                raise HTTPException(404, detail=f"request {request_id} not found")
-            if row["status"] in ("completed", "rejected", "withdrawn"):
-                return JSONResponse(ErrorBody(error=f"request is {row['status']}").model_dump(), status_code=409)
-            if row["effective_date"] is not None and tokyo_date(now) >= row["effective_date"]:
-                return JSONResponse(ErrorBody(error="the effective date has come: the contract has ended").model_dump(),
-                                    status_code=409)
-            if row["withdrawal_requested_at"] is None:  # asking twice is one withdrawal
-                await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, updated_at = now()"
-                                   " WHERE request_id = $1", request_id, now)
-                await add_event(conn, SCHEMA, WithdrawalRequested(
-                    request_id=request_id, contract_id=row["contract_id"], requested_at=now),
-                    key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
-        return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+        asked = await ask_withdrawal(runtime.pool, request_id, runtime.clock.now())
+        if not asked.found:
+            raise HTTPException(404, detail=f"request {request_id} not found")
+        if asked.refused is not None:
+            return JSONResponse(ErrorBody(error=asked.refused).model_dump(), status_code=409)
+        return Received(request_id=request_id, status=asked.status, status_url=status_url(request_id))
 
 
 def _view(row) -> StatusView:

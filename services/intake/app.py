@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.service import ServiceApp, build_app
+from fastapi import FastAPI
+
+from shared.service import Runtime, ServiceApp, Subscription, build_app
 
 from .api import install
+from .contracts import contract_subscriptions
 from .handlers import subscriptions
+from .page import install_page
+from .quote import install_quote
 from .settings import IntakeSettings
+
+
+def _http(runtime: Runtime, app: FastAPI) -> None:
+    install(runtime, app)
+    install_page(runtime, app, install_quote(runtime, app))
+
+
+def _subscriptions(runtime: Runtime) -> list[Subscription]:
+    return [*subscriptions(runtime), *contract_subscriptions(runtime)]
 
 
 def create_app(settings: IntakeSettings | None = None) -> ServiceApp:
     return build_app(name="intake", settings=settings or IntakeSettings(), service_dir=Path(__file__).parent,
-                     subscriptions=subscriptions, http=install)
+                     subscriptions=_subscriptions, http=_http)
