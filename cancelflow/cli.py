@@ -145,6 +145,23 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
         _fail(str(exc))
 
 
+@app.command()
+def link(contract_id: str = typer.Argument(..., help="The contract whose customer gets the link."),
+         ttl_days: int = typer.Option(None, "--ttl-days", min=1, max=90,
+                                      help="Validity in days (intake's INTAKE_LINK_TTL_DAYS, 7, when absent)."),
+         intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
+         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+    """Print a signed link to the customer's cancel page (/cancel/{token}) for CONTRACT_ID."""
+    from .client import request_cancel_link
+
+    try:
+        issued = asyncio.run(request_cancel_link(intake_url, api_key, contract_id, ttl_days))
+    except InfraError as exc:
+        _fail(str(exc))
+    print(issued["url"])
+    console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
+
+
 from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi
 ops.register(app)
 

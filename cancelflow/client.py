@@ -54,6 +54,21 @@ async def read_topic(bootstrap: str, topic: str, match: Callable[[Any], bool] = 
     return found
 
 
+async def request_cancel_link(intake_url: str, api_key: str, contract_id: str, ttl_days: int | None = None) -> dict:
+    """{url, expires_at} from intake's POST /v1/cancel-links; InfraError with intake's reason otherwise."""
+    from .infra.errors import InfraError
+
+    body = {"contract_id": contract_id} | ({"ttl_days": ttl_days} if ttl_days else {})
+    try:
+        async with httpx.AsyncClient(base_url=intake_url, headers={"X-API-Key": api_key}, timeout=10) as http:
+            r = await http.post("/v1/cancel-links", json=body)
+    except httpx.HTTPError as exc:
+        raise InfraError(f"intake at {intake_url} did not answer: {exc}") from None
+    if r.status_code != 200:
+        raise InfraError(f"intake refused the link ({r.status_code}): {r.text}")
+    return r.json()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -152,10 +167,9 @@ class PipelineClient:
                                     "reason": reason}.items() if v}
         return await self.http.get(f"/v1/contracts/{contract_id}/cancellation-quote", params=params)
 
-    async def cancel_link(self, contract_id: str, *, ttl_days: int | None = None) -> httpx.Response:
+    async def cancel_link(self, contract_id: str, *, ttl_days: int | None = None) -> dict:
         """A signed link to the customer's cancel page: {url, expires_at}."""
-        body = {"contract_id": contract_id} | ({"ttl_days": ttl_days} if ttl_days else {})
-        return await self.http.post("/v1/cancel-links", json=body)
+        return await request_cancel_link(self.intake_url, self.api_key, contract_id, ttl_days)
 
     async def status(self, request_id: str) -> dict:
         r = await self.http.get(f"/v1/cancellations/{request_id}")
