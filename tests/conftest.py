@@ -37,6 +37,7 @@ class Infra:
     mail_dir: Path
     stack: Stack | None
     clock: FileClock | None
+    link_secret: str | None = None  # signs the cancel links (INTAKE_LINK_SECRET)
 
     def admin_url(self, database: str = "postgres") -> str:
         return self.database_url.rsplit("/", 1)[0] + "/" + database
@@ -63,7 +64,7 @@ def infra():
         yield Infra("external", os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["DATABASE_URL"],
                     os.environ.get("INTAKE_URL", "http://localhost:8001"),
                     Path(os.environ.get("MAIL_DIR", REPO / ".stack" / "compose-mail")), None,
-                    FileClock(Path(clock_path)) if clock_path else None)
+                    FileClock(Path(clock_path)) if clock_path else None, os.environ.get("INTAKE_LINK_SECRET"))
         return
     root = Path(tempfile.mkdtemp(prefix="cancelflow-test-"))
     clock_file = root / "clock"
@@ -93,7 +94,7 @@ def infra():
             stack.start_service(name)
         stack.wait_healthy(list(SERVICES))
         yield Infra(mode, stack.bootstrap, stack.database_url, f"http://127.0.0.1:{config.ports.intake}",
-                    stack.mail_dir, stack, FileClock(clock_file))
+                    stack.mail_dir, stack, FileClock(clock_file), config.link_secret)
     finally:
         stack.down()
         for c in containers:
