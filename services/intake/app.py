@@ -21,10 +21,11 @@ def _http(runtime: Runtime, app: FastAPI) -> None:
     install_page(runtime, app, install_quote(runtime, app))
 
 
-def _subscriptions(runtime: Runtime) -> list[Subscription]:
+def all_subscriptions(runtime: Runtime) -> list[Subscription]:
+    """The submissions and the status view (handlers), and the contract projection (contracts)."""
     return [*subscriptions(runtime), *contract_subscriptions(runtime)]
 
 
 def create_app(settings: IntakeSettings | None = None) -> ServiceApp:
     return build_app(name="intake", settings=settings or IntakeSettings(), service_dir=Path(__file__).parent,
-                     subscriptions=_subscriptions, http=_http)
+                     subscriptions=all_subscriptions, http=_http)

@@ -110,3 +110,12 @@ def test_pending_and_ended_contracts() -> None:
 
 def test_without_a_reason_no_offers() -> None:
     assert _quote(reason=None).offers == ()
+
+
+def test_intake_quotes_with_the_offer_policy_eligibility_decides_with(monkeypatch) -> None:
+    from services.eligibility.settings import EligibilitySettings
+    from services.intake.settings import IntakeSettings
+
+    monkeypatch.setenv("ELIGIBILITY_OFFER_POLICY_JSON", '{"TOO_DIFFICULT": ["discount"]}')
+    assert IntakeSettings().offer_policy_json == EligibilitySettings().offer_policy_json == \
+        '{"TOO_DIFFICULT": ["discount"]}'
