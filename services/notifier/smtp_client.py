@@ -107,7 +107,7 @@ class Mailer:
         await smtp.connect()
         try:
             if s.smtp_username:
-                await smtp.login(s.smtp_username, s.smtp_password or "")
+                await smtp.login(s.smtp_username, s.smtp_password.get_secret_value() if s.smtp_password else "")
             if not smtp.last_ehlo_response:
                 await smtp.ehlo()
         except BaseException:
