@@ -135,3 +135,19 @@ async def test_page_posts_without_the_csrf_field_change_nothing(client, infra, d
             forged = await browser.post(f"{path}/{step}", data=form | {"csrf": "0" * 64})
             assert forged.status_code == 403, step
     assert await db.fetchval("SELECT count(*) FROM intake.requests WHERE contract_id = $1", contract) == 0
+
+
+async def test_intakes_contract_view_follows_contracts_events(client, infra):
+    """A payment recorded twice is one payment; a new signature changes the terms and keeps the customer."""
+    contract = await client.sign_contract(start_date=OLD_START, monthly_fee_jpy=10_000, who=9)
+    desired = today() + timedelta(days=100)
+    due = [add_months(OLD_START, n) for n in range(80) if today() <= add_months(OLD_START, n) < desired]
+    await client.record_payment(contract, due[0], 10_000)
+    await client.record_payment(contract, due[0], 10_000)
+    await client.sign_contract(start_date=OLD_START, monthly_fee_jpy=15_000, contract_id=contract)  # no customer
+    q = (await client.quote(contract, desired=desired)).json()
+    assert [c["billing_date"] for c in q["charges"]] == [b.isoformat() for b in due[1:]]
+    assert {c["amount_jpy"] for c in q["charges"]} == {15_000} and q["total_jpy"] == 15_000 * (len(due) - 1)
+    async with httpx.AsyncClient(base_url=infra.intake_url, timeout=10) as browser:
+        page = await browser.get((await client.cancel_link(contract))["url"][len(infra.intake_url):])
+    assert "山田 太郎 9" in page.text and "taro.9@example.jp" in page.text
