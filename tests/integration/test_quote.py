@@ -3,8 +3,12 @@ decision and settlement; links that are expired, altered or for no contract all 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,3 +155,21 @@ async def test_intakes_contract_view_follows_contracts_events(client, infra):
     async with httpx.AsyncClient(base_url=infra.intake_url, timeout=10) as browser:
         page = await browser.get((await client.cancel_link(contract))["url"][len(infra.intake_url):])
     assert "山田 太郎 9" in page.text and "taro.9@example.jp" in page.text
+
+
+async def test_cancelflow_link_prints_a_working_link(client, infra):
+    contract = await client.sign_contract(start_date=OLD_START, who=10)
+    cli = Path(sys.executable).parent / "cancelflow"
+    env = os.environ | {"INTAKE_URL": infra.intake_url, "CANCELFLOW_API_KEY": client.api_key}
+    proc = await asyncio.create_subprocess_exec(str(cli), "link", contract, "--ttl-days", "3", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    url = out.decode().splitlines()[0]
+    assert url.startswith(f"{infra.intake_url}/cancel/")
+    async with httpx.AsyncClient(timeout=10) as browser:
+        assert "山田 太郎 10" in (await browser.get(url)).text
+    unknown = await asyncio.create_subprocess_exec(str(cli), "link", "C-NOBODY-x", env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(unknown.communicate(), 60)
+    assert unknown.returncode == 1 and "404" in out.decode()
