@@ -85,7 +85,7 @@ def install_quote(runtime: Runtime, app: FastAPI) -> Quoter:
     quoter = Quoter(runtime)
     secret = settings.link_secret.get_secret_value() if settings.link_secret else None
 
-    async def key_or_link(contract_id: Annotated[str, Path(max_length=64)],
+    async def key_or_link(contract_id: Annotated[Id, Path()],
                           x_api_key: Annotated[str | None, Header()] = None,
                           token: Annotated[str | None, Query(max_length=400,
                                                              description="The page's signed link token")] = None
@@ -105,7 +105,7 @@ def install_quote(runtime: Runtime, app: FastAPI) -> Quoter:
              dependencies=[Depends(key_or_link)], tags=["contracts"],
              summary="What a cancellation submitted today would get: decision, final charge, paid through",
              responses={404: {"description": "unknown contract"}})
-    async def cancellation_quote(contract_id: Annotated[str, Path(max_length=64)],
+    async def cancellation_quote(contract_id: Annotated[Id, Path(description="The contract's id")],
                                  desired_effective_date: date | None = None, reason: Reason | None = None) -> Any:
         state = await quoter.contract(contract_id)
         if state is None:
