@@ -173,3 +173,14 @@ async def test_cancelflow_link_prints_a_working_link(client, infra):
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(unknown.communicate(), 60)
     assert unknown.returncode == 1 and "404" in out.decode()
+
+
+async def test_a_page_address_that_is_not_one_gets_the_plain_page(client, infra):
+    contract = await client.sign_contract(start_date=OLD_START)
+    path = (await client.cancel_link(contract))["url"][len(infra.intake_url):]
+    async with httpx.AsyncClient(base_url=infra.intake_url, timeout=10) as browser:
+        for tail in ("/requests/not-a-uuid", "/requests/%00", f"/requests/{uuid.uuid4()}", "/requests/x/live"):
+            r = await browser.get(path + tail)
+            assert r.status_code == 404 and "有効期限" in r.text, tail
+        assert (await browser.get("/cancel/assets/../../etc/passwd")).status_code == 404
+        assert (await browser.get("/cancel/assets/page.css")).headers["content-type"].startswith("text/css")

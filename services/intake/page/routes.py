@@ -97,6 +97,14 @@ class Draft:
             feedback=self.feedback, desired_effective_date=self.date())
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
     settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
     secret = settings.link_secret.get_secret_value() if settings.link_secret else None
@@ -225,7 +233,7 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
 
     async def request_row(token: str, request_id: str) -> tuple[ContractState, Any] | None:
         state = await contract_of(token)
-        if state is None:
+        if state is None or not _is_uuid(request_id):
             return None
         row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1 AND contract_id = $2",
                                           request_id, state.terms.contract_id)
