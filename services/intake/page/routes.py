@@ -140,7 +140,7 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
         return context, new_cookie
 
     async def posted(request: Request, token: str) -> tuple[ContractState, Any, dict] | Response:
-        """A step's post: the link's contract, the form, the shared context; or the page that refuses it."""
+        """A post: the link's contract, the form, the shared context; or the page that refuses it."""
         state = await contract_of(token)
         if state is None:
             return invalid_link()
@@ -149,6 +149,17 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
             return page("expired.html", status_code=403, token=token)
         context, _ = base(request, token, state)
         return state, form, context
+
+    async def step(request: Request, token: str) -> tuple[ContractState, Any, Draft, dict] | Response:
+        """A step's post, with what the customer entered so far; step 1 again, with the errors, if it is wrong."""
+        got = await posted(request, token)
+        if isinstance(got, Response):
+            return got
+        state, form, context = got
+        draft = Draft.of(form)
+        if errors := draft.errors():
+            return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
+        return state, form, draft, context
 
     def quote_page(context: dict, state: ContractState, draft: Draft, status_code: int = 200) -> HTMLResponse:
         q = quoter.quote(state, desired_effective_date=draft.date(), reason=Reason(draft.reason))
@@ -173,13 +184,10 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
 
     @app.post("/cancel/{token}/offers", include_in_schema=False)
     async def offers(request: Request, token: str) -> Response:
-        got = await posted(request, token)
+        got = await step(request, token)
         if isinstance(got, Response):
             return got
-        state, form, context = got
-        draft = Draft.of(form)
-        if errors := draft.errors():
-            return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
+        state, form, draft, context = got
         q = quoter.quote(state, desired_effective_date=None, reason=Reason(draft.reason))
         if not q.offers:
             return quote_page(context, state, draft)
@@ -187,24 +195,18 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
 
     @app.post("/cancel/{token}/quote", include_in_schema=False)
     async def quote_step(request: Request, token: str) -> Response:
-        got = await posted(request, token)
+        got = await step(request, token)
         if isinstance(got, Response):
             return got
-        state, form, context = got
-        draft = Draft.of(form)
-        if errors := draft.errors():
-            return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
+        state, form, draft, context = got
         return quote_page(context, state, draft)
 
     @app.post("/cancel/{token}/confirm", include_in_schema=False)
     async def confirm(request: Request, token: str) -> Response:
-        got = await posted(request, token)
+        got = await step(request, token)
         if isinstance(got, Response):
             return got
-        state, form, context = got
-        draft = Draft.of(form)
-        if errors := draft.errors():
-            return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
+        state, form, draft, context = got
         q = quoter.quote(state, desired_effective_date=draft.date(), reason=Reason(draft.reason))
         if q.codes:  # the rules it breaks, shown on the quote step with the earliest date
             return quote_page(context, state, draft, status_code=422)
@@ -213,14 +215,11 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
 
     @app.post("/cancel/{token}/submit", include_in_schema=False)
     async def submit(request: Request, token: str) -> Response:
-        got = await posted(request, token)
+        got = await step(request, token)
         if isinstance(got, Response):
             return got
-        state, form, context = got
-        draft = Draft.of(form)
+        state, form, draft, context = got
         attempt = str(form.get("attempt", ""))
-        if errors := draft.errors():
-            return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
         try:
             async with runtime.pool.acquire() as conn:
                 # As the API records a form (source http, the key as submission_id): the same events follow.
