@@ -157,7 +157,7 @@ async def test_accepted_through_the_page_as_through_the_api(client, infra, visit
     who = f"page-accepted-{visit.width}"
     contract, twin = await twins(client, start=OLD_START, who=who, paid=1)
     page = visit.page
-    await open_link(client, visit, contract)
+    path = await open_link(client, visit, contract)
     await expect(page.get_by_text("@" + contract.lower())).to_be_visible()
     await visit.shot("accepted-1-reason")
     await fill_reason(visit, who, "別のツールを使用するため", "予約配信の機能が欲しかった")
@@ -213,6 +213,9 @@ async def test_accepted_through_the_page_as_through_the_api(client, infra, visit
         await expect(page.get_by_role("button", name="解約のお申し込みを撤回する")).to_have_count(0)
         await still_the_same_document(page)
         await visit.shot("accepted-6-completed")
+        await page.goto(path)  # the link again: nothing left to cancel
+        await expect(page.get_by_text("このご契約はすでに終了しています")).to_be_visible()
+        await expect(page.get_by_role("button", name="次へ進む")).to_have_count(0)
 
 
 # --- rejected: a date too early ---------------------------------------------------------------------

@@ -184,3 +184,16 @@ async def test_a_page_address_that_is_not_one_gets_the_plain_page(client, infra)
             assert r.status_code == 404 and "有効期限" in r.text, tail
         assert (await browser.get("/cancel/assets/../../etc/passwd")).status_code == 404
         assert (await browser.get("/cancel/assets/page.css")).headers["content-type"].startswith("text/css")
+
+
+async def test_the_page_of_a_contract_with_a_pending_cancellation_leads_to_it(client, infra):
+    contract = await client.sign_contract(start_date=OLD_START, who=11)
+    rid = (await client.submit(client.form(contract))).json()["request_id"]
+    await client.wait_status(rid, lambda s: s["status"] == "accepted")
+    path = (await client.cancel_link(contract))["url"][len(infra.intake_url):]
+    async with httpx.AsyncClient(base_url=infra.intake_url, timeout=10) as browser:
+        page = await browser.get(path)
+        assert "すでに手続き中の解約" in page.text and f'href="{path}/requests/{rid}"' in page.text
+        assert 'action="' not in page.text  # no second form to send
+        status = await browser.get(f"{path}/requests/{rid}")
+        assert status.status_code == 200 and "解約を受け付けました" in status.text
