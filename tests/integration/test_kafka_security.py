@@ -17,7 +17,7 @@ from faststream.kafka import KafkaBroker
 
 from cancelflow.infra import kafka
 from cancelflow.infra.ports import free_port
-from shared.service import _broker_security
+from shared.kafka_connection import KafkaConnection
 from shared.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ async def _round_trip_through_service_clients(settings: ServiceSettings, payload
     await kafka.wait_ready(bootstrap, 90, **options)
     topic = f"secure-{uuid.uuid4().hex[:6]}"
     await kafka.create_topics(bootstrap, (topic,), 1, **options)
-    broker = KafkaBroker(bootstrap, **_broker_security(settings))
+    broker = KafkaBroker(bootstrap, **settings.kafka.broker_kwargs())
     received: asyncio.Queue = asyncio.Queue()
 
     @broker.subscriber(topic, group_id=f"{topic}-group", auto_offset_reset="earliest")
