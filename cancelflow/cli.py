@@ -113,13 +113,13 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
            partitions: int = typer.Option(4)) -> None:
     """Create the SPEC's topics and their .dlq companions (idempotent)."""
     from shared import topics as t
-    from shared.settings import ServiceSettings
 
+    from . import kafka_clients
     from .infra import kafka
 
-    bootstrap = bootstrap or "127.0.0.1:19092"
-    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services.
-    options = ServiceSettings().kafka_client_options()
+    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
+    conn = kafka_clients.connection(bootstrap)
+    bootstrap, options = conn.bootstrap_servers, conn.client_options()
 
     async def run() -> None:
         await kafka.wait_ready(bootstrap, 120, **options)

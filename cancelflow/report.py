@@ -188,30 +188,12 @@ def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetim
     )
 
 
-async def collect_envelopes(bootstrap: str, timeout: float = 30) -> list[dict]:
-    """The envelopes now on the report's topics, read with `client.read_topic`."""
-    import asyncio
+async def collect_envelopes(target: Any = None, timeout: float = 30) -> list[dict]:
+    """The envelopes now on the report's topics (a KafkaConnection, a bootstrap address or None: the
+    operator's connection), read with the operator commands' one topic reader."""
+    from .ops.records import read_records
 
-    import orjson
-
-    from .client import read_topic
-
-    async def one(topic: str) -> list:
-        try:
-            return await read_topic(bootstrap, topic, timeout=timeout)
-        except ValueError:
-            return []
-
-    out = []
-    for batch in await asyncio.gather(*(one(t) for t in REPORT_TOPICS)):
-        for record in batch:
-            try:
-                obj = orjson.loads(record.value) if record.value else None
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
+    return [dict(r.envelope) for r in await read_records(target, REPORT_TOPICS, timeout) if r.envelope is not None]
 
 
 # --- text -------------------------------------------------------------------------------------------------

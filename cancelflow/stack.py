@@ -17,13 +17,13 @@ import httpx
 import psutil
 
 from shared import topics
+from shared.vocabulary import SERVICES
 
 from .infra import kafka, postgres
 from .infra.errors import InfraError
 from .infra.ports import require_free, wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("intake", "eligibility", "billing", "notifier")
 
 
 @dataclass
