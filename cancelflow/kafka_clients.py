@@ -73,32 +73,41 @@ def admin(target: Target, **options: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**as_connection(target).client_kwargs(), **options)
 
 
-async def topic_partitions(client: AIOKafkaAdminClient, names: Iterable[str]) -> dict[str, list[int]]:
-    """The partitions of each existing topic among `names`, asked of the cluster now."""
-    wanted = list(names)
+async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, list[int]]:
+    """The partitions of each existing topic among `names`, asked of the cluster now (aiokafka's consumer
+    has no public way to refresh its metadata; the admin client's describe_topics is public)."""
+    wanted = list(dict.fromkeys(names))
     if not wanted:
         return {}
-    out = {}
-    for topic in await client.describe_topics(wanted):
-        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
-            out[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
-    return out
+    client = target if isinstance(target, AIOKafkaAdminClient) else admin(target)
+    if client is not target:
+        await client.start()
+    try:
+        described = await client.describe_topics(wanted)
+    finally:
+        if client is not target:
+            await client.close()
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+            for t in described if t.get("error_code", 0) == 0 and t.get("partitions")}
 
 
 async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = lambda r: True,
-                     timeout: float = 20) -> list:
+                     timeout: float = 20, partitions: list[int] | None = None) -> list:
     """Every record of `topic` now (from the beginning up to its current end) for which match(record).
     Raises ValueError when the topic does not exist."""
-    c = consumer(target)
+    conn = as_connection(target)
+    if partitions is None:
+        partitions = (await topic_partitions(conn, [topic])).get(topic, [])
+    if not partitions:
+        raise ValueError(f"topic {topic} does not exist")
+    tps = [TopicPartition(topic, p) for p in partitions]
+    c = consumer(conn)
     await c.start()
     found = []
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        if not partitions:
-            raise ValueError(f"topic {topic} does not exist")
-        c.assign(partitions)
-        await c.seek_to_beginning(*partitions)
-        end = await c.end_offsets(partitions)
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             positions = [await c.position(tp) for tp in end]
@@ -112,14 +121,10 @@ async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = 
 
 
 async def read_topics(target: Target, topic_names: Iterable[str], timeout: float = 20) -> list:
-    """Every record now on these topics (missing topics are skipped), in parallel, one connection setting."""
+    """Every record now on these topics (missing topics are skipped), read in parallel."""
     conn = as_connection(target)
-
-    async def one(topic: str) -> list:
-        try:
-            return await read_topic(conn, topic, timeout=timeout)
-        except ValueError:  # the topic does not exist (yet)
-            return []
-
-    batches = await asyncio.gather(*(one(t) for t in topic_names))
+    names = list(topic_names)
+    partitions = await topic_partitions(conn, names)
+    batches = await asyncio.gather(*(read_topic(conn, t, timeout=timeout, partitions=partitions[t])
+                                     for t in names if t in partitions))
     return [r for batch in batches for r in batch]

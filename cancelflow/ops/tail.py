@@ -41,13 +41,14 @@ async def follow(target: Target, topic: str, *, from_beginning: bool, limit: int
     """Print each record of `topic` as it comes; stop after `limit` records (or `idle_timeout` s of silence)."""
     from aiokafka.structs import TopicPartition
 
-    consumer = kafka_clients.consumer(target)
+    conn = kafka_clients.as_connection(target)
+    partitions = (await kafka_clients.topic_partitions(conn, [topic])).get(topic)
+    if not partitions:
+        raise ValueError(f"topic {topic} does not exist")
+    consumer = kafka_clients.consumer(conn)
     await consumer.start()
     shown = 0
     try:
-        partitions = consumer.partitions_for_topic(topic)  # as the cluster had it when the consumer started
-        if not partitions:
-            raise ValueError(f"topic {topic} does not exist")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         if from_beginning:
