@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -220,7 +220,9 @@ def health_routes(runtime: Runtime) -> FastAPI:
         return {"service": runtime.name, "status": "ok", "started": runtime.started,
                 "waiting_for": list(runtime.waiting_for)}
 
-    @app.get("/ready", tags=["operations"], summary="Readiness: database and Kafka reachable")
+    @app.get("/ready", tags=["operations"], summary="Readiness: database and Kafka reachable",
+             responses={503: {"description": "Not ready: `waiting_for` names what it waits for",
+                              "content": {"application/json": {}}}})
     async def ready() -> Response:
         problems = list(runtime.waiting_for)
         if runtime.pool is not None and "database" not in problems:
@@ -236,7 +238,8 @@ def health_routes(runtime: Runtime) -> FastAPI:
         body = {"service": runtime.name, "ready": not problems and runtime.started, "waiting_for": problems}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format"}})
     async def prometheus() -> Response:
         if runtime.relay is not None and runtime.pool is not None:
             try:

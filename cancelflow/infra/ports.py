@@ -87,3 +87,17 @@ def wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports, none handed out before (for CANCELFLOW_PORT_BASE)."""
+    low, high = 10_000, max(_ephemeral_low() - count, 10_001)
+    with _lock:
+        for _ in range(500):
+            base = random.randint(low, high)
+            block = range(base, base + count)
+            if any(p in _handed_out for p in block) or not all(port_is_free(p, host) for p in block):
+                continue
+            _handed_out.update(block)
+            return base
+    raise InfraError(f"no {count} consecutive free ports found between {low} and {high}")
