@@ -9,12 +9,12 @@ import subprocess
 import sys
 import uuid
 from datetime import date, timedelta
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
 
 from cancelflow.client import read_topic
 from cancelflow.infra.ports import free_port
@@ -95,15 +95,32 @@ def _intake_openapi() -> dict:
     return app.openapi()
 
 
-intake_schema = schemathesis.openapi.from_dict(_intake_openapi())
+# Every check runs; the one widened expectation and its reason are in this file.
+SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")
+intake_schema = schemathesis.openapi.from_dict(_intake_openapi(),
+                                               config=schemathesis.Config.from_path(SCHEMATHESIS_CONFIG))
 
 
 @intake_schema.parametrize()
 @pytest.mark.filterwarnings("ignore")
 def test_http_api_fuzzed_from_its_openapi_never_answers_500(case, client, infra):
-    """Schemathesis generates valid and invalid requests for every operation: never a 5xx."""
-    response = case.call(base_url=infra.intake_url, headers={"X-API-Key": client.api_key}, timeout=10)
-    case.validate_response(response, checks=[not_a_server_error])
+    """Schemathesis generates valid and invalid requests for every operation and runs every check on the
+    answer: never a 5xx, and status, content type, headers and body as the OpenAPI documents them."""
+    case.call_and_validate(base_url=infra.intake_url, headers={"X-API-Key": client.api_key}, timeout=10)
+
+
+def test_http_api_passes_every_schemathesis_check_in_every_phase(client, infra, tmp_path):
+    """`schemathesis run -c all` against the live API, as an upstream team would run it: examples,
+    coverage (incl. unsupported methods and their Allow header), fuzzing and stateful phases, zero failures.
+    A fixed seed makes a failure reproducible (`st replay`); the report lands in the test's tmp dir."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "--config-file", str(SCHEMATHESIS_CONFIG),
+         "run", f"{infra.intake_url}/openapi.json", "-H", f"X-API-Key: {client.api_key}", "-c", "all",
+         "-n", "20", "--max-time", "60", "--seed", "20261201", "--request-timeout", "10",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "No issues found" in done.stdout or " passed" in done.stdout, done.stdout[-2000:]
 
 
 def _start_service(name: str, env: dict, port: int, log) -> subprocess.Popen:
