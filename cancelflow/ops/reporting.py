@@ -14,7 +14,8 @@ from .base import BOOTSTRAP, app, connection, console, run
 def report(html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page with charts."),
            bootstrap: str = BOOTSTRAP) -> None:
     """Business figures: cancellations by reason per day, save rate, time to first answer, pending."""
-    from ..report import collect_envelopes, compute_report, render_html, report_tables
+    from ..report import collect_envelopes, compute_report, report_tables
+    from ..report_page import render_html
 
     figures = compute_report(run(collect_envelopes(connection(bootstrap))))
     for table in report_tables(figures):
