@@ -56,9 +56,15 @@ def ensure_jars() -> Path:
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise InfraError(f"Maven could not fetch Kafka {kafka_version()}: {result.stdout[-500:]} {result.stderr[-500:]}")
+        raise InfraError(f"Maven could not fetch Kafka {kafka_version()}: {_maven_error(result.stdout + result.stderr)}")
     marker.write_text(kafka_version())
     return target
+
+
+def _maven_error(output: str) -> str:
+    """Maven's own error line ("[ERROR] Failed to execute goal ... Could not resolve ..."), else the cause line."""
+    errors = [line.strip() for line in output.splitlines() if line.startswith("[ERROR]") and line.strip() != "[ERROR]"]
+    return errors[0][:400] if errors else cause_line(output)
 
 
 @dataclass(frozen=True)

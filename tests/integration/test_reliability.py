@@ -206,3 +206,31 @@ async def test_service_started_while_database_and_kafka_are_down_becomes_ready_w
             pg_proc.wait(timeout=30)
     text = (tmp_path / "billing.log").read_text()
     assert "waiting for database" in text and "waiting for kafka" in text
+
+
+async def test_every_error_is_a_problem_document_and_405_lists_every_method(client, infra):
+    """RFC 9457 for each kind of error: unknown request, not JSON, field errors, conflict, auth, method."""
+    http = client.http
+    missing = await http.get("/v1/cancellations/no-such-request")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    assert missing.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
+                              "detail": "request no-such-request not found", "errors": []}
+    not_json = await http.post("/v1/cancellations", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and not_json.json()["title"] == "Bad Request"
+    assert not_json.headers["content-type"] == "application/problem+json"
+    invalid = await http.post("/v1/cancellations", json={"contract_id": "C-1"})
+    assert invalid.status_code == 422 and invalid.json()["status"] == 422
+    assert {"account_id", "customer", "plan", "reason"} <= {e["field"] for e in invalid.json()["errors"]}
+    anonymous = await http.get("/v1/cancellations/x", headers={"X-API-Key": "wrong"})
+    assert anonymous.status_code == 401 and anonymous.json()["title"] == "Unauthorized"
+    assert anonymous.headers["www-authenticate"] == "ApiKey"
+    options = await http.options("/v1/cancellations", params={"submission_id": "x"})
+    assert options.status_code == 405 and options.headers["allow"] == "GET, POST"
+    assert options.json()["status"] == 405
+    doc = (await http.get("/openapi.json")).json()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith("4"):
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+    assert list(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
