@@ -251,6 +251,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if local_kafka:
             kafka.ensure_jars()
+            self._check_kafka_security()
             node = self.kafka_node
             self.procs["kafka"] = node.start(self.logs / "kafka.log")
         if local_pg:
@@ -279,6 +280,19 @@ class Stack:
         if not wait_port(self.ports.smtp, 20):
             self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def _check_kafka_security(self) -> None:
+        """SCRAM users are written when Kafka's storage is formatted, once: a data directory made with one
+        security cannot be started with another (it would fail later, with a less clear message)."""
+        marker = self.root / "kafka" / "security"
+        formatted = (self.root / "kafka" / "log" / "meta.properties").exists()
+        # Data made before the marker existed was made by a plain stack (there was no other kind).
+        was = marker.read_text().strip() if marker.exists() else ("plaintext" if formatted else None)
+        if was is not None and was != self.config.security:
+            raise InfraError(f"the Kafka data in {marker.parent} was made with --security {was}: start it with "
+                             f"`cancelflow up --security {was}`, or remove {marker.parent} to start afresh")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(self.config.security)
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
