@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,8 +21,8 @@ from shared import topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
+from . import stack_security
 from .infra import kafka, postgres
-from .infra.certificates import make_ca_and_broker_cert
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
 
@@ -66,9 +65,6 @@ class StackConfig:
     security: str = "plaintext"
 
 
-SECURITY_MODES = ("plaintext", "scram", "tls")
-SCRAM_USER = "cancelflow"
-
 
 class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
@@ -88,40 +84,19 @@ class Stack:
     def security_dir(self) -> Path:
         return self.root / "security"
 
-    def scram_user(self) -> tuple[str, str]:
-        """The stack's SCRAM user and its password, generated once under the stack directory."""
-        path = self.security_dir / "scram.json"
-        if not path.exists():
-            self.security_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"username": SCRAM_USER, "password": secrets.token_urlsafe(24)}))
-            path.chmod(0o600)
-        data = json.loads(path.read_text())
-        return data["username"], data["password"]
-
-    def tls_files(self) -> tuple[Path, Path]:
-        """(the broker's keystore, the CA), generated once under the stack directory."""
-        return make_ca_and_broker_cert(self.security_dir)
-
     @property
     def kafka_node(self) -> kafka.KafkaNode:
         security = self.config.security
         return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
                                partitions=self.config.partitions,
-                               scram_user=self.scram_user() if security == "scram" else None,
-                               tls=self.tls_files() if security == "tls" else None)
+                               scram_user=stack_security.scram_user(self.security_dir) if security == "scram" else None,
+                               tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
 
     @property
     def kafka_connection(self) -> KafkaConnection:
         """How every client of this stack (services, operator commands) reaches its broker."""
         security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
-        if security == "scram":
-            user, password = self.scram_user()
-            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SASL_PLAINTEXT",
-                                   sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=password)
-        if security == "tls":
-            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SSL",
-                                   ssl_cafile=str(self.tls_files()[1]))
-        return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT")
+        return stack_security.connection(security, self.bootstrap, self.security_dir)
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
@@ -282,17 +257,7 @@ class Stack:
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
 
     def _check_kafka_security(self) -> None:
-        """SCRAM users are written when Kafka's storage is formatted, once: a data directory made with one
-        security cannot be started with another (it would fail later, with a less clear message)."""
-        marker = self.root / "kafka" / "security"
-        formatted = (self.root / "kafka" / "log" / "meta.properties").exists()
-        # Data made before the marker existed was made by a plain stack (there was no other kind).
-        was = marker.read_text().strip() if marker.exists() else ("plaintext" if formatted else None)
-        if was is not None and was != self.config.security:
-            raise InfraError(f"the Kafka data in {marker.parent} was made with --security {was}: start it with "
-                             f"`cancelflow up --security {was}`, or remove {marker.parent} to start afresh")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(self.config.security)
+        stack_security.check_data_security(self.root / "kafka", self.config.security)
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
