@@ -21,6 +21,7 @@ from shared.vocabulary import Offer, Reason, RejectionCode
 from .auth import api_key_matches, authenticator
 from .contracts import ContractState, load_contract
 from .links import InvalidLink, sign_link, verify_link
+from .problems import responses
 from .settings import IntakeSettings
 
 
@@ -104,7 +105,7 @@ def install_quote(runtime: Runtime, app: FastAPI) -> Quoter:
     @app.get("/v1/contracts/{contract_id}/cancellation-quote", response_model=QuoteView,
              dependencies=[Depends(key_or_link)], tags=["contracts"],
              summary="What a cancellation submitted today would get: decision, final charge, paid through",
-             responses={404: {"description": "unknown contract"}})
+             responses=responses(401, 404, 422, s404="Unknown contract"))
     async def cancellation_quote(contract_id: Annotated[Id, Path(description="The contract's id")],
                                  desired_effective_date: date | None = None, reason: Reason | None = None) -> Any:
         state = await quoter.contract(contract_id)
@@ -115,7 +116,8 @@ def install_quote(runtime: Runtime, app: FastAPI) -> Quoter:
 
     @app.post("/v1/cancel-links", response_model=LinkIssued, dependencies=[Depends(authenticator(settings))],
               tags=["contracts"], summary="A signed link to the customer's cancel page for a contract",
-              responses={404: {"description": "unknown contract"}, 503: {"description": "no INTAKE_LINK_SECRET"}})
+              responses=responses(400, 401, 404, 422, 503, s404="Unknown contract",
+                                  s503="INTAKE_LINK_SECRET is not set: no links can be signed"))
     async def cancel_link(body: LinkAsked) -> Any:
         if secret is None:
             raise HTTPException(503, detail="INTAKE_LINK_SECRET is not set: no cancel links can be signed")
