@@ -24,7 +24,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from shared import topics
-from shared.logging import mask_pii
+from shared.pii import mask_pii
 
 from .report import parse_instant
 

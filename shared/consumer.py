@@ -36,7 +36,7 @@ import asyncpg
 from shared import metrics, topics
 from shared.db import TRANSIENT_DB_ERRORS
 from shared.events import Envelope, EventData, PoisonMessage, decode
-from shared.logging import mask_pii
+from shared.pii import mask_pii
 from shared.outbox import OutboxBuffer, add_event, add_raw, buffered_into, notify
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from shared import metrics, topics
 from shared.clock import Clock, clock_from
 from shared.consumer import BatchConsumer, Handler, Prepare
 from shared.db import create_pool, migrate
-from shared.logging import configure_logging
+from shared.jsonlog import configure_logging
 from shared.offsets import OffsetCommitter
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings

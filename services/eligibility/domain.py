@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from types import MappingProxyType
 
-from shared.calendar import first_anniversary
+from shared.contract_calendar import first_anniversary
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import topics
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
                            CancellationRequested, CancellationWithdrawn, ContractSigned, WithdrawalRefused,

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.events import StrictCancellationForm, WithdrawalRequested
 from shared.outbox import add_event
 from shared.service import Runtime

@@ -11,7 +11,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.events import CancellationForm, CancellationRequested
 from shared.outbox import add_event
 

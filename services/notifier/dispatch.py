@@ -38,7 +38,9 @@ from shared.events import NotificationSent
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import mask_email, render
+from shared.pii import mask_email
+
+from .domain import render
 from .handlers import DUE_CHANNEL
 from .settings import NotifierSettings
 

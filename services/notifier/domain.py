@@ -6,11 +6,10 @@ e-mails (Japanese first, then a short English line). No sending here.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 from shared.vocabulary import NotificationKind
 
 __all__ = [
@@ -20,8 +19,6 @@ __all__ = [
     "EmailContent",
     "NotificationKind",
     "ScheduledNotification",
-    "mask_email",
-    "mask_phone",
     "reminder_schedule",
     "render",
 ]
@@ -69,24 +66,6 @@ def reminder_schedule(*, effective_date: date, accepted_at: datetime) -> tuple[S
             if due_at > accepted_at:
                 schedule.append(ScheduledNotification(kind, due_at))
     return tuple(sorted(schedule, key=lambda n: (n.due_at, n.kind)))
-
-
-def mask_email(email: str) -> str:
-    """Keep the first character and the domain: taro@example.jp -> t***@example.jp."""
-    local, at, domain = email.strip().rpartition("@")
-    if not at:
-        return "***"
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_phone(phone: str) -> str:
-    """Keep the last two digits: 090-1234-5678 -> ***78."""
-    # NFKC turns full-width digits (０９０…) typed on Japanese keyboards into ASCII ones.
-    digits = [c for c in unicodedata.normalize("NFKC", phone) if c in "0123456789"]
-    if len(digits) < 4:
-        # Too short for the tail to be anonymous.
-        return "***"
-    return "***" + "".join(digits[-2:])
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from shared import topics
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
                            CancellationRequested, CancellationWithdrawn, SettlementIssued, SettlementVoided)

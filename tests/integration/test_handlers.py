@@ -15,7 +15,7 @@ from faststream.kafka import TestKafkaBroker
 from services.eligibility.app import create_app
 from services.eligibility.settings import EligibilitySettings
 from shared import topics
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.db import create_pool, migrate
 from shared.events import CancellationRequested, ContractSigned, new_envelope
 

@@ -9,12 +9,10 @@ from services.notifier.domain import (
     EmailContent,
     NotificationKind,
     ScheduledNotification,
-    mask_email,
-    mask_phone,
     reminder_schedule,
     render,
 )
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 
 K = NotificationKind
 UTC = timezone.utc
@@ -84,35 +82,6 @@ def test_scheduled_notification_normalizes_to_utc() -> None:
     n = ScheduledNotification(K.rich_menu_reminder, datetime(2026, 6, 16, 10, 0, tzinfo=TOKYO))
     assert n.due_at.tzinfo is UTC and n.due_at == DUE_14
     assert n.due_at.hour == 1
-
-
-@pytest.mark.parametrize(
-    ("email", "expected"),
-    [
-        pytest.param("taro.yamada@example.co.jp", "t***@example.co.jp", id="typical"),
-        pytest.param("a@example.com", "a***@example.com", id="one-letter-local"),
-        pytest.param("no-at-sign", "***", id="no-at"),
-        pytest.param("", "***", id="empty"),
-        pytest.param("@example.com", "***@example.com", id="empty-local"),
-    ],
-)
-def test_mask_email(email: str, expected: str) -> None:
-    assert mask_email(email) == expected
-
-
-@pytest.mark.parametrize(
-    ("phone", "expected"),
-    [
-        pytest.param("090-1234-5678", "***78", id="mobile"),
-        pytest.param("+81 3 1234 5601", "***01", id="international"),
-        pytest.param("０９０１２３４５６７８", "***78", id="full-width-digits"),
-        pytest.param("123", "***", id="too-short"),
-        pytest.param("1234", "***34", id="four-digits"),
-        pytest.param("", "***", id="empty"),
-    ],
-)
-def test_mask_phone(phone: str, expected: str) -> None:
-    assert mask_phone(phone) == expected
 
 
 COMMON = dict(customer_name="山田 太郎", request_id="REQ-123", contract_id="C-9")
