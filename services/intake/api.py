@@ -14,12 +14,14 @@ from pydantic import BaseModel, Field
 
 from shared.contract_calendar import tokyo_date
 from shared.events import StrictCancellationForm, WithdrawalRequested
-from shared.outbox import add_event
+from shared.messaging.consumer import store_transaction
+from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .domain import IdempotencyConflict, withdrawal_refusal
 from .settings import IntakeSettings
-from .store import SCHEMA, IdempotencyConflict, record_request
+from .store import IntakeStore, new_request, request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -115,10 +117,13 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}})
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
+        new = new_request(form, source="http", submission_id=idempotency_key, received_at=runtime.clock.now())
         try:
-            async with runtime.pool.acquire() as conn:
-                recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
-                                                received_at=runtime.clock.now())
+            async with store_transaction(runtime, IntakeStore) as store:
+                recorded = await store.record(new)
+                if recorded.created:
+                    Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(
+                        new.requested(), key=form.contract_id)
         except IdempotencyConflict as exc:
             return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
@@ -128,8 +133,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
              responses={404: {"model": ErrorBody}})
     async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow(
-            "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
+        row = await request_view_by_submission(runtime.pool, submission_id)
         if row is None:
             raise HTTPException(404, detail=f"no request for submission {submission_id}")
         return _view(row)
@@ -137,7 +141,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses={404: {"model": ErrorBody}})
     async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+        row = await request_view(runtime.pool, request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
@@ -147,24 +151,18 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         now = runtime.clock.now()
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
-                " WHERE request_id = $1 FOR UPDATE", request_id)
+        async with store_transaction(runtime, IntakeStore) as store:
+            row = await store.for_withdrawal(request_id)
             if row is None:
                 raise HTTPException(404, detail=f"request {request_id} not found")
-            if row["status"] in ("completed", "rejected", "withdrawn"):
-                return JSONResponse(ErrorBody(error=f"request is {row['status']}").model_dump(), status_code=409)
-            if row["effective_date"] is not None and tokyo_date(now) >= row["effective_date"]:
-                return JSONResponse(ErrorBody(error="the effective date has come: the contract has ended").model_dump(),
-                                    status_code=409)
-            if row["withdrawal_requested_at"] is None:  # asking twice is one withdrawal
-                await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, updated_at = now()"
-                                   " WHERE request_id = $1", request_id, now)
-                await add_event(conn, SCHEMA, WithdrawalRequested(
-                    request_id=request_id, contract_id=row["contract_id"], requested_at=now),
-                    key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
-        return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+            refused = withdrawal_refusal(row.status, row.effective_date, today=tokyo_date(now))
+            if refused is not None:
+                return JSONResponse(ErrorBody(error=refused).model_dump(), status_code=409)
+            if row.withdrawal_requested_at is None:  # asking twice is one withdrawal
+                await store.withdrawal_requested(request_id, now)
+                Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
+                    request_id=request_id, contract_id=row.contract_id, requested_at=now), key=row.contract_id)
+        return Received(request_id=request_id, status=row.status, status_url=status_url(request_id))
 
 
 def _view(row) -> StatusView:

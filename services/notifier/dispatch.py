@@ -33,15 +33,15 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from shared import metrics
-from shared.outbox import buffered, emit_from
 from shared.events import NotificationSent
+from shared.messaging.outbox import Emitter, Outbox
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
 from shared.pii import mask_email
 
 from .domain import render
-from .handlers import DUE_CHANNEL
+from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 
 log = logging.getLogger(__name__)
@@ -324,22 +324,23 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
             msg_ids = [message_id(row) for row in rows]
             await conn.execute(MARK_SENT, [row["id"] for row in rows], sent_at, msg_ids)
             messages = []
-            async with buffered(conn, rt.schema, rt.relay) as outbox:  # the notification.sent events: one INSERT
-                for row, msg_id in zip(rows, msg_ids):
-                    kind = NotificationKind(row["kind"])
-                    await emit_from(conn, rt, NotificationSent(
-                        request_id=row["request_id"], kind=kind, channel="email",
-                        recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
-                        key=row["contract_id"], correlation_id=row["request_id"])
-                    content = render(
-                        kind, customer_name=row["customer_name"], request_id=row["request_id"],
-                        contract_id=row["contract_id"], effective_date=row["effective_date"],
-                        total_jpy=row["total_jpy"], paid_through=row["paid_through"],
-                        offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
-                        earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"])
-                    messages.append(mailers[len(messages)].compose(row["email"], content.subject, content.body, msg_id, {
-                        "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
-                        "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
+            outbox = Outbox(conn, rt.schema, rt.relay)  # the notification.sent events: one INSERT
+            for row, msg_id in zip(rows, msg_ids):
+                kind = NotificationKind(row["kind"])
+                Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
+                    request_id=row["request_id"], kind=kind, channel="email",
+                    recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
+                    key=row["contract_id"])
+                content = render(
+                    kind, customer_name=row["customer_name"], request_id=row["request_id"],
+                    contract_id=row["contract_id"], effective_date=row["effective_date"],
+                    total_jpy=row["total_jpy"], paid_through=row["paid_through"],
+                    offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
+                    earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"])
+                messages.append(mailers[len(messages)].compose(row["email"], content.subject, content.body, msg_id, {
+                    "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
+                    "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
+            await outbox.flush()
             used = mailers[:len(rows)]
             # Every mail up to its final "." at once, each on its own connection.
             begun = await asyncio.gather(*(m.begin(msg) for m, msg in zip(used, messages)), return_exceptions=True)

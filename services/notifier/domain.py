@@ -19,6 +19,9 @@ __all__ = [
     "EmailContent",
     "NotificationKind",
     "ScheduledNotification",
+    "cancelled_by_completion",
+    "cancelled_by_withdrawal",
+    "days_before",
     "reminder_schedule",
     "render",
 ]
@@ -66,6 +69,23 @@ def reminder_schedule(*, effective_date: date, accepted_at: datetime) -> tuple[S
             if due_at > accepted_at:
                 schedule.append(ScheduledNotification(kind, due_at))
     return tuple(sorted(schedule, key=lambda n: (n.due_at, n.kind)))
+
+
+def days_before(item: ScheduledNotification, *, effective_date: date, accepted_at: datetime) -> int | None:
+    """How many days before the effective date a reminder is due (None: the one sent on acceptance)."""
+    if item.due_at == accepted_at:
+        return None
+    return (effective_date - item.due_at.astimezone(TOKYO).date()).days
+
+
+def cancelled_by_withdrawal() -> tuple[NotificationKind, ...]:
+    """A withdrawal cancels every reminder not sent yet, and the acknowledgement if it is still due."""
+    return (*REMINDER_KINDS, NotificationKind.acknowledgement)
+
+
+def cancelled_by_completion() -> tuple[NotificationKind, ...]:
+    """On completion the reminders not sent yet have nothing left to remind of."""
+    return REMINDER_KINDS
 
 
 @dataclass(frozen=True, slots=True)
