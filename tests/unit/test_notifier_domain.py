@@ -200,3 +200,20 @@ def test_every_kind_renders_without_personal_contact_data(kind: NotificationKind
 def test_subject_refuses_header_injection() -> None:
     with pytest.raises(ValueError):
         render(K.withdrawal_confirmation, customer_name="x", request_id="R\nBcc: evil@example.com", contract_id="C")
+
+
+def test_days_before_is_none_for_the_reminder_sent_on_acceptance() -> None:
+    from services.notifier.domain import days_before
+
+    accepted_at = datetime(2026, 5, 1, 3, 0, tzinfo=UTC)
+    schedule = reminder_schedule(effective_date=EFFECTIVE, accepted_at=accepted_at)
+    assert sorted({days_before(n, effective_date=EFFECTIVE, accepted_at=accepted_at) for n in schedule},
+                  key=lambda d: -1 if d is None else d) == [None, 3, 14]
+
+
+def test_what_a_withdrawal_and_a_completion_cancel() -> None:
+    from services.notifier.domain import cancelled_by_completion, cancelled_by_withdrawal
+
+    assert set(cancelled_by_withdrawal()) == {*REMINDER_KINDS, K.acknowledgement}
+    assert set(cancelled_by_completion()) == set(REMINDER_KINDS)
+    assert K.withdrawal_confirmation not in cancelled_by_withdrawal(), "the confirmation is what it sends"
