@@ -18,8 +18,6 @@ from shared.vocabulary import RequestStatus
 
 from .domain import may_become, replayed_request, submission_digest
 
-SCHEMA = "intake"
-
 
 @dataclass(frozen=True)
 class NewRequest:
