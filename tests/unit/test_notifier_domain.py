@@ -6,12 +6,11 @@ from services.notifier.domain import (
     REMINDER_DAYS_BEFORE,
     REMINDER_KINDS,
     REMINDER_TIME,
-    EmailContent,
     NotificationKind,
     ScheduledNotification,
     reminder_schedule,
-    render,
 )
+from services.notifier.texts import EmailContent, render
 from shared.contract_calendar import TOKYO
 
 K = NotificationKind
