@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from shared.events import Envelope, EventData, new_envelope
-
-if TYPE_CHECKING:
-    from shared.messaging.relay import OutboxRelay
 
 Header = tuple[str, str]
 
@@ -34,6 +31,16 @@ class OutboxRow:
     key: bytes | None
     value: bytes
     headers: Sequence[Header]
+
+
+class Relay(Protocol):
+    """What a transaction tells the relay of its process (shared.messaging.relay.OutboxRelay)."""
+
+    active: bool
+
+    def expect(self, ids: Sequence[int]) -> None: ...
+    def forget(self, ids: Sequence[int]) -> None: ...
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None: ...
 
 
 # Many rows in the order they were added (ids follow that order), then the NOTIFYs: one round trip that
@@ -54,7 +61,7 @@ class Outbox:
     so "state + outbox in one transaction" holds with one round trip for the whole transaction. A record
     whose savepoint is rolled back is cut out with `mark()` / `rollback_to()`."""
 
-    def __init__(self, conn: Any, schema: str, relay: "OutboxRelay | None" = None) -> None:
+    def __init__(self, conn: Any, schema: str, relay: Relay | None = None) -> None:
         self.conn = conn
         self.schema = schema
         self.relay = relay
@@ -106,7 +113,7 @@ class Outbox:
 
 
 @asynccontextmanager
-async def outbox_transaction(conn: Any, schema: str, relay: "OutboxRelay | None" = None
+async def outbox_transaction(conn: Any, schema: str, relay: Relay | None = None
                              ) -> AsyncIterator[Outbox]:
     """A transaction on `conn` with its outbox: the rows are written just before the commit and handed to
     `relay` once it committed (forgotten if it rolled back)."""
