@@ -31,6 +31,7 @@ from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
 from shared.pii import mask_email
+from shared.retry import until_it_works
 
 from .store import DUE_CHANNEL
 from .settings import NotifierSettings
@@ -154,7 +155,6 @@ def dispatch_loop(settings: NotifierSettings):
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
         wake = asyncio.Event()
         listener = None
-        delay = settings.dispatch_interval_s
 
         def on_notify(*_: object) -> None:
             wake.set()
@@ -164,35 +164,35 @@ def dispatch_loop(settings: NotifierSettings):
             while await send_batch(rt, mailers) == len(mailers):
                 pass
 
+        async def send_due() -> None:
+            nonlocal listener
+            try:
+                if listener is None or listener.is_closed():
+                    if listener is not None:
+                        await rt.pool.release(listener, timeout=5)
+                        listener = None
+                    listener = await rt.pool.acquire()
+                    await listener.add_listener(DUE_CHANNEL, on_notify)
+                wake.clear()
+                # One worker first; the others join only when there is more than a batch to send.
+                if await send_batch(rt, workers[0]) == settings.smtp_connections:
+                    outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
+                    error = next((o for o in outcomes if isinstance(o, BaseException)), None)
+                    if error is not None:
+                        raise error
+            except Exception:
+                for mailers in workers:
+                    for mailer in mailers:
+                        mailer.close()
+                raise
+
         try:
             while True:
+                # SMTP or the database down: the rows stay pending, sent once both answer again.
+                await until_it_works("SMTP and the database (dispatch paused)", send_due,
+                                     first_s=2 * settings.dispatch_interval_s, most_s=10.0)
                 try:
-                    if listener is None or listener.is_closed():
-                        if listener is not None:
-                            await rt.pool.release(listener, timeout=5)
-                            listener = None
-                        listener = await rt.pool.acquire()
-                        await listener.add_listener(DUE_CHANNEL, on_notify)
-                    wake.clear()
-                    # One worker first; the others join only when there is more than a batch to send.
-                    if await send_batch(rt, workers[0]) == settings.smtp_connections:
-                        outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
-                        error = next((o for o in outcomes if isinstance(o, BaseException)), None)
-                        if error is not None:
-                            raise error
-                    delay = settings.dispatch_interval_s
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - SMTP or DB down: the rows stay pending, retried later
-                    for mailers in workers:
-                        for mailer in mailers:
-                            mailer.close()
-                    log.warning("dispatch paused: %s: %s", type(exc).__name__, exc)
-                    delay = min(delay * 2, 10.0)
-                    await asyncio.sleep(delay)
-                    continue
-                try:
-                    await asyncio.wait_for(wake.wait(), delay)
+                    await asyncio.wait_for(wake.wait(), settings.dispatch_interval_s)
                 except asyncio.TimeoutError:
                     pass
         finally:
