@@ -33,7 +33,7 @@ import asyncpg
 from shared import metrics
 from shared.clock import Clock
 from shared.db import TRANSIENT_DB_ERRORS
-from shared.events import Envelope, PoisonMessage, decode
+from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.messaging import inbox
 from shared.messaging.deferral import BatchConnection
 from shared.messaging.dlq import dead_letter
@@ -66,11 +66,17 @@ class Context(Generic[S]):
 
     store: S
     envelope: Envelope
-    emit: Emitter
     clock: Clock
+    outbox: Outbox
+    producer: str
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def emit(self, data: EventData, *, key: str) -> Envelope:
+        """Emit an event caused by the one being handled, in this transaction (see `Emitter`)."""
+        return Emitter(self.outbox, self.producer, self.envelope.correlation_id, str(self.envelope.event_id))(
+            data, key=key)
 
 
 Handler = Callable[[Context, Any], Awaitable[None]]
@@ -198,8 +204,7 @@ class BatchConsumer:
         return _Decoded(record, envelope, data)
 
     def _context(self, store: Store, outbox: Outbox, envelope: Envelope) -> Context:
-        return Context(store, envelope, Emitter(outbox, self.name, envelope.correlation_id, str(envelope.event_id)),
-                       self.resources.clock)
+        return Context(store, envelope, self.resources.clock, outbox, self.name)
 
     async def _fast(self, conn: BatchConnection, outbox: Outbox, store: Store, decoded: list[_Decoded]) -> list[str]:
         """The whole batch without savepoints; any record failing raises _RecordFailed. Returns the topics of

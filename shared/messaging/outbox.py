@@ -128,15 +128,17 @@ async def outbox_transaction(conn: Any, schema: str, relay: Relay | None = None
     outbox.committed()
 
 
-@dataclass(frozen=True, slots=True)
 class Emitter:
     """The one way to emit an event: its envelope (producer, correlation, causation) as an outbox row of the
     current transaction, keyed by `key` (the contract id, so one contract's events stay in order)."""
 
-    outbox: Outbox
-    producer: str
-    correlation_id: str
-    causation_id: str | None = None
+    __slots__ = ("outbox", "producer", "correlation_id", "causation_id")
+
+    def __init__(self, outbox: Outbox, producer: str, correlation_id: str, causation_id: str | None = None) -> None:
+        self.outbox = outbox
+        self.producer = producer
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
 
     def __call__(self, data: EventData, *, key: str) -> Envelope:
         envelope = new_envelope(data, producer=self.producer, correlation_id=self.correlation_id,

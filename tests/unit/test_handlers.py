@@ -16,7 +16,7 @@ from services.eligibility.store import DecisionInputs
 from shared.events import (CancellationAccepted, CancellationRequested, CancellationWithdrawn, WithdrawalRequested,
                            new_envelope)
 from shared.messaging.consumer import Context
-from shared.messaging.outbox import Emitter, Outbox
+from shared.messaging.outbox import Outbox
 
 NOW = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -53,7 +53,7 @@ class FakeEligibilityStore:
 def _context(store, data) -> tuple[Context, Outbox]:
     envelope = new_envelope(data, producer="test", correlation_id="corr", causation_id=None)
     outbox = Outbox(conn=None, schema="test")
-    return Context(store, envelope, Emitter(outbox, "test", "corr", str(envelope.event_id)), FixedClock()), outbox
+    return Context(store, envelope, FixedClock(), outbox, "test"), outbox
 
 
 def _emitted(outbox: Outbox) -> list[dict]:
