@@ -103,8 +103,12 @@ _NOTIFICATION = ("UPDATE requests SET notifications = notifications || $2::jsonb
                  " WHERE request_id = $1")
 
 
+# What the domain allows each status to move from, as the statements' parameter (computed once).
+_MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status in RequestStatus}
+
+
 def _from(status: RequestStatus) -> list[str]:
-    return sorted(s.value for s in may_become(status))
+    return _MAY_MOVE_FROM[status]
 
 
 class IntakeStore(Store):
