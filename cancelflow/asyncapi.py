@@ -100,7 +100,7 @@ def service_subscriptions() -> dict[str, list]:
     from services.billing.handlers import subscriptions as billing
     from services.eligibility.domain import DEFAULT_OFFER_POLICY
     from services.eligibility.handlers import subscriptions as eligibility
-    from services.intake.app import all_subscriptions as intake
+    from services.intake.handlers import subscriptions as intake
     from services.notifier.handlers import subscriptions as notifier
 
     from services.intake.settings import IntakeSettings

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from types import MappingProxyType
 
-from shared.calendar import billing_date, billing_dates_between, first_anniversary, last_billing_date_before
+from shared.contract_calendar import billing_date, billing_dates_between, first_anniversary, last_billing_date_before
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "can_withdraw",
     "decide",
     "earliest_effective_date",
-    "is_due_for_completion",
     "offer_policy_from_json",
     "offers_for",
     "parse_offer_policy",
@@ -185,11 +184,6 @@ def decide(
 def can_withdraw(*, effective_date: date, today: date) -> bool:
     """A request can be withdrawn until its effective date, when it completes."""
     return today < effective_date
-
-
-def is_due_for_completion(*, effective_date: date, today: date) -> bool:
-    """On (or after, if we were down) the effective date the cancellation completes by itself."""
-    return today >= effective_date
 
 
 # --- the settlement --------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from shared.events import StrictCancellationForm
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .actions import ask_withdrawal, submit_form
 from .auth import authenticator
+from .domain import IdempotencyConflict
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
-from .store import IdempotencyConflict, record_request
-from .withdrawal import ask_withdrawal
+from .store import request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -74,9 +75,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
         try:
-            async with runtime.pool.acquire() as conn:
-                recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
-                                                received_at=runtime.clock.now())
+            recorded = await submit_form(runtime, form, submission_id=idempotency_key)
         except IdempotencyConflict as exc:
             return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
@@ -86,8 +85,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
              responses=responses(401, 404, 422))
     async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow(
-            "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
+        row = await request_view_by_submission(runtime.pool, submission_id)
         if row is None:
             raise HTTPException(404, detail=f"no request for submission {submission_id}")
         return _view(row)
@@ -95,7 +93,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses=responses(401, 404, 422))
     async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+        row = await request_view(runtime.pool, request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
@@ -104,7 +102,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
               responses=responses(401, 404, 409, 422))
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        asked = await ask_withdrawal(runtime.pool, request_id, runtime.clock.now())
+        asked = await ask_withdrawal(runtime, request_id)
         if not asked.found:
             raise HTTPException(404, detail=f"request {request_id} not found")
         if asked.refused is not None:

@@ -12,17 +12,17 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.contract_rules import Quote, offer_policy_from_json, quote
 from shared.events import Id
 from shared.service import Runtime
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 from .auth import api_key_matches, authenticator
-from .contracts import ContractState, load_contract
 from .links import InvalidLink, sign_link, verify_link
 from .problems import responses
 from .settings import IntakeSettings
+from .store import ContractState, contract_state
 
 
 class ChargeView(BaseModel):
@@ -63,7 +63,7 @@ class Quoter:
         self.policy = offer_policy_from_json(runtime.settings.offer_policy_json)  # type: ignore[attr-defined]
 
     async def contract(self, contract_id: str) -> ContractState | None:
-        return await load_contract(self.runtime.pool, contract_id)
+        return await contract_state(self.runtime.pool, contract_id)
 
     def quote(self, state: ContractState, *, desired_effective_date: date | None, reason: Reason | None) -> Quote:
         return quote(contract=state.terms, received_on=tokyo_date(self.runtime.clock.now()),

@@ -18,7 +18,7 @@ from playwright.async_api import Page, async_playwright, expect
 from cancelflow.client import customer, read_topic
 from services.intake.page.wording import jp_date, yen
 from shared import topics
-from shared.calendar import TOKYO, add_months, tokyo_date
+from shared.contract_calendar import TOKYO, add_months, tokyo_date
 
 pytestmark = pytest.mark.integration
 

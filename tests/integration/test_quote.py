@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.intake.links import sign_link
-from shared.calendar import add_months, tokyo_date
+from shared.contract_calendar import add_months, tokyo_date
 
 pytestmark = pytest.mark.integration
 

@@ -19,18 +19,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.contract_rules import can_withdraw
 from shared.events import CancellationForm, Customer
 from shared.service import Runtime
 from shared.vocabulary import Reason, RequestStatus
 
-from ..contracts import ContractState
 from ..links import InvalidLink, verify_link
 from ..quote import Quoter
 from ..settings import IntakeSettings
-from ..store import IdempotencyConflict, record_request
-from ..withdrawal import ask_withdrawal
+from ..actions import ask_withdrawal, submit_form
+from ..domain import IdempotencyConflict
+from ..store import ContractState, request_of_contract
 from . import csrf, wording
 
 HERE = Path(__file__).parent
@@ -221,11 +221,9 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
         state, form, draft, context = got
         attempt = str(form.get("attempt", ""))
         try:
-            async with runtime.pool.acquire() as conn:
-                # As the API records a form (source http, the key as submission_id): the same events follow.
-                recorded = await record_request(conn, draft.form(state), source="http",
-                                                submission_id=f"page-{attempt}" if attempt else None,
-                                                received_at=runtime.clock.now())
+            # As the API records a form (source http, the key as submission_id): the same events follow.
+            recorded = await submit_form(runtime, draft.form(state),
+                                         submission_id=f"page-{attempt}" if attempt else None)
         except IdempotencyConflict:
             return page("expired.html", status_code=409, token=token)
         return RedirectResponse(f"/cancel/{token}/requests/{recorded.request_id}", status_code=303)
@@ -234,8 +232,7 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
         state = await contract_of(token)
         if state is None or not _is_uuid(request_id):
             return None
-        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1 AND contract_id = $2",
-                                          request_id, state.terms.contract_id)
+        row = await request_of_contract(runtime.pool, request_id, state.terms.contract_id)
         return None if row is None else (state, row)
 
     def status_context(row: Any, today: date) -> dict:
@@ -272,5 +269,5 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
             return got
         if await request_row(token, request_id) is None:
             return invalid_link()
-        await ask_withdrawal(runtime.pool, request_id, runtime.clock.now())
+        await ask_withdrawal(runtime, request_id)
         return RedirectResponse(f"/cancel/{token}/requests/{request_id}", status_code=303)

@@ -2,7 +2,7 @@
 
 from datetime import date, datetime
 
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 from shared.vocabulary import NotificationKind, Offer, Reason, RejectionCode, RequestStatus
 
 # The seven reasons exactly as the vendor's form lists them.
