@@ -55,13 +55,14 @@ async def test_prometheus_scrapes_every_service_and_sees_a_cancellation(client, 
         rid = r.json()["request_id"]
         await client.wait_status(rid, lambda s: any(n["kind"] == "acknowledgement" for n in s["notifications"]))
 
-        after = before
-        for _ in range(60):  # scraped every 5 s
+        # Each service is scraped every 5 s at its own offset: wait until both scrapes show the request.
+        after, consumed = before, 0.0
+        for _ in range(60):
             after = await sent_acknowledgements(http)
-            if after >= before + 1:
+            consumed = sum(float(r["value"][1]) for r in await query(
+                http, 'cancelflow_messages_consumed_total{service="eligibility",topic="cancellation.requests"}'))
+            if after >= before + 1 and consumed >= 1:
                 break
             await asyncio.sleep(0.5)
         assert after >= before + 1, f"Prometheus saw {before} then {after} acknowledgements"
-        consumed = await query(http, 'cancelflow_messages_consumed_total{service="eligibility",'
-                                     'topic="cancellation.requests"}')
-        assert consumed and sum(float(r["value"][1]) for r in consumed) >= 1
+        assert consumed >= 1, "Prometheus saw no request consumed by eligibility"
