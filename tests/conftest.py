@@ -111,9 +111,11 @@ def infra_choice(request) -> Choice:
     from cancelflow.infra.kafka import kafka_version
 
     choice = choose(os.environ, DockerCli(), f"apache/kafka:{kafka_version()}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{choice.line()}")
+    # Shown whatever the capture mode: a session's infrastructure is worth its one line.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(f"\n{choice.line()}", file=sys.stderr)
     else:
         print(choice.line(), file=sys.stderr)
     return choice

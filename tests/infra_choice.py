@@ -87,7 +87,7 @@ def choose(environ: Mapping[str, str], probe: DockerProbe, kafka_official: str,
 
     def no_docker(reason: str) -> Choice:
         if forced == "docker":
-            raise InfraChoiceError(f"CANCELFLOW_TEST_INFRA=docker, but {reason}")
+            raise InfraChoiceError(f"CANCELFLOW_TEST_INFRA=docker: {reason}")
         return Choice("local", reason)
 
     if not probe.answers():
