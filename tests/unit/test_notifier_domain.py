@@ -6,14 +6,13 @@ from services.notifier.domain import (
     REMINDER_DAYS_BEFORE,
     REMINDER_KINDS,
     REMINDER_TIME,
-    EmailContent,
     NotificationKind,
     ScheduledNotification,
     mask_email,
     mask_phone,
     reminder_schedule,
-    render,
 )
+from services.notifier.texts import EmailContent, render
 from shared.calendar import TOKYO
 
 K = NotificationKind
