@@ -129,4 +129,5 @@ class DockerCli:
         return self._ok("pull", "-q", image, timeout=self.pull_timeout)
 
     def runs(self, image: str) -> bool:
-        return self._ok("run", "--rm", "--network", "none", "--entrypoint", "true", image, timeout=60)
+        # On the default network, as testcontainers starts them: an engine whose bridge is gone fails here.
+        return self._ok("run", "--rm", "--entrypoint", "true", image, timeout=60)
