@@ -76,33 +76,35 @@ def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> 
             "TRANSACTION_STATE_LOG_MIN_ISR": "1", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
             "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1", "AUTO_CREATE_TOPICS_ENABLE": "false",
             "GROUP_INITIAL_REBALANCE_DELAY_MS": "0", "HEAP_OPTS": "-Xmx512m -Xms512m",
+            # C1 only, as the local broker runs: on two busy cores C2's warm-up doubles the start.
+            "JVM_PERFORMANCE_OPTS": "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:TieredStopAtLevel=1",
         }.items():
             kafka_c.with_env(f"KAFKA_{key}", value)
         pg_c = (DockerContainer(choice.postgres_image).with_exposed_ports(5432)
                 .with_env("POSTGRES_DB", "cancelflow").with_env("POSTGRES_USER", "postgres")
                 .with_env("POSTGRES_PASSWORD", "postgres"))
-        started = []
         try:
             for container in (kafka_c, pg_c):
-                started.append(container.start())
+                container.start()
             host = pg_c.get_container_host_ip()
             url = f"postgresql://postgres:postgres@{host}:{pg_c.get_exposed_port(5432)}/cancelflow"
 
             async def ready() -> None:
-                await kafka.wait_ready(f"127.0.0.1:{port}", 90)
-                await postgres.wait_ready(url, 60)
+                await kafka.wait_ready(f"127.0.0.1:{port}", 180)
+                await postgres.wait_ready(url, 120)
 
             asyncio.run(ready())
         except Exception as exc:
-            for container in started:
-                container.stop()
+            for container in (kafka_c, pg_c):  # created, even when its start failed
+                if container.get_wrapped_container() is not None:
+                    container.stop()
             # Another process may take the chosen port between the choice and the bind: choose again.
             taken = "port is already allocated" in str(exc) or "address already in use" in str(exc)
             if attempt + 1 < attempts and taken:
                 continue
             raise
         config.kafka_bootstrap, config.database_url = f"127.0.0.1:{port}", url
-        return started
+        return [kafka_c, pg_c]
     raise AssertionError("unreachable")
 
 
