@@ -55,6 +55,7 @@ def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> 
     """Kafka and PostgreSQL from the chosen images; config is pointed at them once both answer."""
     from testcontainers.core.config import testcontainers_config
     from testcontainers.core.container import DockerContainer
+    from testcontainers.core.exceptions import ContainerStartException
 
     from cancelflow.infra import kafka, postgres
 
@@ -96,8 +97,11 @@ def start_containers(choice: Choice, config: StackConfig, attempts: int = 3) -> 
             asyncio.run(ready())
         except Exception as exc:
             for container in (kafka_c, pg_c):  # created, even when its start failed
-                if container.get_wrapped_container() is not None:
-                    container.stop()
+                try:
+                    container.get_wrapped_container()
+                except ContainerStartException:
+                    continue  # never created
+                container.stop()
             # Another process may take the chosen port between the choice and the bind: choose again.
             taken = "port is already allocated" in str(exc) or "address already in use" in str(exc)
             if attempt + 1 < attempts and taken:
