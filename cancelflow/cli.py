@@ -131,25 +131,54 @@ def status() -> None:
 
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
-           partitions: int = typer.Option(4)) -> None:
-    """Create the SPEC's topics and their .dlq companions (idempotent)."""
+           partitions: int = typer.Option(4),
+           retention_days: int = typer.Option(
+               400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
+               help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
+           fix: bool = typer.Option(False, "--fix", help="Apply the policy to existing topics that differ.")) -> None:
+    """Create the SPEC's topics and their .dlq companions with the retention policy (idempotent); report
+    existing topics whose settings differ from it, and with --fix apply it to them."""
     from shared import topics as t
 
     from . import kafka_clients
-    from .infra import kafka
+    from .infra import kafka, topic_admin, topic_policy
 
+    try:
+        topic_policy.retention_days_ms(retention_days)
+    except ValueError as exc:
+        _fail(f"--retention-days: {exc}")
     # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
     conn = kafka_clients.connection(bootstrap)
     bootstrap, options = conn.bootstrap_servers, conn.client_options()
+    wanted = t.all_with_dlq()
 
-    async def run() -> None:
+    async def run() -> tuple[list[str], list]:
         await kafka.wait_ready(bootstrap, 120, **options)
-        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions, **options)
+        created = await topic_admin.create_topics(bootstrap, wanted, partitions,
+                                                  business_retention_days=retention_days, **options)
+        drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
+                                                 **options)
+        if fix:
+            await topic_admin.fix_topics(bootstrap, drifted, **options)
+        return created, drifted
 
     try:
-        asyncio.run(run())
+        created, drifted = asyncio.run(run())
     except InfraError as exc:
         _fail(str(exc))
+    if created:
+        console.print(f"created: {', '.join(created)}", highlight=False, soft_wrap=True)
+    if drifted:
+        table = Table("topic", "config", "on the broker", "policy", title="topics whose settings differ from the policy")
+        for d in drifted:
+            for name, (actual, policy) in d.differences.items():
+                table.add_row(d.topic, name, actual or "-", policy)
+        console.print(table)
+        if fix:
+            console.print(f"fixed: {len(drifted)} topic(s) now have the policy's settings", highlight=False)
+        else:
+            console.print("run `cancelflow topics --fix` to apply the policy", highlight=False)
+            raise typer.Exit(2)
     console.print(f"topics ready on {bootstrap}", highlight=False)
 
 

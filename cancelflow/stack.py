@@ -22,9 +22,10 @@ from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
 from . import stack_security
-from .infra import kafka, postgres
+from .infra import kafka, postgres, topic_admin
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
+from .infra.topic_policy import BUSINESS_RETENTION_DAYS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,9 @@ class StackConfig:
     database_url: str | None = None
     # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
     security: str = "plaintext"
+    # Retention of the business topics other than contracts.events (SPEC section 8; -1: forever).
+    topic_retention_days: int = field(
+        default_factory=lambda: int(os.environ.get("CANCELFLOW_TOPIC_RETENTION_DAYS", BUSINESS_RETENTION_DAYS)))
 
 
 
@@ -155,6 +159,15 @@ class Stack:
 
     # --- state ------------------------------------------------------------------------------------
 
+    async def ensure_topics(self, options: dict) -> None:
+        """The SPEC's topics with the retention policy: missing ones created, and, the stack's broker being
+        its own, existing ones that differ (made by an older version) brought to the policy."""
+        names, days = topics.all_with_dlq(), self.config.topic_retention_days
+        await topic_admin.create_topics(self.bootstrap, names, self.config.partitions,
+                                        business_retention_days=days, **options)
+        drifted = await topic_admin.check_topics(self.bootstrap, names, business_retention_days=days, **options)
+        await topic_admin.fix_topics(self.bootstrap, drifted, **options)
+
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
@@ -242,7 +255,7 @@ class Stack:
 
         async def ready() -> None:
             await kafka.wait_ready(self.bootstrap, 90, **options)
-            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions, **options)
+            await self.ensure_topics(options)
             if local_pg:
                 try:
                     await postgres.wait_ready(self.pg_node.admin_url, 60)
