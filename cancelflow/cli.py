@@ -183,6 +183,68 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
 
 
 @app.command()
+def rebuild(service: str = typer.Argument(..., help="eligibility or billing"),
+            check: bool = typer.Option(False, "--check", help="Build into a scratch schema, compare it with the "
+                                       "service's tables, drop it; the service keeps running."),
+            database_url: str = typer.Option(None, envvar="DATABASE_URL",
+                                             help="Default: the running local stack's database.")) -> None:
+    """Build SERVICE's state from the topics into an empty schema, publishing and sending nothing, then
+    switch the service to it (the old schema is kept, renamed). The service is stopped meanwhile: the local
+    stack's is stopped and started again; elsewhere stop it first (its consumer group must be empty)."""
+    from datetime import datetime, timezone
+
+    from . import kafka_clients
+    from . import rebuild as r
+
+    stack = _stack(recorded=True)
+    local = bool(stack.alive()) and database_url is None
+    url = database_url or (stack.database_url if local else None)
+    if url is None:
+        _fail("DATABASE_URL: no database given and no local stack running")
+    conn = kafka_clients.connection()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    schema = f"{service}_rebuild_{stamp}"
+
+    def run() -> None:
+        async def go():
+            built = await r.build(service, database_url=url, kafka=conn, schema=schema,
+                                  now=datetime.now(timezone.utc))
+            console.print(f"built {schema} from " + ", ".join(f"{t}: {n:,} records" for t, n in built.records.items())
+                          + f"; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
+                          + f"; inbox {built.inbox:,} ids", highlight=False, soft_wrap=True)
+            if check:
+                differences = await r.compare(url, service, service, schema)
+                await r.drop(url, schema)
+                return differences
+            replaced = await r.switch(url, service, schema, suffix=stamp)
+            console.print(f"{service} now runs on the rebuilt schema" + (
+                f"; its previous schema is kept as {replaced} (drop it when satisfied)" if replaced else ""),
+                highlight=False)
+            return {}
+
+        differences = asyncio.run(go())
+        if check:
+            for table, what in differences.items():
+                console.print(f"[red]differs[/red] {table}: {what}", highlight=False)
+            if differences:
+                raise typer.Exit(1)
+            console.print(f"the rebuilt tables equal {service}'s", highlight=False)
+
+    try:
+        r.projection(service)
+        if check:
+            run()
+        elif local:
+            stack.restart_recorded(service, run)
+        else:
+            if asyncio.run(r.group_members(conn, service)):
+                _fail(f"{service}'s consumer group has members: stop {service} first")
+            run()
+    except (r.RebuildError, InfraError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
          api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
     """Against a running stack: sign contracts, submit cancellations, show what happened to each."""

@@ -286,6 +286,18 @@ class Stack:
         require_free(getattr(self.ports, name), name)
         return self._spawn(name, self.service_command(name), env=self.service_env(name))
 
+    def restart_recorded(self, name: str, between: Callable[[], None]) -> None:
+        """Stop one service of the recorded (running) stack, run `between`, start it again, healthy."""
+        state = json.loads(self.state_file.read_text())
+        if name in state["pids"]:
+            self.stop_process(name, state["pids"][name])
+        try:
+            between()
+        finally:
+            state["pids"][name] = self.start_service(name).pid
+            self.state_file.write_text(json.dumps(state, indent=2))
+        self.wait_healthy([name])
+
     def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         pending = list(names)

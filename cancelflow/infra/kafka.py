@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import InfraError, PortTaken, bind_failed, cause_line
 from .topic_admin import create_topics  # noqa: F401  (the stack, tests and benches create topics here)
 
+OFFSETS_RETENTION_MINUTES = 400 * 24 * 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
@@ -124,6 +125,9 @@ class KafkaNode:
             # Single node: the internal topics cannot have more than one replica.
             "offsets.topic.replication.factor=1",
             "offsets.topic.num.partitions=8",
+            # A stopped group's offsets are kept as long as the business topics keep records (400 days, not
+            # the default 7): with expired offsets a restart would re-read more than the inbox window.
+            f"offsets.retention.minutes={OFFSETS_RETENTION_MINUTES}",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "transaction.state.log.num.partitions=4",
