@@ -39,25 +39,25 @@ class BatchConnection:
                 await self.raw.executemany(sql, [args for _, args in queue[i:j]])
             i = j
 
+    async def _queue_first(self, send: Any, args: tuple, kwargs: dict) -> Any:
+        if self._queue:
+            await self.flush()
+        return await send(*args, **kwargs)
+
     async def execute(self, *args: Any, **kwargs: Any) -> str:
-        await self.flush()
-        return await self.raw.execute(*args, **kwargs)
+        return await self._queue_first(self.raw.execute, args, kwargs)
 
     async def executemany(self, *args: Any, **kwargs: Any) -> None:
-        await self.flush()
-        return await self.raw.executemany(*args, **kwargs)
+        return await self._queue_first(self.raw.executemany, args, kwargs)
 
     async def fetch(self, *args: Any, **kwargs: Any) -> list:
-        await self.flush()
-        return await self.raw.fetch(*args, **kwargs)
+        return await self._queue_first(self.raw.fetch, args, kwargs)
 
     async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
-        await self.flush()
-        return await self.raw.fetchrow(*args, **kwargs)
+        return await self._queue_first(self.raw.fetchrow, args, kwargs)
 
     async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
-        await self.flush()
-        return await self.raw.fetchval(*args, **kwargs)
+        return await self._queue_first(self.raw.fetchval, args, kwargs)
 
     def transaction(self, **kwargs: Any) -> "_FlushFirst":
         return _FlushFirst(self, self.raw.transaction(**kwargs))

@@ -11,15 +11,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import metrics
+from shared.kafka_connection import describe_partitions
 
 log = logging.getLogger(__name__)
 
 
 async def partitions_of(admin: AIOKafkaAdminClient, topic_names: Sequence[str]) -> list[TopicPartition]:
     """Every partition of the topics that exist (from the cluster's metadata), in order."""
-    described = await admin.describe_topics(list(topic_names)) if topic_names else []
-    return sorted(TopicPartition(t["topic"], p["partition"]) for t in described if not t["error_code"]
-                  for p in t["partitions"])
+    return sorted(TopicPartition(t, p) for t, ps in (await describe_partitions(admin, topic_names)).items() for p in ps)
 
 
 async def lag_loop(*, service: str, group: str, topic_names: Sequence[str], bootstrap_servers: str,

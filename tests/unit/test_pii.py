@@ -10,32 +10,23 @@ from shared.pii import mask_email, mask_phone, mask_pii
 
 
 @pytest.mark.parametrize(
-    ("email", "expected"),
+    ("mask", "value", "expected"),
     [
-        pytest.param("taro.yamada@example.co.jp", "t***@example.co.jp", id="typical"),
-        pytest.param("a@example.com", "a***@example.com", id="one-letter-local"),
-        pytest.param("no-at-sign", "***", id="no-at"),
-        pytest.param("", "***", id="empty"),
-        pytest.param("@example.com", "***@example.com", id="empty-local"),
+        pytest.param(mask_email, "taro.yamada@example.co.jp", "t***@example.co.jp", id="email-typical"),
+        pytest.param(mask_email, "a@example.com", "a***@example.com", id="email-one-letter-local"),
+        pytest.param(mask_email, "no-at-sign", "***", id="email-no-at"),
+        pytest.param(mask_email, "", "***", id="email-empty"),
+        pytest.param(mask_email, "@example.com", "***@example.com", id="email-empty-local"),
+        pytest.param(mask_phone, "090-1234-5678", "***78", id="phone-mobile"),
+        pytest.param(mask_phone, "+81 3 1234 5601", "***01", id="phone-international"),
+        pytest.param(mask_phone, "０９０１２３４５６７８", "***78", id="phone-full-width-digits"),
+        pytest.param(mask_phone, "123", "***", id="phone-too-short"),
+        pytest.param(mask_phone, "1234", "***34", id="phone-four-digits"),
+        pytest.param(mask_phone, "", "***", id="phone-empty"),
     ],
 )
-def test_mask_email(email: str, expected: str) -> None:
-    assert mask_email(email) == expected
-
-
-@pytest.mark.parametrize(
-    ("phone", "expected"),
-    [
-        pytest.param("090-1234-5678", "***78", id="mobile"),
-        pytest.param("+81 3 1234 5601", "***01", id="international"),
-        pytest.param("０９０１２３４５６７８", "***78", id="full-width-digits"),
-        pytest.param("123", "***", id="too-short"),
-        pytest.param("1234", "***34", id="four-digits"),
-        pytest.param("", "***", id="empty"),
-    ],
-)
-def test_mask_phone(phone: str, expected: str) -> None:
-    assert mask_phone(phone) == expected
+def test_mask_email_and_phone(mask, value: str, expected: str) -> None:
+    assert mask(value) == expected
 
 
 @pytest.mark.parametrize(
