@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
 from datetime import date, datetime, timezone
 
 import asyncpg
@@ -119,3 +121,22 @@ async def test_billing_switched_to_its_rebuilt_schema_keeps_working(after_demo, 
 def test_a_service_without_a_projection_is_refused():
     with pytest.raises(rebuild.RebuildError, match="service: 'notifier' cannot be rebuilt"):
         rebuild.projection("notifier")
+
+
+async def test_the_command_checks_a_rebuild_without_touching_the_service(after_demo, tmp_path):
+    infra = after_demo
+    await _built_equal(infra, "eligibility")  # quiet first
+    env = {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "DATABASE_URL": infra.database_url, "COLUMNS": "250",
+           "CANCELFLOW_STACK_DIR": str(tmp_path / "no-stack"), "PATH": os.environ["PATH"]}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cancelflow.cli", "rebuild", "eligibility", "--check", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 180))[0].decode()
+    assert proc.returncode == 0, out
+    assert "the rebuilt tables equal eligibility's" in out and "contracts.events:" in out
+    conn = await asyncpg.connect(infra.database_url)
+    try:  # the scratch schema is gone, the service's is untouched
+        schemas = {r[0] for r in await conn.fetch("SELECT schema_name FROM information_schema.schemata")}
+    finally:
+        await conn.close()
+    assert "eligibility" in schemas and not any(s.startswith("eligibility_rebuild") for s in schemas)
