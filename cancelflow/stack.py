@@ -159,15 +159,6 @@ class Stack:
 
     # --- state ------------------------------------------------------------------------------------
 
-    async def ensure_topics(self, options: dict) -> None:
-        """The SPEC's topics with the retention policy: missing ones created, and, the stack's broker being
-        its own, existing ones that differ (made by an older version) brought to the policy."""
-        names, days = topics.all_with_dlq(), self.config.topic_retention_days
-        await topic_admin.create_topics(self.bootstrap, names, self.config.partitions,
-                                        business_retention_days=days, **options)
-        drifted = await topic_admin.check_topics(self.bootstrap, names, business_retention_days=days, **options)
-        await topic_admin.fix_topics(self.bootstrap, drifted, **options)
-
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
@@ -255,7 +246,9 @@ class Stack:
 
         async def ready() -> None:
             await kafka.wait_ready(self.bootstrap, 90, **options)
-            await self.ensure_topics(options)
+            # The stack's broker is its own: topics an older version made are brought to the policy.
+            await topic_admin.ensure_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
+                                            business_retention_days=self.config.topic_retention_days, **options)
             if local_pg:
                 try:
                     await postgres.wait_ready(self.pg_node.admin_url, 60)

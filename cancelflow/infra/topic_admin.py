@@ -116,3 +116,15 @@ async def fix_topics(bootstrap: str, drifted: Iterable[TopicDrift], **client_opt
                     raise InfraError(f"alter configs of {name}: error {error_code} {error_message}")
     finally:
         await admin.close()
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, *,
+                        business_retention_days: int = BUSINESS_RETENTION_DAYS, brokers: int = 1,
+                        **client_options) -> list[TopicDrift]:
+    """Create the missing topics and apply the policy to the existing ones that differ; those fixed."""
+    names = list(topics)
+    policy = {"business_retention_days": business_retention_days, "brokers": brokers}
+    await create_topics(bootstrap, names, partitions, **policy, **client_options)
+    drifted = await check_topics(bootstrap, names, **policy, **client_options)
+    await fix_topics(bootstrap, drifted, **client_options)
+    return drifted
