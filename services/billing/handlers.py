@@ -44,7 +44,7 @@ async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
 
 async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
     # Voided when the cancellation was withdrawn: the time is the log's, so a rebuild gets the same.
-    voided = await ctx.store.void(e.request_id, e.withdrawn_at or ctx.now())
+    voided = await ctx.store.void(e.request_id, e.withdrawn_at or ctx.envelope.occurred_at)
     if voided is not None and voided[1]:  # only an issued settlement was ever announced
         ctx.emit(SettlementVoided(request_id=e.request_id, contract_id=voided[0]), key=voided[0])
 

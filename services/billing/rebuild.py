@@ -45,4 +45,5 @@ PROJECTION = Projection(
     apply={ContractSigned.event_type: _signed, PaymentRecorded.event_type: _payment,
            CancellationAccepted.event_type: _accepted, CancellationWithdrawn.event_type: _withdrawn,
            SettlementIssued.event_type: _issued},
+    own=frozenset({SettlementIssued.event_type}),
     bookkeeping={"payments": ("recorded_at",)})

@@ -49,4 +49,6 @@ PROJECTION = Projection(
     apply={ContractSigned.event_type: _signed, CancellationAccepted.event_type: _accepted,
            CancellationRejected.event_type: _rejected, CancellationWithdrawn.event_type: _withdrawn,
            CancellationCompleted.event_type: _completed},
+    own=frozenset({CancellationAccepted.event_type, CancellationRejected.event_type,
+                   CancellationWithdrawn.event_type, CancellationCompleted.event_type}),
     bookkeeping={"contracts": ("updated_at",)})

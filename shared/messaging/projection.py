@@ -19,10 +19,13 @@ class Projection:
     service: str
     topics: tuple[str, ...]  # read one after another, each partition in offset order
     apply: Mapping[str, Apply]
+    # The service's own outputs: applied only when the service itself published them (another producer's
+    # copy on the same topic is nothing the service decided).
+    own: frozenset[str] = frozenset()
     # Columns that are bookkeeping (when a row was last written), not state: left out of comparisons.
     bookkeeping: Mapping[str, tuple[str, ...]] = ()  # type: ignore[assignment]
 
     async def __call__(self, conn: Any, envelope: Envelope, data: EventData) -> None:
         apply = self.apply.get(envelope.event_type)
-        if apply is not None:
+        if apply is not None and (envelope.event_type not in self.own or envelope.producer == self.service):
             await apply(conn, envelope, data)
