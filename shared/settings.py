@@ -47,6 +47,8 @@ class ServiceSettings(BaseSettings):
                                "batch). Later is safe: re-read records are skipped by the inbox.")
     relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
     consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
+    client_id: str | None = Field(None, description="Kafka client id of this process's clients (one instance of "
+                                                    "several: `intake-2`); the service's name when unset.")
 
     @property
     def kafka(self) -> KafkaConnection:

@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker in KRaft mode, from Maven Central jars, run with the JDK."""
+"""A real Apache Kafka broker in KRaft mode, from Maven Central jars, run with the JDK: a single node, or one
+node of a cluster whose nodes are each broker and controller (a static controller quorum)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,20 @@ class KafkaNode:
     scram_user: tuple[str, str] | None = None
     # (PEM with the PKCS#8 key and the certificate chain, PEM of the CA): the client listener is TLS.
     tls: tuple[Path, Path] | None = None
+    node_id: int = 1
+    # Every node of a cluster as (node id, controller port), this one included; empty: a single node.
+    voters: tuple[tuple[int, int], ...] = ()
+    cluster_id: str | None = None  # the same for every node of a cluster
+
+    @property
+    def replication(self) -> int:
+        """The replication factor of every topic, the internal ones included: one copy per node."""
+        return max(len(self.voters), 1)
+
+    @property
+    def min_insync(self) -> int:
+        """Replicas that must have a write before it is acknowledged (acks=all): two once there are three."""
+        return 2 if self.replication >= 3 else 1
 
     @property
     def protocol(self) -> str:
@@ -112,23 +127,33 @@ class KafkaNode:
             ]
         return lines
 
+    def _quorum_line(self) -> str:
+        if self.voters:
+            return "controller.quorum.voters=" + ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.voters)
+        return f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+
     def server_properties(self) -> str:
+        rf, isr = self.replication, self.min_insync
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
+            f"node.id={self.node_id}",
             *self._listener_lines(),
             "controller.listener.names=CONTROLLER",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            self._quorum_line(),
             f"log.dirs={self.data_dir / 'log'}",
             f"num.partitions={self.partitions}",
-            # Single node: the internal topics cannot have more than one replica.
-            "offsets.topic.replication.factor=1",
+            # One replica per node, internal topics (offsets, transactions) as much as the business ones;
+            # a write is acknowledged once `isr` replicas have it; an out-of-sync replica never becomes leader.
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            "unclean.leader.election.enable=false",
+            f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
             "transaction.state.log.num.partitions=4",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
             # Consumers join at once instead of waiting 3 s for peers that never come.
             "group.initial.rebalance.delay.ms=0",
             # Topics are created explicitly with their partition count; a typo must not create one.
@@ -161,11 +186,13 @@ class KafkaNode:
         props.write_text(self.server_properties())
         if (self.data_dir / "log" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.cluster_id or new_cluster_id()
         scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.scram_user[0]},password={self.scram_user[1]}]"] \
             if self.scram_user else []
+        # A static quorum (controller.quorum.voters) is formatted as it is; a single node as its own quorum.
+        quorum = [] if self.voters else ["--standalone"]
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone",
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), *quorum,
                        *scram),
             capture_output=True, text=True,
         )
@@ -202,6 +229,10 @@ class KafkaNode:
                 return
             time.sleep(0.2)
         raise InfraError(f"Kafka did not listen on {self.port} within {timeout:.0f}s (log: {log_file})")
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def start_node(make: Callable[[int, int], KafkaNode], log_file: Path, attempts: int = 3,
@@ -259,8 +290,10 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) ->
     raise InfraError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f}s ({last!r})")
 
 
-async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int, **client_options) -> None:
-    """Create the topics that are missing; existing ones are left as they are."""
+async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int, *, replication: int = 1,
+                        min_insync: int = 1, **client_options) -> None:
+    """Create the topics that are missing, `replication` copies of each (a write acknowledged by `min_insync`
+    of them, no unclean leader election); existing ones are left as they are."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
@@ -268,8 +301,10 @@ async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int
     try:
         existing = set(await admin.list_topics())
         # A dead letter carries the original message plus headers: give .dlq topics room for a 1 MiB original.
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if t.endswith(".dlq") else {})
+        durability = {"min.insync.replicas": str(min_insync), "unclean.leader.election.enable": "false"}
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication,
+                            topic_configs=durability | ({"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+                                                        if t.endswith(".dlq") else {}))
                    for t in topics if t not in existing]
         if missing:
             await admin.create_topics(missing)
