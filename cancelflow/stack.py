@@ -325,7 +325,7 @@ class Stack:
         node = self.kafka_node
 
         async def ready() -> None:
-            await kafka.wait_ready(self.bootstrap, 180, **options)
+            await kafka.wait_ready(self.bootstrap, 180, brokers=node.replication, **options)
             await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
                                       replication=node.replication, min_insync=node.min_insync, **options)
             if local_pg:
@@ -456,9 +456,9 @@ class Stack:
             self.state_file.unlink()
         return stopped
 
-    def scale(self, service: str, count: int) -> tuple[list[str], list[str]]:
+    def scale(self, service: str, count: int, *, wait: bool = True) -> tuple[list[str], list[str]]:
         """`count` instances of `service` on this running stack: (started, stopped)."""
-        return cluster.scale(self, service, count)
+        return cluster.scale(self, service, count, wait=wait)
 
     def status(self) -> list[dict]:
         """Every recorded process: kind, name, pid, port, running, healthy and its role in the stack."""

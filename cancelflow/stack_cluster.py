@@ -143,7 +143,7 @@ def roles_of_brokers(connection) -> dict[int, dict]:
 
 
 
-def scale(stack: "Stack", service: str, count: int) -> tuple[list[str], list[str]]:
+def scale(stack: "Stack", service: str, count: int, *, wait: bool = True) -> tuple[list[str], list[str]]:
     """`count` instances of `service` on this running stack: (started, stopped). Started ones are waited
     for; the highest-numbered instances are stopped first (SIGTERM: their batches finish and commit)."""
     check_instances(count, f"scale {service}")
@@ -158,7 +158,7 @@ def scale(stack: "Stack", service: str, count: int) -> tuple[list[str], list[str
         if pid is not None:
             stack.stop_process(name, pid)
     stack._save()
-    if started:
+    if started and wait:
         stack.wait_healthy(started, timeout=60 + 30 * len(started))
     return started, stopped
 

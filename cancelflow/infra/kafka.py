@@ -147,6 +147,8 @@ class KafkaNode:
             f"default.replication.factor={rf}",
             f"min.insync.replicas={isr}",
             "unclean.leader.election.enable=false",
+            # A node back from a restart leads its preferred partitions again within seconds, not minutes.
+            "leader.imbalance.check.interval.seconds=10",
             f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=8",
             f"transaction.state.log.replication.factor={rf}",
@@ -265,8 +267,8 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait(timeout=10)
 
 
-async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) -> None:
-    """Wait until the broker answers a metadata request."""
+async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **client_options) -> None:
+    """Wait until the cluster answers a metadata request naming at least `brokers` live brokers."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     import logging
@@ -279,7 +281,9 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) ->
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **client_options)
         try:
             await admin.start()
-            await admin.describe_cluster()
+            cluster = await admin.describe_cluster()
+            if len(cluster.get("brokers", ())) < brokers:
+                raise InfraError(f"{len(cluster.get('brokers', ()))} of {brokers} brokers registered")
             logging.getLogger("aiokafka").setLevel(logging.NOTSET)
             return
         except Exception as exc:  # the broker is still starting: any error means "not yet"
