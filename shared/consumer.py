@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from shared import metrics, topics
-from shared.db import TRANSIENT_DB_ERRORS
+from shared.db import TRANSIENT_DB_ERRORS, is_lost
 from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.logging import mask_pii
 from shared.outbox import OutboxBuffer, add_event, add_raw, buffered_into, notify
@@ -196,7 +196,7 @@ class BatchConsumer:
         """The consumer's own connection, kept between batches (batches of one subscriber run one at a
         time). Handing it back to the pool after each batch would cost a reset round trip per batch; it
         goes back, and is reset or closed by the pool, only after a batch failed."""
-        if self._conn is None or self._conn.is_closed():
+        if self._conn is None or is_lost(self._conn):
             self._conn = await self.runtime.pool.acquire()
         try:
             yield self._conn

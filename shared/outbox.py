@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from shared import metrics
-from shared.db import TRANSIENT_DB_ERRORS
+from shared.db import TRANSIENT_DB_ERRORS, is_lost
 from shared.events import Envelope, EventData, new_envelope
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class OutboxRelay:
                 await self._loop(listen_conn)
             finally:
                 self.active = False
-                if not listen_conn.is_closed():
+                if not is_lost(listen_conn):
                     await listen_conn.remove_listener(channel(self.schema), on_notify)
                     await listen_conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
         finally:
@@ -299,7 +299,7 @@ class OutboxRelay:
                     await self._delete(conn)
                 else:
                     self._scan = True  # the poll: rows whose NOTIFY was missed (a reconnect)
-            if conn.is_closed():
+            if is_lost(conn):
                 raise ConnectionError("listen connection closed")
 
     async def _delete(self, conn: asyncpg.Connection) -> None:

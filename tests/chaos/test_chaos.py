@@ -45,7 +45,7 @@ def fault_plan(stack: Stack) -> list[tuple[str, callable]]:
     plan = [("kill -9 the broker leading the most partitions",
              lambda: faults.kill_broker(stack, faults.broker_leading_most(stack)))]
     plan += [(f"clean restart of {b}", lambda b=b: faults.restart_broker(stack, b)) for b in stack.kafka_nodes]
-    plan += [(f"kill -9 {s}-2", lambda s=s: faults.kill_instance(stack, f"{s}-2")) for s in SERVICES]
+    plan += [("kill -9 one instance of each service", lambda: faults.kill_instances(stack, [f"{s}-2" for s in SERVICES]))]
     plan += [(f"scale every service to {n}", lambda n=n: faults.scale_all(stack, n)) for n in (3, 1, 2)]
     plan += [("restart postgres", lambda: faults.restart_postgres(stack))]
     return plan
