@@ -307,9 +307,8 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if local_kafka:
             kafka.ensure_jars()
-            cluster.check_cluster_data(self.root, self.config.brokers)
+            self._check_kafka_security()
             for name, node in self.kafka_nodes.items():
-                stack_security.check_data_security(node.data_dir, self.config.security)
                 self.procs[name] = node.start(self.logs / f"{name}.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
@@ -340,6 +339,12 @@ class Stack:
         if not wait_port(self.ports.smtp, 20):
             self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def _check_kafka_security(self) -> None:
+        """Each node's data keeps the security (and a cluster's the node count) it was made with."""
+        cluster.check_cluster_data(self.root, self.config.brokers)
+        for node in self.kafka_nodes.values():
+            stack_security.check_data_security(node.data_dir, self.config.security)
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""

@@ -72,7 +72,8 @@ def test_process_names_say_kind_service_and_instance():
 def test_unworkable_counts_are_refused_with_the_option_named(tmp_path):
     with pytest.raises(InfraError, match="--brokers 2"):
         check_brokers(2)
-    check_brokers(1), check_brokers(3)
+    check_brokers(1)
+    check_brokers(3)
     with pytest.raises(InfraError, match="--instances 0"):
         check_instances(0)
     check_cluster_data(tmp_path, 3)
