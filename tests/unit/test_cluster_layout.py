@@ -117,3 +117,19 @@ def test_every_producer_of_the_project_is_acks_all_and_idempotent():
             if isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", None) == "kafka_clients":
                 assert _keyword(call, "acks") in (None, "all") and _keyword(call, "enable_idempotence") in (None, True)
     assert any(w.startswith("shared/service.py") for w in checked), "the outbox relay's producer was checked"
+
+
+@pytest.mark.parametrize("security, protocol", [("scram", "SASL_PLAINTEXT"), ("tls", "SSL")])
+def test_a_secured_cluster_has_the_same_listener_on_every_node(tmp_path, security, protocol):
+    """`--brokers 3 --security scram|tls`: the nodes talk to each other over the secured listener, with the
+    stack's one SCRAM user or one certificate (for 127.0.0.1) on every node."""
+    stack = Stack(StackConfig(root=tmp_path, ports=Ports.from_base(30000), brokers=3, security=security))
+    seen = set()
+    for node in stack.kafka_nodes.values():
+        p = props(node.server_properties())
+        assert p["listeners"].startswith(f"{protocol}://127.0.0.1:{node.port},")
+        assert p["inter.broker.listener.name"] == protocol
+        seen.add(p.get("listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config", p.get("ssl.keystore.location")))
+    assert len(seen) == 1 and None not in seen
+    assert stack.kafka_connection.security_protocol == protocol
+    assert stack.kafka_connection.bootstrap_servers.count(",") == 2
