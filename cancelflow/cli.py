@@ -173,7 +173,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Every process as 
 
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
-           partitions: int = typer.Option(4)) -> None:
+           partitions: int = typer.Option(4),
+           replication: int = typer.Option(1, help="Replicas of each topic (3 on a cluster: min.insync.replicas 2)."
+                                           )) -> None:
     """Create the SPEC's topics and their .dlq companions (idempotent)."""
     from shared import topics as t
 
@@ -185,8 +187,9 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     bootstrap, options = conn.bootstrap_servers, conn.client_options()
 
     async def run() -> None:
-        await kafka.wait_ready(bootstrap, 120, **options)
-        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions, **options)
+        await kafka.wait_ready(bootstrap, 120, brokers=replication, **options)
+        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions, replication=replication,
+                                  min_insync=2 if replication >= 3 else 1, **options)
 
     try:
         asyncio.run(run())
