@@ -83,7 +83,7 @@ async def test_reminders_and_completions_happen_once_whichever_instance_runs_the
         cluster_clock.set(datetime.combine(effective - timedelta(days=14), time(10, 0, 1), TOKYO))
 
         async def fourteen_days_sent():
-            return sum(due_mails(14).values()) >= 2 * K and not await nothing_pending()
+            return sum(due_mails(14).values()) >= 2 * K and await nothing_pending()
 
         async def nothing_pending():
             return (await stack_db(stack, "SELECT count(*) FROM notifier.notifications WHERE status = 'pending'"
