@@ -18,7 +18,7 @@ import pytest
 
 from cancelflow.client import PipelineClient, read_topic
 from shared import topics
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 
 from .conftest import API_KEY
 
