@@ -340,6 +340,18 @@ class Stack:
             self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
 
+    def start_broker(self, name: str) -> None:
+        """(Re)start one Kafka node of this stack, recorded, and wait until it listens."""
+        node = self.kafka_nodes[name]
+        self.procs[name] = node.start(self.logs / f"{name}.log")
+        self._save()
+        node.wait_listening(self.procs[name], self.logs / f"{name}.log", timeout=180)
+
+    def start_postgres(self) -> None:
+        """(Re)start this stack's PostgreSQL, recorded (waiting for it is the caller's)."""
+        self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
+        self._save()
+
     def _check_kafka_security(self) -> None:
         """Each node's data keeps the security (and a cluster's the node count) it was made with."""
         cluster.check_cluster_data(self.root, self.config.brokers)

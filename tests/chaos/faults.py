@@ -44,9 +44,7 @@ def broker_leading_most(stack: Stack) -> str:
 
 
 def _start_broker(stack: Stack, name: str) -> None:
-    node = stack.kafka_nodes[name]
-    stack.procs[name] = node.start(stack.logs / f"{name}.log")
-    node.wait_listening(stack.procs[name], stack.logs / f"{name}.log", timeout=180)
+    stack.start_broker(name)
     wait_fully_replicated(stack)
 
 
@@ -83,5 +81,5 @@ def scale_all(stack: Stack, count: int) -> None:
 
 def restart_postgres(stack: Stack) -> None:
     stack.stop_process("postgres", stack.pid_of("postgres"))
-    stack.procs["postgres"] = stack.pg_node.start(stack.logs / "postgres.log")
+    stack.start_postgres()
     asyncio.run(postgres.wait_ready(stack.pg_node.admin_url, 120))
