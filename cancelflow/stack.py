@@ -23,9 +23,10 @@ from shared.vocabulary import SERVICES
 
 from . import stack_cluster as cluster
 from . import stack_security
-from .infra import kafka, postgres
+from .infra import kafka, postgres, topic_admin
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
+from .infra.topic_policy import BUSINESS_RETENTION_DAYS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,10 @@ class StackConfig:
     # Kafka nodes (1, or a cluster of 3 or more) and processes of each service (see stack_cluster).
     brokers: int = 1
     instances: int = 1
+    # Retention of the business topics other than contracts.events (SPEC section 8; -1: forever).
+    topic_retention_days: int = field(
+        default_factory=lambda: int(os.environ.get("CANCELFLOW_TOPIC_RETENTION_DAYS", BUSINESS_RETENTION_DAYS)))
+
 
 
 class Stack:
@@ -325,8 +330,11 @@ class Stack:
 
         async def ready() -> None:
             await kafka.wait_ready(self.bootstrap, 180, brokers=node.replication, **options)
-            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
-                                      replication=node.replication, min_insync=node.min_insync, **options)
+            # The stack's broker is its own: topics an older version made are brought to the policy.
+            await topic_admin.ensure_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
+                                            business_retention_days=self.config.topic_retention_days,
+                                            brokers=self.config.brokers if self.config.kafka_bootstrap is None else 1,
+                                            **options)
             if local_pg:
                 try:
                     await postgres.wait_ready(self.pg_node.admin_url, 60)
@@ -381,6 +389,18 @@ class Stack:
         for name in names:
             self.start_service(name)
         return names
+
+    def restart_recorded(self, name: str, between: Callable[[], None]) -> None:
+        """Stop one service of the recorded (running) stack, run `between`, start it again, healthy."""
+        state = json.loads(self.state_file.read_text())
+        if name in state["pids"]:
+            self.stop_process(name, state["pids"][name])
+        try:
+            between()
+        finally:
+            state["pids"][name] = self.start_service(name).pid
+            self.state_file.write_text(json.dumps(state, indent=2))
+        self.wait_healthy([name])
 
     def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InfraError, PortTaken, bind_failed, cause_line
+from .topic_admin import create_topics  # noqa: F401  (the stack, tests and benches create topics here)
 
-DLQ_MAX_MESSAGE_BYTES = 3 * 1024 * 1024
+OFFSETS_RETENTION_MINUTES = 400 * 24 * 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
@@ -151,6 +152,9 @@ class KafkaNode:
             "leader.imbalance.check.interval.seconds=10",
             f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=8",
+            # A stopped group's offsets are kept as long as the business topics keep records (400 days, not
+            # the default 7): with expired offsets a restart would re-read more than the inbox window.
+            f"offsets.retention.minutes={OFFSETS_RETENTION_MINUTES}",
             f"transaction.state.log.replication.factor={rf}",
             f"transaction.state.log.min.isr={isr}",
             "transaction.state.log.num.partitions=4",
@@ -292,25 +296,3 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **
         finally:
             await admin.close()
     raise InfraError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f}s ({last!r})")
-
-
-async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int, *, replication: int = 1,
-                        min_insync: int = 1, **client_options) -> None:
-    """Create the topics that are missing, `replication` copies of each (a write acknowledged by `min_insync`
-    of them, no unclean leader election); existing ones are left as they are."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        # A dead letter carries the original message plus headers: give .dlq topics room for a 1 MiB original.
-        durability = {"min.insync.replicas": str(min_insync), "unclean.leader.election.enable": "false"}
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication,
-                            topic_configs=durability | ({"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
-                                                        if t.endswith(".dlq") else {}))
-                   for t in topics if t not in existing]
-        if missing:
-            await admin.create_topics(missing)
-    finally:
-        await admin.close()
