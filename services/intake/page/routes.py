@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 
 from shared.contract_calendar import tokyo_date
-from shared.contract_rules import can_withdraw
+from services.eligibility.domain import can_withdraw
 from shared.events import CancellationForm, Customer
 from shared.service import Runtime
 from shared.vocabulary import Reason, RequestStatus
