@@ -14,7 +14,7 @@ from datetime import date
 
 from shared.contract_calendar import billing_date, billing_dates_between, last_billing_date_before
 
-__all__ = ["Charge", "Settlement", "settle"]
+__all__ = ["Charge", "Settlement", "Voiding", "settle", "voiding"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +70,21 @@ def settle(
         refund_jpy=0,
         paid_through=paid_through,
     )
+
+
+# --- a withdrawal -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Voiding:
+    """What a withdrawal does to the request's settlement."""
+
+    void: bool  # the settlement (issued, or awaiting its contract) is voided
+    announce: bool  # `settlement.voided` is published: only an issued settlement was ever announced
+
+
+def voiding(status: str | None) -> Voiding:
+    """A withdrawal voids the request's settlement, issued or still awaiting its contract; voiding twice is
+    once; a request billing never settled (`None`) has nothing to void."""
+    if status is None or status == "voided":
+        return Voiding(void=False, announce=False)
+    return Voiding(void=True, announce=status == "issued")

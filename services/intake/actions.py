@@ -13,7 +13,7 @@ from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
-from .domain import withdrawal_refusal
+from .domain import AskWithdrawal, RefuseWithdrawal, answer_withdrawal
 from .store import IntakeStore, Recorded, new_request
 
 
@@ -43,10 +43,11 @@ async def ask_withdrawal(runtime: Runtime, request_id: str) -> WithdrawalAsked:
         row = await store.for_withdrawal(request_id)
         if row is None:
             return WithdrawalAsked(found=False)
-        refused = withdrawal_refusal(row.status, row.effective_date, today=tokyo_date(now))
-        if refused is not None:
-            return WithdrawalAsked(True, row.status, refused)
-        if row.withdrawal_requested_at is None:  # asking twice is one withdrawal
+        answer = answer_withdrawal(status=row.status, effective_date=row.effective_date, today=tokyo_date(now),
+                                   asked=row.withdrawal_requested_at is not None)
+        if isinstance(answer, RefuseWithdrawal):
+            return WithdrawalAsked(True, row.status, answer.why)
+        if isinstance(answer, AskWithdrawal):
             await store.withdrawal_requested(request_id, now)
             Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
                 request_id=request_id, contract_id=row.contract_id, requested_at=now), key=row.contract_id)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.intake.domain import (ENDED, IdempotencyConflict, may_become, replayed_request, submission_digest,
+from services.intake.domain import (ENDED, AskedBefore, AskWithdrawal, IdempotencyConflict, RefuseWithdrawal,
+                                    answer_withdrawal, may_become, replayed_request, submission_digest,
                                     withdrawal_refusal)
 from shared.vocabulary import RequestStatus as S
 
@@ -72,3 +73,27 @@ def test_status_only_moves_forward_and_an_end_is_final(events: list) -> None:
             status = new
         if status in ENDED:
             assert all(status not in may_become(s) for s in S), "an ended request never moves again"
+
+
+@pytest.mark.parametrize(("status", "effective_date", "asked", "answer"), [
+    (S.received, None, False, AskWithdrawal()),  # before the decision: eligibility handles the two in order
+    (S.accepted, EFFECTIVE, False, AskWithdrawal()),
+    (S.accepted, EFFECTIVE, True, AskedBefore()),  # asking twice is one withdrawal
+    (S.received, None, True, AskedBefore()),
+    (S.accepted, EFFECTIVE - timedelta(days=1), False, RefuseWithdrawal("the effective date has come: the contract has ended")),
+    (S.withdrawn, EFFECTIVE, True, RefuseWithdrawal("request is withdrawn")),
+    (S.completed, EFFECTIVE, False, RefuseWithdrawal("request is completed")),
+    (S.rejected, None, False, RefuseWithdrawal("request is rejected")),
+])
+def test_answer_withdrawal(status: S, effective_date, asked: bool, answer) -> None:
+    assert answer_withdrawal(status=status, effective_date=effective_date, today=EFFECTIVE - timedelta(days=1),
+                             asked=asked) == answer
+
+
+@given(st.sampled_from(list(S)), st.none() | st.dates(), st.dates())
+def test_a_withdrawal_is_asked_once_and_refused_exactly_when_the_refusal_says(status: S, effective_date, today) -> None:
+    first = answer_withdrawal(status=status, effective_date=effective_date, today=today, asked=False)
+    again = answer_withdrawal(status=status, effective_date=effective_date, today=today, asked=True)
+    why = withdrawal_refusal(status, effective_date, today=today)
+    assert first == (RefuseWithdrawal(why) if why else AskWithdrawal())
+    assert again == (RefuseWithdrawal(why) if why else AskedBefore())
