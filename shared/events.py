@@ -124,17 +124,31 @@ class CancellationRequested(CancellationForm, EventData):
     received_on: date
 
 
+class WithdrawalSubmitted(EventData):
+    """An upstream system (the call centre) withdraws a request, with the offer the customer took if any
+    (SPEC section 6). Validated like a form; the same submission_id never acts twice."""
+
+    event_type = "cancellation.withdrawal_submitted"
+    topic = topics.SUBMISSIONS
+    submission_id: Id
+    request_id: Id
+    taken_offer: Offer | None = None
+
+
 class WithdrawalRequested(EventData):
     event_type = "cancellation.withdrawal_requested"
     topic = topics.REQUESTS
+    schema_version = 2  # 2: taken_offer
     request_id: Id
     contract_id: Id | None = None
     requested_at: AwareDatetime | None = None
+    taken_offer: Offer | None = Field(None, description="Added in version 2: the offer taken (withdrawn for it).")
 
 
 class CancellationAccepted(EventData):
     event_type = "cancellation.accepted"
     topic = topics.DECISIONS
+    schema_version = 2  # 2: holdout
     request_id: Id
     contract_id: Id
     effective_date: date
@@ -143,6 +157,7 @@ class CancellationAccepted(EventData):
     received_on: date | None = Field(None, description="Added field: billing charges from this date.")
     reason: Reason | None = None
     decided_at: AwareDatetime | None = None
+    holdout: bool = Field(False, description="Added in version 2: in the holdout group, shown no offers.")
 
 
 class CancellationRejected(EventData):
@@ -159,9 +174,12 @@ class CancellationRejected(EventData):
 class CancellationWithdrawn(EventData):
     event_type = "cancellation.withdrawn"
     topic = topics.DECISIONS
+    schema_version = 2  # 2: taken_offer
     request_id: Id
     contract_id: Id | None = None
     withdrawn_at: AwareDatetime | None = None
+    taken_offer: Offer | None = Field(None, description="Added in version 2: the offer taken; null when withdrawn "
+                                                        "without one.")
 
 
 class WithdrawalRefused(EventData):
@@ -181,6 +199,21 @@ class CancellationCompleted(EventData):
     request_id: Id
     contract_id: Id | None = None
     effective_date: date
+
+
+class OfferTaken(EventData):
+    """A customer took a retention offer and withdrew: for the contract system to apply (a discount, a
+    downgrade, a support session). Exactly once per take (SPEC section 6)."""
+
+    event_type = "retention.offer_taken"
+    topic = topics.RETENTION
+    request_id: Id
+    contract_id: Id
+    account_id: AccountId
+    offer: Offer
+    reason: Reason
+    plan: Plan
+    taken_at: AwareDatetime
 
 
 class ChargeLine(WireModel):
@@ -226,9 +259,9 @@ class NotificationSent(EventData):
 
 EVENT_TYPES: dict[str, type[EventData]] = {
     m.event_type: m for m in (
-        ContractSigned, PaymentRecorded, CancellationSubmitted, CancellationRequested, WithdrawalRequested,
-        CancellationAccepted, CancellationRejected, CancellationWithdrawn, WithdrawalRefused,
-        CancellationCompleted, SettlementIssued, SettlementVoided, NotificationSent)
+        ContractSigned, PaymentRecorded, CancellationSubmitted, WithdrawalSubmitted, CancellationRequested,
+        WithdrawalRequested, CancellationAccepted, CancellationRejected, CancellationWithdrawn, WithdrawalRefused,
+        CancellationCompleted, OfferTaken, SettlementIssued, SettlementVoided, NotificationSent)
 }
 
 

@@ -6,8 +6,9 @@ a decision comes out. Never blocks on retention: offers ride along with an accep
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from types import MappingProxyType
 
@@ -16,6 +17,7 @@ from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
     "DEFAULT_OFFER_POLICY",
+    "HOLDOUT_MAX_PERCENT",
     "MINIMUM_TERM_MONTHS",
     "NOTICE_PERIOD",
     "Accepted",
@@ -28,9 +30,16 @@ __all__ = [
     "can_withdraw",
     "decide",
     "earliest_effective_date",
+    "hold_out",
+    "in_holdout",
     "is_due_for_completion",
     "offers_for",
     "parse_offer_policy",
+    "AlreadyWithdrawn",
+    "CannotWithdraw",
+    "WithdrawNow",
+    "decide_withdrawal",
+    "withdrawal_refusal",
 ]
 
 NOTICE_PERIOD = timedelta(days=45)
@@ -118,6 +127,7 @@ class Accepted:
     effective_date: date
     first_anniversary: date
     offers: tuple[Offer, ...]
+    holdout: bool = False  # in the holdout group: the offers that fit were withheld (see hold_out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +182,74 @@ def can_withdraw(*, effective_date: date, today: date) -> bool:
 def is_due_for_completion(*, effective_date: date, today: date) -> bool:
     """On (or after, if we were down) the effective date the cancellation completes by itself."""
     return today >= effective_date
+
+
+# --- the retention loop (SPEC section 6) -------------------------------------------------------------
+
+HOLDOUT_MAX_PERCENT = 50
+
+
+def in_holdout(contract_id: str, percent: int) -> bool:
+    """Is the contract in the holdout group of `percent` % (0-50)? Deterministic: the contract's bucket
+    (0-99) is the first 8 bytes of SHA-256 of its id, so a contract stays in its group across requests,
+    restarts and services, and the buckets are uniform whatever the ids look like."""
+    if not 0 <= percent <= HOLDOUT_MAX_PERCENT:
+        raise ValueError(f"holdout percent must be 0-{HOLDOUT_MAX_PERCENT}, got {percent}")
+    bucket = int.from_bytes(hashlib.sha256(contract_id.encode()).digest()[:8], "big") % 100
+    return bucket < percent
+
+
+def hold_out(decision: Decision, *, contract_id: str, percent: int) -> Decision:
+    """An acceptance in the holdout group carries no offers and says so. Only an acceptance that had offers
+    to withhold is held out: a reason with none (a closed business) would otherwise dilute the holdout's save
+    rate with customers no offer could keep, and the lift would be overstated."""
+    if isinstance(decision, Accepted) and decision.offers and in_holdout(contract_id, percent):
+        return replace(decision, offers=(), holdout=True)
+    return decision
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawNow:
+    """Withdraw the request, recording the offer taken (None: withdrawn without one)."""
+
+    taken_offer: Offer | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyWithdrawn:
+    """The same withdrawal (the same offer, or none) again: it was made once, nothing more to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class CannotWithdraw:
+    why: str
+
+
+WithdrawalDecision = WithdrawNow | AlreadyWithdrawn | CannotWithdraw
+
+
+def withdrawal_refusal(*, status: str, effective_date: date | None, today: date,
+                       offers: Sequence[str] = (), taken_offer: str | None = None) -> str | None:
+    """Why a withdrawal (taking `taken_offer` if given) cannot be made now, or None if it can: the request
+    must be accepted, its effective date not come, and a taken offer must be one the request carried."""
+    if status != "accepted":
+        return f"the request is {status}"
+    if effective_date is None or not can_withdraw(effective_date=effective_date, today=today):
+        return f"the effective date {effective_date} has come: the contract has ended"
+    if taken_offer is not None and taken_offer not in offers:
+        carried = ", ".join(str(o) for o in offers) or "none"
+        return f"offer {taken_offer} is not among the request's offers ({carried})"
+    return None
+
+
+def decide_withdrawal(*, status: str, effective_date: date | None, today: date, offers: Sequence[str],
+                      taken_offer: str | None, withdrawn_with: str | None = None) -> WithdrawalDecision:
+    """Withdraw, or not: taking the offer the request was already withdrawn with (or withdrawing again
+    without one) is the same withdrawal, not a second one and not an error (SPEC section 6)."""
+    if status == "withdrawn" and taken_offer == withdrawn_with:
+        return AlreadyWithdrawn()
+    why = withdrawal_refusal(status=status, effective_date=effective_date, today=today, offers=offers,
+                             taken_offer=taken_offer)
+    if why is not None:
+        return CannotWithdraw(why)
+    return WithdrawNow(None if taken_offer is None else Offer(taken_offer))

@@ -12,12 +12,13 @@ from shared import topics
 from shared.calendar import tokyo_date
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationRequested, CancellationWithdrawn, ContractSigned, WithdrawalRefused,
-                           WithdrawalRequested)
+                           CancellationRequested, CancellationWithdrawn, ContractSigned, OfferTaken,
+                           WithdrawalRefused, WithdrawalRequested)
 from shared.outbox import emit_from
 from shared.service import Runtime, Subscription
 
-from .domain import Accepted, ContractTerms, can_withdraw, decide
+from .domain import (Accepted, AlreadyWithdrawn, CannotWithdraw, ContractTerms, decide, decide_withdrawal,
+                     hold_out)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ async def prepare_requests(conn, rt: Runtime, items: list) -> PreparedRequests |
         decided=frozenset(r["request_id"] for r in seen if r["request_id"] in request_ids))
 
 
-def on_cancellation_requested(offer_policy: Mapping):
+def on_cancellation_requested(offer_policy: Mapping, holdout_percent: int = 0):
     async def handle(ctx: Context, e: CancellationRequested) -> None:
         conn = ctx.conn
         prepared: PreparedRequests | None = ctx.prepared
@@ -98,19 +99,21 @@ def on_cancellation_requested(offer_policy: Mapping):
         decision = decide(contract=contract, received_on=e.received_on,
                           desired_effective_date=e.desired_effective_date, has_pending=has_pending,
                           reason=e.reason, offer_policy=offer_policy)
+        decision = hold_out(decision, contract_id=e.contract_id, percent=holdout_percent)
         decided_at = ctx.now()
         # Nothing reads the decision back in this batch before the next statement: deferred, so a batch's
         # decisions go as one executemany.
         if isinstance(decision, Accepted):
             ctx.defer(
                 "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, effective_date,"
-                " first_anniversary, offers, decided_at) VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8)",
+                " first_anniversary, offers, decided_at, holdout)"
+                " VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9)",
                 e.request_id, e.contract_id, e.reason.value, e.received_on, decision.effective_date,
-                decision.first_anniversary, [o.value for o in decision.offers], decided_at)
+                decision.first_anniversary, [o.value for o in decision.offers], decided_at, decision.holdout)
             await ctx.emit(CancellationAccepted(
                 request_id=e.request_id, contract_id=e.contract_id, effective_date=decision.effective_date,
                 first_anniversary=decision.first_anniversary, offers=decision.offers, received_on=e.received_on,
-                reason=e.reason, decided_at=decided_at), key=e.contract_id)
+                reason=e.reason, decided_at=decided_at, holdout=decision.holdout), key=e.contract_id)
         else:
             ctx.defer(
                 "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, codes,"
@@ -127,23 +130,27 @@ def on_cancellation_requested(offer_policy: Mapping):
 
 async def on_withdrawal_requested(ctx: Context, e: WithdrawalRequested) -> None:
     row = await ctx.conn.fetchrow(
-        "SELECT contract_id, status, effective_date FROM cancellations WHERE request_id = $1 FOR UPDATE",
+        "SELECT c.contract_id, c.status, c.effective_date, c.offers, c.reason, c.taken_offer, k.account_id, k.plan"
+        " FROM cancellations c LEFT JOIN contracts k USING (contract_id) WHERE c.request_id = $1 FOR UPDATE OF c",
         e.request_id)
     key = (row["contract_id"] if row else None) or e.contract_id or e.request_id
-    if row is None:
-        why = "unknown request"
-    elif row["status"] != "accepted":
-        why = f"the request is {row['status']}"
-    elif not can_withdraw(effective_date=row["effective_date"], today=tokyo_date(ctx.now())):
-        why = f"the effective date {row['effective_date']} has come: the contract has ended"
-    else:
-        await ctx.conn.execute(
-            "UPDATE cancellations SET status = 'withdrawn', closed_at = $2 WHERE request_id = $1",
-            e.request_id, ctx.now())
-        await ctx.emit(CancellationWithdrawn(request_id=e.request_id, contract_id=row["contract_id"],
-                                             withdrawn_at=ctx.now()), key=key)
+    decision = CannotWithdraw("unknown request") if row is None else decide_withdrawal(
+        status=row["status"], effective_date=row["effective_date"], today=tokyo_date(ctx.now()),
+        offers=row["offers"], taken_offer=e.taken_offer, withdrawn_with=row["taken_offer"])
+    if isinstance(decision, AlreadyWithdrawn):
         return
-    await ctx.emit(WithdrawalRefused(request_id=e.request_id, contract_id=key, why=why), key=key)
+    if isinstance(decision, CannotWithdraw):
+        await ctx.emit(WithdrawalRefused(request_id=e.request_id, contract_id=key, why=decision.why), key=key)
+        return
+    now, offer = ctx.now(), decision.taken_offer
+    await ctx.conn.execute(
+        "UPDATE cancellations SET status = 'withdrawn', closed_at = $2, taken_offer = $3 WHERE request_id = $1",
+        e.request_id, now, offer)
+    await ctx.emit(CancellationWithdrawn(request_id=e.request_id, contract_id=key, withdrawn_at=now,
+                                         taken_offer=offer), key=key)
+    if offer is not None:  # in the same transaction as the withdrawal: exactly once per take
+        await ctx.emit(OfferTaken(request_id=e.request_id, contract_id=key, account_id=row["account_id"],
+                                  offer=offer, reason=row["reason"], plan=row["plan"], taken_at=now), key=key)
 
 
 async def complete_due_cancellations(rt: Runtime) -> int:
@@ -164,13 +171,13 @@ async def complete_due_cancellations(rt: Runtime) -> int:
     return len(rows)
 
 
-def subscriptions(offer_policy: Mapping):
+def subscriptions(offer_policy: Mapping, holdout_percent: int = 0):
     def build(rt: Runtime) -> list[Subscription]:
         return [Subscription(
             topics=(topics.CONTRACTS, topics.REQUESTS),
             handlers={
                 ContractSigned.event_type: on_contract_signed,
-                CancellationRequested.event_type: on_cancellation_requested(offer_policy),
+                CancellationRequested.event_type: on_cancellation_requested(offer_policy, holdout_percent),
                 WithdrawalRequested.event_type: on_withdrawal_requested,
             },
             prepare=prepare_requests)]

@@ -12,14 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from shared.calendar import tokyo_date
-from shared.events import StrictCancellationForm, WithdrawalRequested
-from shared.outbox import add_event
+from shared.events import StrictCancellationForm
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
 from .settings import IntakeSettings
-from .store import SCHEMA, IdempotencyConflict, record_request
+from .domain import RefuseWithdrawal
+from .store import IdempotencyConflict, ask_withdrawal, record_request
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -65,6 +64,7 @@ class StatusView(BaseModel):
     notifications: list[NotificationView]
     withdrawal_requested_at: datetime | None = None
     withdrawal_refused: str | None = None
+    taken_offer: str | None = Field(None, description="The offer the request was withdrawn with (SPEC section 6).")
 
 
 def _field_errors(errors: list[dict], drop_first: set[str]) -> list[FieldError]:
@@ -142,29 +142,30 @@ def install(runtime: Runtime, app: FastAPI) -> None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
 
+    async def ask(request_id: str, taken_offer: str | None) -> Any:
+        async with runtime.pool.acquire() as conn:
+            outcome = await ask_withdrawal(conn, request_id, taken_offer=taken_offer, now=runtime.clock.now())
+        if outcome is None:
+            raise HTTPException(404, detail=f"request {request_id} not found")
+        if isinstance(outcome.answer, RefuseWithdrawal):
+            return JSONResponse(ErrorBody(error=outcome.answer.why).model_dump(), status_code=409)
+        return Received(request_id=request_id, status=RequestStatus(outcome.status), status_url=status_url(request_id))
+
     @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        now = runtime.clock.now()
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
-                " WHERE request_id = $1 FOR UPDATE", request_id)
-            if row is None:
-                raise HTTPException(404, detail=f"request {request_id} not found")
-            if row["status"] in ("completed", "rejected", "withdrawn"):
-                return JSONResponse(ErrorBody(error=f"request is {row['status']}").model_dump(), status_code=409)
-            if row["effective_date"] is not None and tokyo_date(now) >= row["effective_date"]:
-                return JSONResponse(ErrorBody(error="the effective date has come: the contract has ended").model_dump(),
-                                    status_code=409)
-            if row["withdrawal_requested_at"] is None:  # asking twice is one withdrawal
-                await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, updated_at = now()"
-                                   " WHERE request_id = $1", request_id, now)
-                await add_event(conn, SCHEMA, WithdrawalRequested(
-                    request_id=request_id, contract_id=row["contract_id"], requested_at=now),
-                    key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
-        return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+        return await ask(request_id, None)
+
+    @app.post("/v1/cancellations/{request_id}/offers/{offer}/take", status_code=202, response_model=Received,
+              dependencies=auth, tags=["cancellations"], summary="Take a retention offer: the request is withdrawn "
+              "with that offer recorded", responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+              description="`409` when the offer is not among the request's offers, the request is not `accepted`, "
+                          "or its effective date has come. Taking the same offer twice is one take.")
+    async def take_offer(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)],
+                         offer: Annotated[str, Path(max_length=64, pattern=PRINTABLE,
+                                                    description="One of the request's `offers`.")]) -> Any:
+        return await ask(request_id, offer)
 
 
 def _view(row) -> StatusView:

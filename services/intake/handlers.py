@@ -8,10 +8,12 @@ from shared import topics
 from shared.consumer import Context
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
                            CancellationSubmitted, CancellationWithdrawn, NotificationSent, PoisonMessage,
-                           SettlementIssued, SettlementVoided, WithdrawalRefused)
+                           SettlementIssued, SettlementVoided, WithdrawalRefused, WithdrawalSubmitted)
 from shared.service import Runtime, Subscription
 
-from .store import IdempotencyConflict, existing_request, insert_requests, new_request, queue_requested, record_request
+from .domain import RefuseWithdrawal
+from .store import (IdempotencyConflict, ask_withdrawal, existing_request, insert_requests, new_request,
+                    queue_requested, record_request, record_withdrawal_submission)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ async def on_submitted(ctx: Context, e: CancellationSubmitted) -> None:
         raise PoisonMessage(str(exc)) from None
 
 
+async def on_withdrawal_submitted(ctx: Context, e: WithdrawalSubmitted) -> None:
+    """An upstream withdrawal (maybe taking an offer): checked as the HTTP API checks it; what it would answer
+    409 or 404 is dead-lettered with the reason, and a submission_id acts once."""
+    try:
+        if not await record_withdrawal_submission(ctx.conn, e.submission_id, e.request_id, e.taken_offer):
+            return
+    except IdempotencyConflict as exc:
+        raise PoisonMessage(str(exc)) from None
+    outcome = await ask_withdrawal(ctx.conn, e.request_id, taken_offer=e.taken_offer, now=ctx.now(),
+                                   correlation_id=ctx.envelope.correlation_id, causation_id=str(ctx.envelope.event_id))
+    if outcome is None:
+        raise PoisonMessage(f"request_id: unknown request {e.request_id}")
+    if isinstance(outcome.answer, RefuseWithdrawal):
+        raise PoisonMessage(f"{outcome.answer.field}: {outcome.answer.why}")
+
+
 # Status changes only move forward: an answer never goes back to "received", an end is final.
 # The status view is written, never read, by these handlers: each write is deferred (ctx.defer), so a
 # batch's updates go to PostgreSQL in a few executemany round trips, still in order.
@@ -70,8 +88,8 @@ async def on_rejected(ctx: Context, e: CancellationRejected) -> None:
 
 async def on_withdrawn(ctx: Context, e: CancellationWithdrawn) -> None:
     ctx.defer(
-        f"UPDATE requests SET status = 'withdrawn', updated_at = now() WHERE request_id = $1 AND {_OPEN}",
-        e.request_id)
+        f"UPDATE requests SET status = 'withdrawn', taken_offer = $2, updated_at = now()"
+        f" WHERE request_id = $1 AND {_OPEN}", e.request_id, e.taken_offer)
 
 
 async def on_withdrawal_refused(ctx: Context, e: WithdrawalRefused) -> None:
@@ -107,7 +125,8 @@ async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted},
+    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted,
+                                   WithdrawalSubmitted.event_type: on_withdrawal_submitted},
                          prepare=prepare_submissions),
             # The status view: five events per request, none on the way to the customer's e-mails, so they
             # are collected for up to status_collect_ms and written a batch at a time.

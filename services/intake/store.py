@@ -12,8 +12,10 @@ import asyncpg
 import orjson
 
 from shared.calendar import tokyo_date
-from shared.events import CancellationForm, CancellationRequested
+from shared.events import CancellationForm, CancellationRequested, WithdrawalRequested
 from shared.outbox import add_event
+
+from .domain import AskWithdrawal, WithdrawalAnswer, answer_withdrawal
 
 SCHEMA = "intake"
 
@@ -110,3 +112,52 @@ async def record_request(conn: asyncpg.Connection, form: CancellationForm, *, so
             return await existing_request(conn, new)
         await queue_requested(conn, new, correlation_id=correlation_id, causation_id=causation_id)
     return Recorded(new.request_id, created=True)
+
+
+# --- withdrawals, with or without an offer taken (SPEC sections 2 and 6) ------------------------------------
+
+@dataclass(frozen=True)
+class WithdrawalOutcome:
+    status: str  # the request's status when it was asked
+    answer: WithdrawalAnswer
+
+
+async def ask_withdrawal(conn: asyncpg.Connection, request_id: str, *, taken_offer: str | None, now: datetime,
+                         correlation_id: str | None = None,
+                         causation_id: str | None = None) -> WithdrawalOutcome | None:
+    """Decide on a withdrawal of `request_id` (None if there is no such request); when it is to be asked,
+    mark the request and queue `cancellation.withdrawal_requested` in the same transaction."""
+    async with (nullcontext() if conn.is_in_transaction() else conn.transaction()):
+        row = await conn.fetchrow(
+            "SELECT contract_id, status, effective_date, offers, withdrawal_requested_at, withdrawal_offer"
+            " FROM requests WHERE request_id = $1 FOR UPDATE", request_id)
+        if row is None:
+            return None
+        answer = answer_withdrawal(
+            status=row["status"], effective_date=row["effective_date"], today=tokyo_date(now), offers=row["offers"],
+            asked=row["withdrawal_requested_at"] is not None, asked_with=row["withdrawal_offer"],
+            taken_offer=taken_offer)
+        if isinstance(answer, AskWithdrawal):
+            await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, withdrawal_offer = $3,"
+                               " updated_at = now() WHERE request_id = $1", request_id, now, answer.taken_offer)
+            await add_event(conn, SCHEMA, WithdrawalRequested(
+                request_id=request_id, contract_id=row["contract_id"], requested_at=now,
+                taken_offer=answer.taken_offer), key=row["contract_id"], producer="intake",
+                correlation_id=correlation_id or request_id, causation_id=causation_id)
+    return WithdrawalOutcome(row["status"], answer)
+
+
+async def record_withdrawal_submission(conn: asyncpg.Connection, submission_id: str, request_id: str,
+                                       taken_offer: str | None) -> bool:
+    """Whether this submission_id is new (it then acts); IdempotencyConflict if it was used before for
+    another request or another offer."""
+    if await conn.fetchval("INSERT INTO withdrawal_submissions (submission_id, request_id, taken_offer)"
+                           " VALUES ($1, $2, $3) ON CONFLICT (submission_id) DO NOTHING RETURNING true",
+                           submission_id, request_id, taken_offer):
+        return True
+    before = await conn.fetchrow("SELECT request_id, taken_offer FROM withdrawal_submissions"
+                                 " WHERE submission_id = $1", submission_id)
+    if (before["request_id"], before["taken_offer"]) != (request_id, taken_offer):
+        raise IdempotencyConflict(f"submission_id: already used for a withdrawal of request {before['request_id']}"
+                                  f" with offer {before['taken_offer'] or 'none'}")
+    return False
