@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared import topics
 from cancelflow.ops import (LagRow, Record, Snapshot, TopicRow, dead_letters, dlq_topics, replay_group,
                             replay_headers, service_topics, top_view)
 
@@ -45,7 +46,7 @@ def test_a_replay_keeps_binary_and_repeated_headers_as_they_were():
 def test_which_dlq_topics_and_which_marker_group():
     assert dlq_topics("cancellation.submissions") == ("cancellation.submissions.dlq",)
     assert dlq_topics("cancellation.submissions.dlq") == ("cancellation.submissions.dlq",)
-    assert len(dlq_topics(None)) == 6 and all(t.endswith(".dlq") for t in dlq_topics(None))
+    assert len(dlq_topics(None)) == len(topics.ALL) and all(t.endswith(".dlq") for t in dlq_topics(None))
     assert replay_group("intake") == "cancelflow-dlq-replay.intake"
 
 
