@@ -49,9 +49,13 @@ def install() -> None:
 @app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once healthy, leave it running."),
        demo: bool = typer.Option(False, "--demo", help="Run the demo once the stack is healthy."),
-       clock_file: Path = typer.Option(None, help="Demo/tests: a file holding the stack's current instant.")) -> None:
+       clock_file: Path = typer.Option(None, help="Demo/tests: a file holding the stack's current instant."),
+       offer_holdout_percent: int = typer.Option(
+           10, min=0, max=50, help="Share (%) of accepted cancellations shown no offers, to measure the offers' "
+                                   "lift against (ELIGIBILITY_OFFER_HOLDOUT_PERCENT; the service's default is 0).")) -> None:
     """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy."""
     stack = _stack(clock_file.resolve() if clock_file else None)
+    stack.config.offer_holdout_percent = offer_holdout_percent
     if stack.alive():
         _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
     try:
@@ -60,6 +64,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         _fail(str(exc))
     for key, value in stack.endpoints().items():
         print(f"{key}={value}")
+    print(f"ELIGIBILITY_OFFER_HOLDOUT_PERCENT={offer_holdout_percent}")
     console.print(f"[green]healthy in {took:.1f}s[/green]", highlight=False)
     if demo:
         from .demo import run_demo

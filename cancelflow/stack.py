@@ -55,6 +55,8 @@ class StackConfig:
     partitions: int = 4
     api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # eligibility's holdout (SPEC section 6); recorded in stack.json so the demo knows which contracts it holds out.
+    offer_holdout_percent: int = 0
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None
@@ -120,6 +122,8 @@ class Stack:
         }
         if self.config.clock_file:
             env["CANCELFLOW_CLOCK_FILE"] = str(self.config.clock_file)
+        if self.config.offer_holdout_percent:
+            env["ELIGIBILITY_OFFER_HOLDOUT_PERCENT"] = str(self.config.offer_holdout_percent)
         env |= self.config.extra_env
         return env
 
@@ -132,8 +136,15 @@ class Stack:
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
-                 "endpoints": self.endpoints(), "started_at": time.time()}
+                 "endpoints": self.endpoints(), "started_at": time.time(),
+                 "offer_holdout_percent": self.config.offer_holdout_percent}
         self.state_file.write_text(json.dumps(state, indent=2))
+
+    def recorded_holdout_percent(self) -> int:
+        """The holdout the running stack's eligibility was started with (0 when unknown)."""
+        if not self.state_file.exists():
+            return 0
+        return int(json.loads(self.state_file.read_text()).get("offer_holdout_percent") or 0)
 
     def recorded_pids(self) -> dict[str, int]:
         if not self.state_file.exists():
