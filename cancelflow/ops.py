@@ -781,17 +781,21 @@ def top(once: bool = typer.Option(False, "--once", help="Print one frame and exi
 
 @app.command()
 def report(html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page with charts."),
+           as_json: bool = typer.Option(False, "--json", help="The same figures as JSON on stdout, no tables."),
            bootstrap: str = BOOTSTRAP) -> None:
-    """Business figures: cancellations by reason per day, save rate, time to first answer, pending."""
-    from .report import collect_envelopes, compute_report, render_html, report_tables
+    """Business figures: cancellations by reason per day, save rate, time to first answer, pending; offers taken,
+    the lift against the holdout, feedback per reason."""
+    from .report import collect_envelopes, compute_report, render_html, report_json, report_tables
 
     figures = compute_report(_run(collect_envelopes(_bootstrap(bootstrap))))
-    for table in report_tables(figures):
+    if as_json:
+        typer.echo(orjson.dumps(report_json(figures), option=orjson.OPT_INDENT_2).decode())
+    for table in () if as_json else report_tables(figures):
         console.print(table)
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(figures), encoding="utf-8")
-        console.print(f"written {html}", highlight=False)
+        typer.echo(f"written {html}", err=as_json)
 
 
 @app.command("asyncapi")

@@ -30,7 +30,9 @@ from shared import topics
 from shared.calendar import tokyo_date
 from shared.vocabulary import Offer, Reason
 
-REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS)
+from .retention_report import RetentionFigures, compute_retention, retention_html, retention_json, retention_tables
+
+REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION)
 REASON_WORDING = {
     "INITIAL_SETUP_FAILED": "could not complete the initial setup",
     "TOO_DIFFICULT": "the tool was hard to use",
@@ -73,6 +75,7 @@ class Figures:
     settlements_total_jpy: int
     notifications_by_kind: dict[str, int] = field(default_factory=dict)
     generated_at: str = ""
+    retention: RetentionFigures | None = None  # the retention loop: see cancelflow.retention_report
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float | None:
@@ -95,6 +98,7 @@ def parse_instant(value: Any) -> datetime | None:
 
 
 def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetime | None = None) -> Figures:
+    envelopes = list(envelopes)  # read twice: here and by compute_retention
     seen: set[Any] = set()
     received_at: dict[str, datetime] = {}
     requested_reason: dict[str, str] = {}
@@ -185,7 +189,27 @@ def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetim
         settlements_total_jpy=sum(v for rid, v in issued.items() if rid not in voided),
         notifications_by_kind=dict(sorted(kinds.items())),
         generated_at=(generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        retention=compute_retention(envelopes),
     )
+
+
+def report_json(f: Figures) -> dict[str, Any]:
+    """The report's figures as JSON-ready values (`cancelflow report --json`); rates are fractions, null when
+    there is nothing to divide by."""
+    def rate(r: Rate) -> dict[str, Any]:
+        return {"accepted": r.accepted, "withdrawn": r.withdrawn, "save_rate": r.rate}
+
+    return {
+        "generated_at": f.generated_at, "accepted": f.accepted, "rejected": f.rejected, "withdrawn": f.withdrawn,
+        "completed": f.completed, "save_rate": rate(f.save_rate), "by_reason": f.by_reason,
+        "by_day_reason": f.by_day_reason, "save_rate_by_offer": {o: rate(r) for o, r in f.save_rate_by_offer.items()},
+        "save_rate_by_day": {d: rate(r) for d, r in f.save_rate_by_day.items()},
+        "time_to_first_answer_s": {"count": len(f.answer_seconds), "p50": f.answer_p50_s, "p95": f.answer_p95_s},
+        "pending_by_effective_date": f.pending_by_effective_date, "rejected_by_code": f.rejected_by_code,
+        "settlements": {"issued": f.settlements_issued, "total_jpy": f.settlements_total_jpy},
+        "notifications_by_kind": f.notifications_by_kind,
+        "retention": retention_json(f.retention) if f.retention is not None else None,
+    }
 
 
 async def collect_envelopes(bootstrap: str, timeout: float = 30) -> list[dict]:
@@ -261,7 +285,7 @@ def report_tables(f: Figures) -> list[Table]:
     pending.add_column("pending", justify="right")
     for day, n in f.pending_by_effective_date.items():
         pending.add_row(day, str(n))
-    return [summary, by_day, offers, pending]
+    return [summary, by_day, offers, pending, *(retention_tables(f.retention) if f.retention else ())]
 
 
 # --- HTML -------------------------------------------------------------------------------------------------
@@ -386,7 +410,7 @@ def render_html(f: Figures) -> str:
 <body>
 <h1>Cancellations report</h1>
 <div class="muted">generated {_e(f.generated_at)} from the event log (cancellation.requests, cancellation.decisions,
-billing.settlements, notifications.sent); days are Tokyo dates.</div>
+billing.settlements, notifications.sent, retention.offers); days are Tokyo dates.</div>
 <div class="cards">{cards}</div>
 <h2>Cancellations by reason</h2>
 <div class="muted">accepted cancellations, all days</div>
@@ -401,6 +425,7 @@ billing.settlements, notifications.sent); days are Tokyo dates.</div>
 <div class="muted">among the accepted cancellations that carried the offer; overall {percent(f.save_rate.rate)}
 ({f.withdrawn} of {f.accepted})</div>
 {offers}
+{retention_html(f.retention) if f.retention else ""}
 <h2>Time from request to first answer</h2>
 <p>{len(f.answer_seconds)} answered requests: p50 {_e(duration(f.answer_p50_s))}, p95 {_e(duration(f.answer_p95_s))}
 (nearest rank).</p>
