@@ -288,8 +288,44 @@ async def test_the_holdout_sees_no_offers_and_cannot_take_one(client, infra, hol
     assert (accepted[kept]["holdout"], accepted[kept]["offers"]) == (False, ["consultation", "discount"])
     r = await client.take_offer(held_rid, "discount")
     assert r.status_code == 409 and "(none)" in r.json()["error"]
+    # ... and no offers mailed: the acknowledgement of the held-out request has none, the other's has them.
+    acks = {rid: next(m for m in await client.wait_mails(rid, 3) if m.headers["X-Cancelflow-Kind"] == "acknowledgement")
+            for rid in (held_rid, kept_rid)}
+    assert "discount" in acks[kept_rid].body and "consultation" in acks[kept_rid].body
+    assert "discount" not in acks[held_rid].body and "consultation" not in acks[held_rid].body
     # A second request of the held-out contract is held out too (deterministic per contract).
     assert (await client.withdraw(held_rid)).status_code == 202
     await client.wait_status(held_rid, lambda s: s["status"] == "withdrawn")
     again = (await client.submit(client.form(held, reason="NO_LONGER_USED", who=2))).json()["request_id"]
     assert (await client.wait_status(again, decided))["offers"] == []
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client, infra):
+    import json
+    import os
+    import sys
+
+    contract = await client.sign_contract(start_date=OLD_START)
+    form = client.form(contract, reason="SWITCHING_TOOL") | {
+        "feedback": "料金が高い。連絡は hanako.s@example.jp か 080-9876-5432まで"}
+    rid = (await client.submit(form)).json()["request_id"]
+    await client.wait_status(rid, lambda s: decided(s) and s["settlement"] is not None)
+    assert (await client.take_offer(rid, "consultation")).status_code == 202
+    await wait_offers_taken(infra.bootstrap, contract)
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "report", "--json", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    doc = json.loads(out)  # nothing but the JSON on stdout
+    consultation = doc["retention"]["offers"]["consultation"]
+    assert consultation["taken"] >= 1 and consultation["offered"] >= consultation["taken"]
+    assert consultation["take_rate"] == consultation["taken"] / consultation["offered"]
+    lift = doc["retention"]["holdout"]
+    assert lift["offered"]["accepted"] >= 1 and lift["verdict"]
+    mine = next(e for e in doc["retention"]["feedback"]["SWITCHING_TOOL"] if e["request_id"] == rid)
+    assert mine["text"] == "料金が高い。連絡は h***@example.jp か ***32まで"
+    assert "hanako.s@example.jp" not in out.decode() and "9876-5432" not in out.decode()
+    assert doc["accepted"] >= doc["withdrawn"] >= 1
