@@ -24,6 +24,7 @@ __all__ = [
     "mask_phone",
     "reminder_schedule",
     "render",
+    "withdrawal_notice",
 ]
 
 
@@ -69,6 +70,12 @@ def reminder_schedule(*, effective_date: date, accepted_at: datetime) -> tuple[S
             if due_at > accepted_at:
                 schedule.append(ScheduledNotification(kind, due_at))
     return tuple(sorted(schedule, key=lambda n: (n.due_at, n.kind)))
+
+
+def withdrawal_notice(taken_offer: str | None) -> NotificationKind:
+    """What a withdrawal tells the customer: what they get when they took an offer (SPEC section 6), else
+    the plain confirmation. One or the other, never both."""
+    return NotificationKind.withdrawal_confirmation if taken_offer is None else NotificationKind.offer_confirmation
 
 
 def mask_email(email: str) -> str:
@@ -172,6 +179,7 @@ def render(
     codes: tuple[str, ...] = (),
     earliest_effective_date: date | None = None,
     days_before: int | None = None,
+    taken_offer: str | None = None,
 ) -> EmailContent:
     """The plain-text e-mail for one notification."""
     if "\r" in request_id or "\n" in request_id:
@@ -261,6 +269,23 @@ def render(
             "",
             f"Your contract ends on {effective_date.isoformat()}{_days_left_en(days_before)}: "
             "release the rich menu before then, or it keeps overriding the one set in LINE Official Account Manager.",
+        ]
+
+    elif kind is NotificationKind.offer_confirmation:
+        _require(taken_offer, "taken_offer", kind)
+        ja, en = _lookup(_OFFER_TEXT, str(taken_offer), "offer")
+        subject = f"【お申し込み完了】ご提案を承り、解約のお申し込みを取り下げました / Offer taken, cancellation withdrawn [{request_id}]"
+        lines = [
+            greeting,
+            "",
+            "次のご提案のお申し込みを承りました:",
+            f"・{ja}",
+            "",
+            "あわせて、解約のお申し込みを取り下げました。ご契約はこれまでどおり継続されます。",
+            "",
+            ref,
+            "",
+            f"You have taken our offer: {en}. Your cancellation request has been withdrawn; your contract continues as before.",
         ]
 
     else:  # withdrawal_confirmation

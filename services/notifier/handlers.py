@@ -12,7 +12,7 @@ from shared.events import (CancellationAccepted, CancellationCompleted, Cancella
 from shared.service import Runtime, Subscription
 from shared.vocabulary import NotificationKind
 
-from .domain import REMINDER_KINDS, reminder_schedule
+from .domain import REMINDER_KINDS, reminder_schedule, withdrawal_notice
 
 ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)"
        " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
@@ -112,11 +112,12 @@ def _cancel_pending(ctx: Context, request_id: str, kinds: tuple[str, ...]) -> No
 
 async def on_withdrawn(ctx: Context, e: CancellationWithdrawn) -> None:
     ctx.defer(
-        "INSERT INTO requests (request_id, contract_id, status) VALUES ($1, $2, 'withdrawn')"
-        " ON CONFLICT (request_id) DO UPDATE SET status = 'withdrawn'", e.request_id, e.contract_id or "")
+        "INSERT INTO requests (request_id, contract_id, status, taken_offer) VALUES ($1, $2, 'withdrawn', $3)"
+        " ON CONFLICT (request_id) DO UPDATE SET status = 'withdrawn', taken_offer = excluded.taken_offer",
+        e.request_id, e.contract_id or "", e.taken_offer)
     _cancel_pending(ctx, e.request_id, tuple(k.value for k in (*REMINDER_KINDS, NotificationKind.acknowledgement)))
     when: datetime = e.withdrawn_at or ctx.envelope.occurred_at
-    await _add(ctx, [(e.request_id, NotificationKind.withdrawal_confirmation.value, when, None)])
+    await _add(ctx, [(e.request_id, withdrawal_notice(e.taken_offer).value, when, None)])
 
 
 async def on_completed(ctx: Context, e: CancellationCompleted) -> None:

@@ -58,6 +58,17 @@ async def wait_offers_taken(bootstrap: str, contract: str, n: int = 1) -> list[d
     raise TimeoutError(f"{n} retention.offer_taken for {contract} not published")
 
 
+async def wait_mail_kind(client, request_id: str, kind: str) -> list[str]:
+    """The kinds of the request's mails once one of `kind` arrived, after a pause for any second one. (The
+    acknowledgement may or may not have gone out before a quick withdrawal cancelled it.)"""
+    for _ in range(150):
+        if any(m.headers["X-Cancelflow-Kind"] == kind for m in client.mails(request_id)):
+            await asyncio.sleep(1.0)
+            return [m.headers["X-Cancelflow-Kind"] for m in client.mails(request_id)]
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no {kind} mail for {request_id}")
+
+
 # --- HTTP ---------------------------------------------------------------------------------------------
 
 async def test_taking_an_offer_over_http_withdraws_once_and_tells_the_contract_system(client, infra, db):
@@ -90,6 +101,12 @@ async def test_taking_an_offer_over_http_withdraws_once_and_tells_the_contract_s
     assert (await client.withdraw(rid)).status_code == 409
     await asyncio.sleep(0.5)
     assert len(await offers_taken(infra.bootstrap, contract)) == 1
+    # The customer hears what they get, once, instead of the plain withdrawal confirmation.
+    kinds = await wait_mail_kind(client, rid, "offer_confirmation")
+    assert kinds.count("offer_confirmation") == 1 and "withdrawal_confirmation" not in kinds, kinds
+    confirmation = next(m for m in client.mails(rid) if m.headers["X-Cancelflow-Kind"] == "offer_confirmation")
+    assert "継続いただく場合の料金割引" in confirmation.body and "You have taken our offer: a discount to stay." in confirmation.body
+    assert "取り下げ" in confirmation.body and "Offer taken" in confirmation.subject
 
 
 async def test_taking_an_offer_that_is_not_the_requests_is_409_and_changes_nothing(client, infra):
@@ -169,6 +186,8 @@ async def test_the_call_centre_takes_an_offer_over_kafka_once_whatever_is_redeli
     await asyncio.sleep(1.0)
     assert len(await offers_taken(infra.bootstrap, contract)) == 1
     assert (await client.status(rid))["withdrawal_refused"] is None
+    kinds = await wait_mail_kind(client, rid, "offer_confirmation")
+    assert kinds.count("offer_confirmation") == 1 and "withdrawal_confirmation" not in kinds, kinds
 
 
 async def test_a_withdrawal_over_kafka_without_an_offer(client, infra):
@@ -178,6 +197,8 @@ async def test_a_withdrawal_over_kafka_without_an_offer(client, infra):
     assert s["taken_offer"] is None
     assert [w["data"]["taken_offer"] for w in await withdrawn_events(infra.bootstrap, contract)] == [None]
     assert await offers_taken(infra.bootstrap, contract) == []
+    kinds = await wait_mail_kind(client, rid, "withdrawal_confirmation")
+    assert kinds.count("withdrawal_confirmation") == 1 and "offer_confirmation" not in kinds, kinds
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # model_construct of a deliberately invalid event

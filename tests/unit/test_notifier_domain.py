@@ -13,8 +13,10 @@ from services.notifier.domain import (
     mask_phone,
     reminder_schedule,
     render,
+    withdrawal_notice,
 )
 from shared.calendar import TOKYO
+from shared.vocabulary import Offer
 
 K = NotificationKind
 UTC = timezone.utc
@@ -216,11 +218,33 @@ def test_withdrawal_confirmation() -> None:
     assert "withdrawn" in mail.body and "contract continues" in mail.body
 
 
+@pytest.mark.parametrize(("offer", "ja", "en"), [
+    ("discount", "継続いただく場合の料金割引", "a discount to stay"),
+    ("downgrade", "より安価なプランへの変更", "a move to a cheaper plan"),
+    ("setup_support", "アカウント設計の無料サポート", "a free account-design session"),
+])
+def test_offer_confirmation_says_what_the_customer_gets_and_that_the_cancellation_is_withdrawn(offer, ja, en) -> None:
+    mail = render(K.offer_confirmation, **COMMON, taken_offer=offer)
+    assert "取り下げ" in mail.subject and "Offer taken" in mail.subject and "REQ-123" in mail.subject
+    assert ja in mail.body and "継続" in mail.body
+    assert f"You have taken our offer: {en}." in mail.body and "has been withdrawn" in mail.body
+    with pytest.raises(ValueError, match="taken_offer"):
+        render(K.offer_confirmation, **COMMON)
+    with pytest.raises(ValueError, match="unknown offer"):
+        render(K.offer_confirmation, **COMMON, taken_offer="free_lunch")
+
+
+@pytest.mark.parametrize(("taken_offer", "kind"), [(None, K.withdrawal_confirmation),
+                                                    *((o.value, K.offer_confirmation) for o in Offer)])
+def test_a_withdrawal_tells_what_was_taken_or_confirms_it_plainly(taken_offer, kind) -> None:
+    assert withdrawal_notice(taken_offer) is kind
+
+
 @pytest.mark.parametrize("kind", list(NotificationKind), ids=str)
 def test_every_kind_renders_without_personal_contact_data(kind: NotificationKind) -> None:
     mail = render(
         kind, **COMMON, effective_date=date(2026, 6, 30), total_jpy=0, paid_through=date(2026, 7, 1),
-        codes=("NOTICE_PERIOD",), earliest_effective_date=date(2026, 7, 15), days_before=3,
+        codes=("NOTICE_PERIOD",), earliest_effective_date=date(2026, 7, 15), days_before=3, taken_offer="discount",
     )
     assert mail.subject and mail.body
     assert "REQ-123" in mail.subject
