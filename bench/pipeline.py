@@ -548,8 +548,8 @@ def summarize_profile(raw: Path, top: int = 15) -> dict:
         busy += n
         own[leaf] += n
         own_area[_area(leaf) or "other"] += n
-        for module in {m for f in frames for m in PROJECT_MODULES if m in f}:
-            through[PROJECT_MODULES[module]] += n
+        for label in {PROJECT_MODULES[m] for f in frames for m in PROJECT_MODULES if m in f}:
+            through[label] += n  # once per label, however many of its modules the stack passes
 
     def share(counter: Counter, k: int | None = None) -> list:
         return [(f, round(100 * n / busy, 1)) for f, n in counter.most_common(k)] if busy else []
@@ -563,14 +563,15 @@ PROJECT_MODULES = {"(shared/consumer.py": "shared.consumer", "(shared/outbox.py"
                    **{f"(services/{s}/handlers.py": "service handlers"
                       for s in ("intake", "eligibility", "billing", "notifier")},
                    "(services/intake/store.py": "service handlers",
-                   "(services/notifier/dispatch.py": "notifier dispatch"}
+                   **{f"(services/notifier/{m}.py": "notifier dispatch" for m in ("dispatch", "smtp_client", "mime")},
+                   "(services/notifier/texts.py": "notifier mail texts", "(services/notifier/templates/": "notifier mail texts"}
 
 
 def _area(frame: str) -> str | None:
     for marker, area in (("_SelectorSocketTransport.write", "socket send (syscall)"),
                          ("asyncpg/", "asyncpg"), ("aiokafka/", "aiokafka"), ("faststream/", "faststream"),
                          ("pydantic", "pydantic"), ("aiosmtplib/", "aiosmtplib"), ("(email/", "email (stdlib)"),
-                         ("(logging/", "logging"), ("prometheus_client/", "prometheus"), ("(asyncio/", "asyncio"),
+                         ("jinja2/", "jinja2"), ("(logging/", "logging"), ("prometheus_client/", "prometheus"), ("(asyncio/", "asyncio"),
                          ("(shared/", "project code"), ("(services/", "project code"), ("uuid", "uuid")):
         if marker in frame:
             return area

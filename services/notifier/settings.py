@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -15,7 +15,7 @@ class NotifierSettings(ServiceSettings):
     smtp_tls: bool = Field(False, description="Implicit TLS (SMTPS).")
     smtp_starttls: bool = Field(False, description="Upgrade with STARTTLS.")
     smtp_username: str | None = Field(None, description="SMTP login, if the relay wants one.")
-    smtp_password: str | None = Field(None, description="SMTP password.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
     mail_from: str = Field("support@cancelflow.example", description="Sender address.")
     smtp_connections: int = Field(
         32, ge=1, le=500, description="SMTP connections per dispatch worker (two workers): the mails one "

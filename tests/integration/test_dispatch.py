@@ -11,7 +11,7 @@ from aiosmtpd.controller import Controller
 
 from cancelflow.infra.mailsink import Maildir, read_mail, serve
 from cancelflow.infra.ports import free_port
-from services.notifier.dispatch import Mailer
+from services.notifier.smtp_client import Mailer
 from services.notifier.settings import NotifierSettings
 
 

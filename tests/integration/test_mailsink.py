@@ -10,7 +10,7 @@ import pytest
 
 from cancelflow.infra.mailsink import read_mail, serve
 from cancelflow.infra.ports import free_port
-from services.notifier.dispatch import Mailer
+from services.notifier.smtp_client import Mailer
 from services.notifier.settings import NotifierSettings
 
 

@@ -9,7 +9,8 @@ import email.policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.notifier.dispatch import _dot_stuffed, _render_with_stdlib, render_mail
+from services.notifier.mime import render_mail, render_with_stdlib
+from services.notifier.smtp_client import dot_stuffed
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=300)
 body = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=2000)
@@ -24,7 +25,7 @@ def parsed(raw: bytes):
 def test_what_a_reader_sees_is_what_was_meant(subject, content):
     args = ("support@cancelflow.example", "t@example.jp", subject, content, "<r1.ack.1@cancelflow>",
             {"X-Cancelflow-Kind": "acknowledgement"})
-    ours, stdlib = parsed(_dot_stuffed(render_mail(*args))), parsed(_dot_stuffed(_render_with_stdlib(*args)))
+    ours, stdlib = parsed(dot_stuffed(render_mail(*args))), parsed(dot_stuffed(render_with_stdlib(*args)))
     # Readers drop the whitespace that opens a header value; everything else comes back as it was.
     assert str(ours["Subject"]).strip() == subject.strip()
     assert ours.get_body(("plain",)).get_content() == stdlib.get_body(("plain",)).get_content()
