@@ -78,9 +78,11 @@ async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -
         await http("ALREADY_PENDING (second request)", a, 5, reason="NO_LONGER_USED")
         await http("CONTRACT_NOT_FOUND", "C-NEVER-SIGNED", 6, reason="LINE_ACCOUNT_UNAVAILABLE")
         rg = await http("accepted, completed on its effective date", g, 7, reason="NOT_USEFUL_FOR_BUSINESS")
-        rt = await http("accepted, offer taken: withdrawn for a discount", t, 10, reason="SWITCHING_TOOL")
+        rt = await http("accepted, offer taken: withdrawn for a discount", t, 10, reason="SWITCHING_TOOL",
+                        feedback="他社の方が月額が安い。見積もりは sato@example.jp まで（090-1234-5678）")
         if h is not None:
-            await http(f"holdout ({holdout}%): accepted, shown no offers", h, 11, reason="SWITCHING_TOOL")
+            await http(f"holdout ({holdout}%): accepted, shown no offers", h, 11, reason="SWITCHING_TOOL",
+                       feedback="配信の予約機能が使いにくかった")
         sid = await c.submit_kafka(c.form(k, who=8, reason="NO_LONGER_USED"))
         for _ in range(100):
             rk = await c.http.get("/v1/cancellations", params={"submission_id": sid})

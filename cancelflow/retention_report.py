@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from shared.calendar import TOKYO
 from shared.logging import mask_pii
 from shared.vocabulary import Offer, Reason
 
@@ -202,6 +203,12 @@ def _instant(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def tokyo_time(instant: str) -> str:
+    """An RFC 3339 instant as Tokyo wall-clock time to the minute ("" when it is not one)."""
+    parsed = _instant(instant)
+    return "" if parsed.year == 1 else parsed.astimezone(TOKYO).strftime("%Y-%m-%d %H:%M")
+
+
 def retention_json(r: RetentionFigures) -> dict[str, Any]:
     """The figures as JSON-ready values (rates as fractions, null when there is nothing to divide by)."""
     lift = r.lift
@@ -259,11 +266,11 @@ def retention_tables(r: RetentionFigures) -> list[Any]:
         without.add_row(shown, str(n))
     feedback = Table(title=f"feedback per reason (newest first, up to {FEEDBACK_PER_REASON}; personal data masked)",
                      title_justify="left")
-    for col in ("reason", "received", "feedback"):
+    for col in ("reason", "received (Tokyo)", "feedback"):
         feedback.add_column(col)
     for reason, items in r.feedback.items():
         for i, f in enumerate(items):
-            feedback.add_row(reason if i == 0 else "", f.received_at[:16], f.text)
+            feedback.add_row(reason if i == 0 else "", tokyo_time(f.received_at), f.text)
     return [offers, lift, without, feedback]
 
 
@@ -357,7 +364,7 @@ def retention_html(r: RetentionFigures) -> str:
     without = _rows(["shown", "saves without an offer"], r.saves_without_offer.items())
     feedback = "".join(
         f"<h3>{_e(reason)}</h3><ul class=feedback>" + "".join(
-            f"<li><span class=muted>{_e(f.received_at[:16])}</span> {_e(f.text)}</li>" for f in items) + "</ul>"
+            f"<li><span class=muted>{_e(tokyo_time(f.received_at))}</span> {_e(f.text)}</li>" for f in items) + "</ul>"
         for reason, items in r.feedback.items()) or "<p class=muted>no feedback given</p>"
     return f"""<h2>Offers: offered, taken, take rate</h2>
 <div class="muted">{r.taken_total} offers taken; an offer counts as offered for every accepted cancellation that

@@ -169,6 +169,7 @@ def test_the_page_has_the_lift_and_the_takes_charts_and_escapes_the_feedback():
     assert ">1 of 2 (50.0%)</text>" in takes
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "taro@example.jp" not in page and "t***@example.jp" in page
+    assert "2025-03-02 09:00</span> ***です。他社の方が安い" in page  # R2, received at 00:00 UTC: Tokyo time
 
 
 def _chromium() -> str:
