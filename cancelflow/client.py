@@ -15,44 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from shared import topics
 from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, WithdrawalSubmitted,
                            new_envelope)
 
+from . import kafka_clients
 from .infra.mailsink import StoredMail, read_mail
-
-
-async def read_topic(bootstrap: str, topic: str, match: Callable[[Any], bool] = lambda r: True,
-                     timeout: float = 20) -> list:
-    """Every record of `topic` now (from the beginning up to its current end) for which match(record)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    found = []
-    try:
-        metadata = await consumer._client.fetch_all_metadata()
-        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())]
-        if not partitions:
-            raise ValueError(f"topic {topic} does not exist")
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            caught_up = True
-            for tp, last in end.items():
-                if await consumer.position(tp) < last:
-                    caught_up = False
-            if caught_up:
-                break
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                found += [r for r in records if match(r)]
-    finally:
-        await consumer.stop()
-    return found
+from .kafka_clients import Target, read_topic  # noqa: F401 - the tests' and the demo's topic reader
 
 
 def unique(prefix: str) -> str:
@@ -66,16 +37,16 @@ def customer(n: int | str = 1) -> dict:
 
 @dataclass
 class PipelineClient:
-    bootstrap: str
+    bootstrap: Target  # a KafkaConnection, or a bootstrap address with the operator's security settings
     intake_url: str
     mail_dir: Path
     api_key: str = "dev-key"
 
     async def __aenter__(self) -> "PipelineClient":
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True,
-                                         max_request_size=2 * 1024 * 1024)
+        self.connection = kafka_clients.as_connection(self.bootstrap)
+        self.producer = kafka_clients.producer(self.connection)
         await self.producer.start()
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()
         self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10)
         return self

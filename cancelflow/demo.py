@@ -39,7 +39,7 @@ async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -
             if in_holdout(candidate, holdout) == held:
                 return candidate
 
-    async with PipelineClient(stack.bootstrap, intake_url, stack.mail_dir, api_key=api_key) as c:
+    async with PipelineClient(stack.kafka_connection, intake_url, stack.mail_dir, api_key=api_key) as c:
         today = tokyo_date(datetime.now(timezone.utc))
         console.rule("signing contracts")
         old = today.replace(year=today.year - 2)

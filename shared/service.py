@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
@@ -29,6 +29,7 @@ from shared import metrics, topics
 from shared.clock import Clock, clock_from
 from shared.consumer import BatchConsumer, Handler, Prepare
 from shared.db import create_pool, migrate
+from shared.kafka_connection import MAX_REQUEST_BYTES
 from shared.logging import configure_logging
 from shared.offsets import OffsetCommitter
 from shared.outbox import OutboxRelay
@@ -36,8 +37,6 @@ from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-# 1 MiB messages may be dead-lettered with their headers, so DLQ writes need some headroom.
-MAX_REQUEST_SIZE = 2 * 1024 * 1024 + 65536
 
 BackgroundLoop = Callable[["Runtime"], Awaitable[None]]
 
@@ -134,7 +133,7 @@ class ServiceApp(AsgiFastStream):
         async def connect_kafka() -> None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=True, acks="all",
-                linger_ms=2, max_request_size=MAX_REQUEST_SIZE, client_id=f"{rt.name}-outbox",
+                linger_ms=2, max_request_size=MAX_REQUEST_BYTES, client_id=f"{rt.name}-outbox",
                 **s.kafka_client_options())
             try:
                 await producer.start()
@@ -221,7 +220,9 @@ def health_routes(runtime: Runtime) -> FastAPI:
         return {"service": runtime.name, "status": "ok", "started": runtime.started,
                 "waiting_for": list(runtime.waiting_for)}
 
-    @app.get("/ready", tags=["operations"], summary="Readiness: database and Kafka reachable")
+    @app.get("/ready", tags=["operations"], summary="Readiness: database and Kafka reachable",
+             responses={503: {"description": "Not ready: `waiting_for` names what it waits for",
+                              "content": {"application/json": {}}}})
     async def ready() -> Response:
         problems = list(runtime.waiting_for)
         if runtime.pool is not None and "database" not in problems:
@@ -237,7 +238,8 @@ def health_routes(runtime: Runtime) -> FastAPI:
         body = {"service": runtime.name, "ready": not problems and runtime.started, "waiting_for": problems}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format"}})
     async def prometheus() -> Response:
         if runtime.relay is not None and runtime.pool is not None:
             try:
@@ -260,7 +262,7 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
     # at low rates (one record per batch), and the metrics say the same.
     broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name, logger=logging.getLogger(f"{name}.kafka"),
                          log_level=logging.DEBUG,
-                         **_broker_security(settings))
+                         **settings.kafka.broker_kwargs())
     for sub in subscriptions(runtime):
         runtime.topics += tuple(sub.topics)
         consumer = BatchConsumer(runtime, sub.topics, sub.handlers, sub.prepare)
@@ -273,24 +275,6 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
     if http is not None:
         http(runtime, app_http)
     return ServiceApp(broker, runtime, app_http, background)
-
-
-def _broker_security(settings: ServiceSettings) -> dict:
-    if settings.kafka_security_protocol == "PLAINTEXT":
-        return {}
-    from faststream.security import SASLPlaintext, SASLScram256, SASLScram512
-    import ssl
-
-    ssl_context = (ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
-                   if settings.kafka_security_protocol.endswith("SSL") else None)
-    if settings.kafka_security_protocol == "SSL":
-        from faststream.security import BaseSecurity
-
-        return {"security": BaseSecurity(ssl_context=ssl_context)}
-    cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
-        settings.kafka_sasl_mechanism]
-    return {"security": cls(username=settings.kafka_sasl_username or "",
-                            password=settings.kafka_sasl_password or "", ssl_context=ssl_context)}
 
 
 async def _undecoded(message: KafkaMessage) -> KafkaMessage:

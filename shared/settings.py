@@ -3,10 +3,10 @@ for the whole stack); each service's own class adds its fields under its own pre
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka_connection import DEFAULT_BOOTSTRAP, KafkaConnection, Mechanism, Protocol
 
 
 def _env(name: str) -> AliasChoices:
@@ -17,16 +17,16 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:19092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"),
+        DEFAULT_BOOTSTRAP, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"),
         description="Kafka bootstrap servers, comma separated.")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+    kafka_security_protocol: Protocol = Field(
         "PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL"),
         description="How clients talk to Kafka.")
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+    kafka_sasl_mechanism: Mechanism = Field(
         "SCRAM-SHA-512", validation_alias=_env("KAFKA_SASL_MECHANISM"),
         description="SASL mechanism when the protocol is SASL_*.")
     kafka_sasl_username: str | None = Field(None, validation_alias=_env("KAFKA_SASL_USERNAME"))
-    kafka_sasl_password: str | None = Field(None, validation_alias=_env("KAFKA_SASL_PASSWORD"))
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias=_env("KAFKA_SASL_PASSWORD"))
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"),
                                          description="CA bundle for SSL / SASL_SSL.")
     database_url: str = Field(
@@ -48,15 +48,14 @@ class ServiceSettings(BaseSettings):
     relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
     consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
 
-    def kafka_client_options(self) -> dict:
-        """aiokafka keyword arguments for the configured security."""
-        options: dict = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_security_protocol.startswith("SASL"):
-            options |= {"sasl_mechanism": self.kafka_sasl_mechanism,
-                        "sasl_plain_username": self.kafka_sasl_username,
-                        "sasl_plain_password": self.kafka_sasl_password}
-        if self.kafka_security_protocol.endswith("SSL"):
-            import ssl
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The Kafka connection these settings describe (the one translation to client options)."""
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers, security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism, sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password, ssl_cafile=self.kafka_ssl_cafile)
 
-            options["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
-        return options
+    def kafka_client_options(self) -> dict:
+        """aiokafka keyword arguments for the configured security (see `KafkaConnection.client_options`)."""
+        return self.kafka.client_options()

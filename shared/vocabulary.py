@@ -57,3 +57,7 @@ class RequestStatus(StrEnum):
     rejected = "rejected"
     withdrawn = "withdrawn"
     completed = "completed"
+
+
+# The pipeline's four services, in the order a stack starts them (each is services/<name>/).
+SERVICES = ("intake", "eligibility", "billing", "notifier")

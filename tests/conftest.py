@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from cancelflow.client import PipelineClient
-from cancelflow.infra.ports import free_port
+from cancelflow.infra.ports import free_ports
 from cancelflow.stack import SERVICES, Ports, Stack, StackConfig
 from shared.clock import FileClock
 
@@ -52,8 +52,7 @@ def _docker_answers() -> bool:
 
 
 def _local_ports() -> Ports:
-    return Ports(kafka=free_port(), kafka_controller=free_port(), postgres=free_port(), smtp=free_port(),
-                 intake=free_port(), eligibility=free_port(), billing=free_port(), notifier=free_port())
+    return Ports(*free_ports(8))  # eight different ports, none handed out before in this run
 
 
 @pytest.fixture(scope="session")
@@ -88,10 +87,7 @@ def infra():
         mode = "local"
     stack = Stack(config)
     try:
-        stack.start_infra()
-        for name in SERVICES:
-            stack.start_service(name)
-        stack.wait_healthy(list(SERVICES))
+        stack.start(SERVICES, new_ports=_local_ports)  # new ports if another process takes one first
         yield Infra(mode, stack.bootstrap, stack.database_url, f"http://127.0.0.1:{config.ports.intake}",
                     stack.mail_dir, stack, FileClock(clock_file))
     finally:

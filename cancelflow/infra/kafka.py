@@ -8,11 +8,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InfraError
+from .errors import InfraError, PortTaken, bind_failed, cause_line
 
 DLQ_MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +56,15 @@ def ensure_jars() -> Path:
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise InfraError(f"Maven could not fetch Kafka {kafka_version()}: {result.stdout[-500:]} {result.stderr[-500:]}")
+        raise InfraError(f"Maven could not fetch Kafka {kafka_version()}: {_maven_error(result.stdout + result.stderr)}")
     marker.write_text(kafka_version())
     return target
+
+
+def _maven_error(output: str) -> str:
+    """Maven's own error line ("[ERROR] Failed to execute goal ... Could not resolve ..."), else the cause line."""
+    errors = [line.strip() for line in output.splitlines() if line.startswith("[ERROR]") and line.strip() != "[ERROR]"]
+    return errors[0][:400] if errors else cause_line(output)
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,7 @@ class KafkaNode:
             capture_output=True, text=True,
         )
         if result.returncode != 0:
-            raise InfraError(f"Kafka storage format failed: {result.stderr[-800:] or result.stdout[-800:]}")
+            raise InfraError(f"Kafka storage format failed: {cause_line(result.stderr + chr(10) + result.stdout)}")
 
     def start(self, log_file: Path) -> subprocess.Popen:
         ensure_jars()
@@ -172,6 +180,58 @@ class KafkaNode:
             self._java("kafka.Kafka", str(self.data_dir / "server.properties"), heap=f"{self.heap_mb}m"),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
+
+    def wait_listening(self, proc: subprocess.Popen, log_file: Path, timeout: float = 90) -> None:
+        """Until this broker process itself listens on its client port. If it exits first, the cause line of
+        its log: `PortTaken` when another process had taken one of its ports."""
+        import psutil
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                output = log_file.read_text(errors="replace")[-20_000:] if log_file.exists() else ""
+                error = PortTaken if bind_failed(output) else InfraError
+                raise error(f"Kafka exited with {proc.returncode} on ports {self.port}/{self.controller_port}: "
+                            f"{cause_line(output)} (log: {log_file})")
+            try:
+                listening = {c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp")
+                             if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                listening = set()
+            if self.port in listening:
+                return
+            time.sleep(0.2)
+        raise InfraError(f"Kafka did not listen on {self.port} within {timeout:.0f}s (log: {log_file})")
+
+
+def start_node(make: Callable[[int, int], KafkaNode], log_file: Path, attempts: int = 3,
+               timeout: float = 90) -> tuple[KafkaNode, subprocess.Popen]:
+    """A broker on two fresh ports (`make(port, controller_port)` builds it), listening; started again on
+    new ports when another process takes one of them before the broker binds it."""
+    from .ports import free_ports, with_fresh_ports
+
+    def attempt() -> tuple[KafkaNode, subprocess.Popen]:
+        node = make(*free_ports(2))
+        proc = node.start(log_file)
+        try:
+            node.wait_listening(proc, log_file, timeout)
+        except BaseException:
+            stop(proc)
+            raise
+        return node, proc
+
+    return with_fresh_ports(attempt, attempts)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it takes longer than `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) -> None:

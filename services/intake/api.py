@@ -8,14 +8,13 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from shared.events import StrictCancellationForm
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
 from .domain import RefuseWithdrawal
 from .store import IdempotencyConflict, ask_withdrawal, record_request
@@ -23,17 +22,6 @@ from .store import IdempotencyConflict, ask_withdrawal, record_request
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-
-
-class FieldError(BaseModel):
-    field: str = Field(description="Dotted path of the offending field, e.g. customer.email")
-    message: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    error: str
-    errors: list[FieldError] = []
 
 
 class Received(BaseModel):
@@ -67,27 +55,14 @@ class StatusView(BaseModel):
     taken_offer: str | None = Field(None, description="The offer the request was withdrawn with (SPEC section 6).")
 
 
-def _field_errors(errors: list[dict], drop_first: set[str]) -> list[FieldError]:
-    out = []
-    for err in errors:
-        loc = [str(p) for p in err.get("loc", ())]
-        if loc and loc[0] in drop_first:
-            loc = loc[1:]
-        out.append(FieldError(field=".".join(loc) or "body", message=err.get("msg", "invalid"),
-                              type=err.get("type", "value_error")))
-    return out
-
-
 def install(runtime: Runtime, app: FastAPI) -> None:
     settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
     app.title = "cancelflow intake"
     app.description = "Takes cancellation requests, answers their status, takes withdrawals."
     keys = [k.encode() for k in settings.api_key_list()]
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(list(exc.errors()), {"body", "header", "path", "query"})
-        return JSONResponse(ErrorBody(error="validation_failed", errors=errors).model_dump(), status_code=422)
+    install_handlers(app)
+    problem_openapi(app)
 
     async def authenticate(request: Request, x_api_key: Annotated[str | None, Header()] = None,
                            x_signature: Annotated[str | None, Header()] = None) -> None:
@@ -112,7 +87,9 @@ def install(runtime: Runtime, app: FastAPI) -> None:
 
     @app.post("/v1/cancellations", status_code=202, response_model=Received, dependencies=auth,
               tags=["cancellations"], summary="Submit the cancellation form",
-              responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+              responses=responses(400, 401, 422, s422="Invalid input (`errors` names each field), or an "
+                                  "Idempotency-Key used before with a different body (`errors[0].field` is "
+                                  "Idempotency-Key, `type` idempotency_conflict)"))
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
         try:
@@ -126,7 +103,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
 
     @app.get("/v1/cancellations", response_model=StatusView, dependencies=auth, tags=["cancellations"],
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
-             responses={404: {"model": ErrorBody}})
+             responses=responses(401, 404, 422))
     async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
         row = await runtime.pool.fetchrow(
             "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
@@ -135,7 +112,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
         return _view(row)
 
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
-             tags=["cancellations"], summary="The status of a request", responses={404: {"model": ErrorBody}})
+             tags=["cancellations"], summary="The status of a request", responses=responses(401, 404, 422))
     async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
         if row is None:
@@ -148,18 +125,18 @@ def install(runtime: Runtime, app: FastAPI) -> None:
         if outcome is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         if isinstance(outcome.answer, RefuseWithdrawal):
-            return JSONResponse(ErrorBody(error=outcome.answer.why).model_dump(), status_code=409)
+            return problem(409, outcome.answer.why)
         return Received(request_id=request_id, status=RequestStatus(outcome.status), status_url=status_url(request_id))
 
     @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
-              responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+              responses=responses(401, 404, 409, 422))
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         return await ask(request_id, None)
 
     @app.post("/v1/cancellations/{request_id}/offers/{offer}/take", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Take a retention offer: the request is withdrawn "
-              "with that offer recorded", responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+              "with that offer recorded", responses=responses(401, 404, 409, 422),
               description="`409` when the offer is not among the request's offers, the request is not `accepted`, "
                           "or its effective date has come. Taking the same offer twice is one take.")
     async def take_offer(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)],
@@ -172,6 +149,5 @@ def _view(row) -> StatusView:
     return StatusView(**{k: row[k] for k in StatusView.model_fields if k in row.keys()})
 
 
-def _error(field: str, message: str, type_: str) -> JSONResponse:
-    body = ErrorBody(error="validation_failed", errors=[FieldError(field=field, message=message, type=type_)])
-    return JSONResponse(body.model_dump(), status_code=422)
+def _error(field: str, message: str, type_: str) -> Any:
+    return problem(422, message, errors=[FieldError(field=field, message=message, type=type_)])

@@ -129,6 +129,9 @@ def test_cli_up_detach_then_down_leaves_nothing(tmp_path):
     took = time.monotonic() - started
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        # A newcomer's first screen: the endpoints on stdout, one "healthy" line on stderr, no library's warnings.
+        assert all("=" in line for line in up.stdout.splitlines()), up.stdout
+        assert "Warning" not in up.stderr and len(up.stderr.strip().splitlines()) == 1, up.stderr
         lines = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line and " " not in line)
         assert lines["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{base}"
         assert lines["INTAKE_URL"] == f"http://127.0.0.1:{base + 4}"

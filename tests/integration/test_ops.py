@@ -14,7 +14,11 @@ from datetime import date, datetime, timezone
 import pytest
 
 from cancelflow.client import read_topic
-from cancelflow.ops import (collect_trace, follow, list_dead_letters, read_records, replay_dead_letters, top_once)
+from cancelflow.ops.dlq import list_dead_letters, replay_dead_letters
+from cancelflow.ops.records import read_records
+from cancelflow.ops.tail import follow
+from cancelflow.ops.top import top_once
+from cancelflow.ops.tracing import collect_trace
 from shared import topics
 from shared.events import CancellationSubmitted, new_envelope
 

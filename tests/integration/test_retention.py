@@ -97,7 +97,7 @@ async def test_taking_an_offer_over_http_withdraws_once_and_tells_the_contract_s
     # After the withdrawal: the same offer is still the same take; another offer, or a withdrawal, is refused.
     assert (await client.take_offer(rid, "discount")).status_code == 202
     other = await client.take_offer(rid, "consultation")
-    assert other.status_code == 409 and "already being withdrawn with offer discount" in other.json()["error"]
+    assert other.status_code == 409 and "already being withdrawn with offer discount" in other.json()["detail"]
     assert (await client.withdraw(rid)).status_code == 409
     await asyncio.sleep(0.5)
     assert len(await offers_taken(infra.bootstrap, contract)) == 1
@@ -114,7 +114,7 @@ async def test_taking_an_offer_that_is_not_the_requests_is_409_and_changes_nothi
     for offer in ("downgrade", "setup_support", "free_beer"):
         r = await client.take_offer(rid, offer)
         assert r.status_code == 409, (offer, r.text)
-        assert f"offer {offer} is not among the request's offers (consultation, discount)" == r.json()["error"]
+        assert f"offer {offer} is not among the request's offers (consultation, discount)" == r.json()["detail"]
     await asyncio.sleep(0.5)
     s = await client.status(rid)
     assert s["status"] == "accepted" and s["withdrawal_requested_at"] is None and s["taken_offer"] is None
@@ -132,17 +132,17 @@ async def test_a_rejected_request_or_one_with_no_offers_cannot_take_one(client):
                                                 + timedelta(days=10)))).json()["request_id"]
     assert (await client.wait_status(rejected, decided))["status"] == "rejected"
     r = await client.take_offer(rejected, "guided_training")
-    assert r.status_code == 409 and r.json()["error"] == "the request is rejected"
+    assert r.status_code == 409 and r.json()["detail"] == "the request is rejected"
     _, closed = await accepted_request(client, "BUSINESS_CLOSED")
     r = await client.take_offer(closed, "discount")
-    assert r.status_code == 409 and r.json()["error"] == "offer discount is not among the request's offers (none)"
+    assert r.status_code == 409 and r.json()["detail"] == "offer discount is not among the request's offers (none)"
 
 
 async def test_a_plain_withdrawal_first_leaves_no_offer_to_take(client, infra):
     contract, rid = await accepted_request(client, "NO_LONGER_USED")
     assert (await client.withdraw(rid)).status_code == 202
     r = await client.take_offer(rid, "downgrade")
-    assert r.status_code == 409 and "already being withdrawn without an offer" in r.json()["error"]
+    assert r.status_code == 409 and "already being withdrawn without an offer" in r.json()["detail"]
     s = await client.wait_status(rid, lambda s: s["status"] == "withdrawn")
     assert s["taken_offer"] is None
     assert [w["data"]["taken_offer"] for w in await withdrawn_events(infra.bootstrap, contract)] == [None]
@@ -155,7 +155,7 @@ async def test_no_offer_can_be_taken_once_the_effective_date_has_come(client, cl
     clock.set(datetime.combine(effective, time(0, 0, 1), TOKYO))
     r = await client.take_offer(rid, "guided_training")
     assert r.status_code == 409
-    assert r.json()["error"] == "the request is completed" or "has come: the contract has ended" in r.json()["error"]
+    assert r.json()["detail"] == "the request is completed" or "has come: the contract has ended" in r.json()["detail"]
     await client.wait_status(rid, lambda s: s["status"] == "completed")
     assert (await client.take_offer(rid, "guided_training")).status_code == 409
     assert await offers_taken(infra.bootstrap, contract) == []
@@ -308,7 +308,7 @@ async def test_the_holdout_sees_no_offers_and_cannot_take_one(client, infra, hol
     assert (accepted[held]["holdout"], accepted[held]["offers"]) == (True, [])
     assert (accepted[kept]["holdout"], accepted[kept]["offers"]) == (False, ["consultation", "discount"])
     r = await client.take_offer(held_rid, "discount")
-    assert r.status_code == 409 and "(none)" in r.json()["error"]
+    assert r.status_code == 409 and "(none)" in r.json()["detail"]
     # ... and no offers mailed: the acknowledgement of the held-out request has none, the other's has them.
     acks = {rid: next(m for m in await client.wait_mails(rid, 3) if m.headers["X-Cancelflow-Kind"] == "acknowledgement")
             for rid in (held_rid, kept_rid)}

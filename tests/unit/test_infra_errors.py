@@ -5,8 +5,8 @@ import socket
 import pytest
 
 from cancelflow.infra import kafka
-from cancelflow.infra.errors import InfraError
-from cancelflow.infra.ports import require_free
+from cancelflow.infra.errors import InfraError, PortTaken, bind_failed, cause_line
+from cancelflow.infra.ports import free_port, free_port_block, free_ports, require_free, with_fresh_ports
 
 
 def test_busy_port_names_the_port_and_what_needs_it():
@@ -33,3 +33,54 @@ def test_missing_java_says_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(InfraError) as err:
         node.format_storage()
     assert "JDK" in str(err.value)
+
+
+JAVA_TRACE = """Exception in thread "main" java.lang.IllegalArgumentException: requirement failed: Each listener must have a different port, listeners: PLAINTEXT://127.0.0.1:4000,CONTROLLER://127.0.0.1:4000
+\tat scala.Predef$.require(Predef.scala:337)
+\tat kafka.utils.CoreUtils$.$anonfun$listenerListToEndPoints$8(CoreUtils.scala:169)
+\tat kafka.tools.StorageTool.main(StorageTool.scala)
+"""
+
+
+def test_the_cause_line_is_the_exceptions_own_message_not_the_stack():
+    assert cause_line(JAVA_TRACE) == ("IllegalArgumentException: requirement failed: Each listener must have a "
+                                      "different port, listeners: PLAINTEXT://127.0.0.1:4000,CONTROLLER://127.0.0.1:4000")
+    assert cause_line("starting\nCaused by: java.net.BindException: Address already in use\n\tat x") == (
+        "BindException: Address already in use")
+    assert cause_line("line one\nthe last words\n") == "the last words"
+    assert bind_failed("java.net.BindException: Address already in use") and not bind_failed(JAVA_TRACE)
+
+
+def test_kafkas_own_complaint_about_its_listeners_is_the_error(tmp_path):
+    """The real storage tool on a configuration with one port for both listeners: its message, one line."""
+    node = kafka.KafkaNode(tmp_path, 23999, 23999)
+    with pytest.raises(InfraError) as err:
+        node.format_storage()
+    message = str(err.value)
+    assert message.startswith("Kafka storage format failed: IllegalArgumentException: requirement failed: ")
+    assert "listeners: PLAINTEXT://127.0.0.1:23999,CONTROLLER://127.0.0.1:23999" in message
+    assert "\n" not in message and "Scala" not in message and ".scala:" not in message
+
+
+def test_ports_are_never_handed_out_twice_and_stay_out_of_the_ephemeral_range():
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    first, second = free_ports(40), free_ports(40)
+    everything = first + second + [free_port() for _ in range(20)]
+    assert len(set(everything)) == len(everything) == 100
+    assert all(10_000 <= p < low for p in everything)
+    base = free_port_block(8)
+    assert not set(range(base, base + 8)) & set(everything)
+
+
+def test_a_start_whose_port_was_taken_is_tried_again_on_new_ports():
+    attempts = []
+
+    def start():
+        attempts.append(free_ports(2))
+        if len(attempts) < 3:
+            raise PortTaken(f"port {attempts[-1][0]} taken")
+        return attempts[-1]
+
+    assert with_fresh_ports(start) == attempts[2] and len({p for a in attempts for p in a}) == 6
+    with pytest.raises(PortTaken):
+        with_fresh_ports(lambda: (_ for _ in ()).throw(PortTaken("always")), attempts=2)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from cancelflow.ops.dlq import dead_letters, dlq_topics, replay_group, replay_headers
+from cancelflow.ops.records import Record
+from cancelflow.ops.top import LagRow, Snapshot, TopicRow, service_topics, top_view
 from shared import topics
-from cancelflow.ops import (LagRow, Record, Snapshot, TopicRow, dead_letters, dlq_topics, replay_group,
-                            replay_headers, service_topics, top_view)
 
 
 def dead(offset: int, consumer: str, *, partition: int = 0, topic: str = "cancellation.decisions.dlq",
@@ -78,7 +79,7 @@ def test_top_fits_a_terminal_with_a_row_per_topic_and_a_column_per_service():
 
     from rich.console import Console
 
-    from cancelflow.ops import TopView, top_renderable
+    from cancelflow.ops.top import TopView, top_renderable
 
     view = TopView(
         topics=[TopicRow("cancellation.requests", 4, 190, 170, 20.0), TopicRow("cancellation.requests.dlq", 4, 3, 3, 0.0),

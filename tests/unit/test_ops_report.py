@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from cancelflow.report import Rate, compute_report, nearest_rank, render_html
+from cancelflow.report import Rate, compute_report, nearest_rank
+from cancelflow.report_page import render_html
 
 
 def env(event_type: str, data: dict, at: str = "2025-03-01T00:00:00Z", event_id: str | None = None) -> dict:
@@ -152,3 +153,53 @@ def test_the_page_renders_in_headless_chromium(tmp_path):
     assert colors.get(white, 0) < 0.97 * 1200 * 1600, "the page is (nearly) blank"
     dark_text = sum(n for rgb, n in colors.items() if max(rgb) < 80)
     assert dark_text > 5_000, "no text was drawn"
+
+
+def month_of_every_reason() -> list[dict]:
+    """A busy month: every reason of the form accepted on each of 31 Tokyo days."""
+    from shared.vocabulary import Reason
+
+    out = []
+    for day in range(1, 32):
+        for n, reason in enumerate(Reason):
+            at = f"2025-03-{day:02d}T0{n}:00:00Z"
+            rid = f"R{day}-{n}"
+            out += [requested(rid, at, reason.value), accepted(rid, at, reason.value, [], "2025-05-01")]
+    return out
+
+
+# Every element of the page that reaches past the right edge of the viewport (or starts left of it).
+_OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const box = el.getBoundingClientRect();
+    if (box.width > 0 && (box.right > width + 0.5 || box.left < -0.5)) {
+      wide.push(`${el.tagName.toLowerCase()}${el.className && el.className.baseVal === undefined && el.className
+        ? '.' + el.className : ''} ${Math.round(box.left)}..${Math.round(box.right)}`);
+    }
+  }
+  return {width, scrollWidth: document.documentElement.scrollWidth, wide: wide.slice(0, 20)};
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_no_element_of_the_page_is_wider_than_the_window(tmp_path, width):
+    """A month of every reason, in Debian's chromium driven by Playwright: nothing runs past the right edge,
+    and the page needs no horizontal scrolling."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_html(compute_report(month_of_every_reason())), encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(page_file.as_uri())
+            found = page.evaluate(_OVERFLOW_JS)
+            table_rows = page.locator("table.by-day tbody tr").count()
+        finally:
+            browser.close()
+    assert found["wide"] == [] and found["scrollWidth"] <= found["width"], found
+    assert table_rows >= 8 * 5, "every reason (and the total) in a row, for each block of days"

@@ -6,7 +6,9 @@ import uuid
 
 import orjson
 
-from cancelflow.ops import Record, mask_personal_data, render_line, trace_rows
+from cancelflow.ops.records import Record, mask_personal_data
+from cancelflow.ops.tail import render_line
+from cancelflow.ops.tracing import trace_rows
 
 RID = "req-1"
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cancelflow.report import compute_report, render_html, report_json
+from cancelflow.report import compute_report, report_json
+from cancelflow.report_page import render_html
 from cancelflow.retention_report import (Group, OfferFigures, compute_retention, lift_between, mask_feedback,
                                          retention_json, wilson)
 
@@ -208,3 +209,28 @@ def test_the_retention_charts_render_in_headless_chromium(tmp_path):
     assert colors.get(grey, 0) > 2_000, "the holdout bar was not drawn"
     # discount taken 20 of 40 (half of the 490 px span, 24 px high): ~5,900 pixels
     assert colors.get(purple, 0) > 3_000, "the takes bar was not drawn"
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_the_retention_part_fits_the_window_whatever_the_feedback(tmp_path, width):
+    """Long unbroken feedback (a URL, a pasted log line) and every chart, in Debian's chromium driven by
+    Playwright: nothing runs past the right edge of the window."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.unit.test_ops_report import _OVERFLOW_JS
+
+    long = [requested(f"L{n}", f"2025-03-0{n + 1}T00:00:00Z", "SWITCHING_TOOL", "https://example.jp/" + "x" * 400)
+            for n in range(3)]
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_html(compute_report(log() + long)), encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(page_file.as_uri())
+            found = page.evaluate(_OVERFLOW_JS)
+            shown = page.locator("ul.feedback li").count()
+        finally:
+            browser.close()
+    assert found["wide"] == [] and found["scrollWidth"] <= found["width"], found
+    assert shown == 6  # SWITCHING_TOOL: R1, R2, R4 and the three long ones

@@ -1,0 +1,130 @@
+"""The one factory of Kafka clients outside the services: operator commands, `cancelflow.client`, the demo
+and the benchmark build their producers, consumers and admin clients here, from a `KafkaConnection`, so a
+secured cluster (SASL/SCRAM, TLS) works for all of them alike.
+
+Where the connection comes from, first that applies: the `KAFKA_*` environment variables (as `cancelflow up`
+prints them); else the running local stack's own settings (`.stack/stack.json`); else the default port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from shared.kafka_connection import MAX_REQUEST_BYTES, KafkaConnection
+
+Target = KafkaConnection | str | None
+
+
+def stack_client_env() -> dict[str, str]:
+    """The client settings the running local stack recorded (empty when none runs)."""
+    from .stack import StackConfig
+
+    try:
+        state = json.loads((StackConfig().root / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    client = state.get("client") or {}
+    if not client:  # a stack started before the security settings were recorded
+        client = {k: v for k, v in (state.get("endpoints") or {}).items() if k == "KAFKA_BOOTSTRAP_SERVERS"}
+    return {k: str(v) for k, v in client.items()}
+
+
+def connection(bootstrap: str | None = None) -> KafkaConnection:
+    """The connection an operator means: the environment's settings, else the local stack's."""
+    if "KAFKA_BOOTSTRAP_SERVERS" in os.environ or "KAFKA_SECURITY_PROTOCOL" in os.environ:
+        conn = KafkaConnection()
+    else:
+        stack = stack_client_env()
+        same_stack = bootstrap is None or bootstrap == stack.get("KAFKA_BOOTSTRAP_SERVERS")
+        conn = KafkaConnection.model_validate(stack) if stack and same_stack else KafkaConnection()
+    return conn if bootstrap is None else conn.model_copy(update={"bootstrap_servers": bootstrap})
+
+
+def as_connection(target: Target) -> KafkaConnection:
+    """A connection, a bootstrap address (the security as `connection()` finds it) or None."""
+    return target if isinstance(target, KafkaConnection) else connection(target)
+
+
+def consumer(target: Target, *topic_names: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer; without a group unless `group_id` is given, never auto-committing."""
+    options.setdefault("group_id", None)
+    options.setdefault("enable_auto_commit", False)
+    return AIOKafkaConsumer(*topic_names, **as_connection(target).client_kwargs(), **options)
+
+
+def producer(target: Target, **options: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all) that can send the largest message the pipeline carries."""
+    options.setdefault("enable_idempotence", True)
+    options.setdefault("acks", "all")
+    options.setdefault("max_request_size", MAX_REQUEST_BYTES)
+    return AIOKafkaProducer(**as_connection(target).client_kwargs(), **options)
+
+
+def admin(target: Target, **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**as_connection(target).client_kwargs(), **options)
+
+
+async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, list[int]]:
+    """The partitions of each existing topic among `names`, asked of the cluster now (aiokafka's consumer
+    has no public way to refresh its metadata; the admin client's describe_topics is public)."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return {}
+    client = target if isinstance(target, AIOKafkaAdminClient) else admin(target)
+    if client is not target:
+        await client.start()
+    try:
+        described = await client.describe_topics(wanted)
+    finally:
+        if client is not target:
+            await client.close()
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+            for t in described if t.get("error_code", 0) == 0 and t.get("partitions")}
+
+
+async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = lambda r: True,
+                     timeout: float = 20, partitions: list[int] | None = None) -> list:
+    """Every record of `topic` now (from the beginning up to its current end) for which match(record).
+    Raises ValueError when the topic does not exist."""
+    conn = as_connection(target)
+    if partitions is None:
+        partitions = (await topic_partitions(conn, [topic])).get(topic, [])
+    if not partitions:
+        raise ValueError(f"topic {topic} does not exist")
+    tps = [TopicPartition(topic, p) for p in partitions]
+    c = consumer(conn)
+    await c.start()
+    found = []
+    try:
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await c.position(tp) for tp in end]
+            if all(pos >= end[tp] for pos, tp in zip(positions, end)):
+                break
+            for records in (await c.getmany(timeout_ms=300)).values():
+                found += [r for r in records if match(r)]
+    finally:
+        await c.stop()
+    return found
+
+
+async def read_topics(target: Target, topic_names: Iterable[str], timeout: float = 20) -> list:
+    """Every record now on these topics (missing topics are skipped), read in parallel."""
+    conn = as_connection(target)
+    names = list(topic_names)
+    partitions = await topic_partitions(conn, names)
+    batches = await asyncio.gather(*(read_topic(conn, t, timeout=timeout, partitions=partitions[t])
+                                     for t in names if t in partitions))
+    return [r for batch in batches for r in batch]
