@@ -363,7 +363,7 @@ def retention_html(r: RetentionFigures) -> str:
                                                                              ("holdout", lift.holdout))))
     without = _rows(["shown", "saves without an offer"], r.saves_without_offer.items())
     feedback = "".join(
-        f"<h3>{_e(reason)}</h3><ul class=feedback>" + "".join(
+        f'<h3>{_e(reason)}</h3><ul class="feedback" style="overflow-wrap:anywhere">' + "".join(
             f"<li><span class=muted>{_e(tokyo_time(f.received_at))}</span> {_e(f.text)}</li>" for f in items) + "</ul>"
         for reason, items in r.feedback.items()) or "<p class=muted>no feedback given</p>"
     return f"""<h2>Offers: offered, taken, take rate</h2>

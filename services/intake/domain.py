@@ -52,7 +52,7 @@ def answer_withdrawal(*, status: str, effective_date: date | None, today: date, 
     """
     if taken_offer is None:
         if status in ENDED:
-            return RefuseWithdrawal(f"the request is {status}", "request_id")
+            return RefuseWithdrawal(f"request is {status}", "request_id")
         if effective_date is not None and not can_withdraw(effective_date=effective_date, today=today):
             return RefuseWithdrawal("the effective date has come: the contract has ended", "request_id")
         return AskedBefore() if asked else AskWithdrawal(None)

@@ -141,8 +141,8 @@ def test_an_offer_is_taken_only_from_an_accepted_request_before_its_date_among_i
     ("received", False, None, None, AskWithdrawal(None)),
     ("accepted", False, None, None, AskWithdrawal(None)),
     ("accepted", True, "discount", None, AskedBefore()),
-    ("withdrawn", True, None, None, RefuseWithdrawal("the request is withdrawn", "request_id")),
-    ("completed", False, None, None, RefuseWithdrawal("the request is completed", "request_id")),
+    ("withdrawn", True, None, None, RefuseWithdrawal("request is withdrawn", "request_id")),
+    ("completed", False, None, None, RefuseWithdrawal("request is completed", "request_id")),
 ])
 def test_answer_withdrawal(status, asked, asked_with, offer, expected):
     assert answer_withdrawal(status=status, effective_date=LATER, today=TODAY, offers=OFFERS, asked=asked,
