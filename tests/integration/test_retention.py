@@ -323,7 +323,7 @@ async def test_the_holdout_sees_no_offers_and_cannot_take_one(client, infra, hol
 
 # --- the report ---------------------------------------------------------------------------------------
 
-async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client, infra):
+async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client, infra, tmp_path):
     import json
     import os
     import sys
@@ -336,8 +336,10 @@ async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client
     assert (await client.take_offer(rid, "consultation")).status_code == 202
     await wait_offers_taken(infra.bootstrap, contract)
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "NO_COLOR": "1"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "report", "--json", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    page = tmp_path / "report.html"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "report", "--json", "--html",
+                                                str(page), env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, err.decode()[-2000:]
     doc = json.loads(out)  # nothing but the JSON on stdout
@@ -350,3 +352,6 @@ async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client
     assert mine["text"] == "料金が高い。連絡は h***@example.jp か ***32まで"
     assert "hanako.s@example.jp" not in out.decode() and "9876-5432" not in out.decode()
     assert doc["accepted"] >= doc["withdrawn"] >= 1
+    html = page.read_text(encoding="utf-8")
+    assert 'class="lift"' in html and 'class="takes"' in html and "h***@example.jp" in html
+    assert "hanako.s@example.jp" not in html
