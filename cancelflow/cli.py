@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .infra.errors import InfraError
-from .stack import SECURITY_MODES, Ports, Stack, StackConfig
+from .stack import Ports, Stack, StackConfig
+from .stack_security import SECURITY_MODES
 
 Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,8 +21,8 @@ from shared import topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
+from . import stack_security
 from .infra import kafka, postgres
-from .infra.certificates import make_ca_and_broker_cert
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
 
@@ -68,9 +67,6 @@ class StackConfig:
     security: str = "plaintext"
 
 
-SECURITY_MODES = ("plaintext", "scram", "tls")
-SCRAM_USER = "cancelflow"
-
 
 class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
@@ -90,40 +86,19 @@ class Stack:
     def security_dir(self) -> Path:
         return self.root / "security"
 
-    def scram_user(self) -> tuple[str, str]:
-        """The stack's SCRAM user and its password, generated once under the stack directory."""
-        path = self.security_dir / "scram.json"
-        if not path.exists():
-            self.security_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"username": SCRAM_USER, "password": secrets.token_urlsafe(24)}))
-            path.chmod(0o600)
-        data = json.loads(path.read_text())
-        return data["username"], data["password"]
-
-    def tls_files(self) -> tuple[Path, Path]:
-        """(the broker's keystore, the CA), generated once under the stack directory."""
-        return make_ca_and_broker_cert(self.security_dir)
-
     @property
     def kafka_node(self) -> kafka.KafkaNode:
         security = self.config.security
         return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
                                partitions=self.config.partitions,
-                               scram_user=self.scram_user() if security == "scram" else None,
-                               tls=self.tls_files() if security == "tls" else None)
+                               scram_user=stack_security.scram_user(self.security_dir) if security == "scram" else None,
+                               tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
 
     @property
     def kafka_connection(self) -> KafkaConnection:
         """How every client of this stack (services, operator commands) reaches its broker."""
         security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
-        if security == "scram":
-            user, password = self.scram_user()
-            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SASL_PLAINTEXT",
-                                   sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=password)
-        if security == "tls":
-            return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="SSL",
-                                   ssl_cafile=str(self.tls_files()[1]))
-        return KafkaConnection(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT")
+        return stack_security.connection(security, self.bootstrap, self.security_dir)
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
@@ -262,6 +237,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         if local_kafka:
             kafka.ensure_jars()
+            self._check_kafka_security()
             node = self.kafka_node
             self.procs["kafka"] = node.start(self.logs / "kafka.log")
         if local_pg:
@@ -290,6 +266,9 @@ class Stack:
         if not wait_port(self.ports.smtp, 20):
             self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
+
+    def _check_kafka_security(self) -> None:
+        stack_security.check_data_security(self.root / "kafka", self.config.security)
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""

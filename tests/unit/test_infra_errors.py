@@ -84,3 +84,17 @@ def test_a_start_whose_port_was_taken_is_tried_again_on_new_ports():
     assert with_fresh_ports(start) == attempts[2] and len({p for a in attempts for p in a}) == 6
     with pytest.raises(PortTaken):
         with_fresh_ports(lambda: (_ for _ in ()).throw(PortTaken("always")), attempts=2)
+
+
+@pytest.mark.parametrize("made_with, marker", [("tls", "tls"), ("plaintext", None)])
+def test_a_stack_made_with_one_security_is_not_started_with_another(tmp_path, made_with, marker):
+    from cancelflow.stack import Stack, StackConfig
+
+    (tmp_path / "kafka" / "log").mkdir(parents=True)
+    (tmp_path / "kafka" / "log" / "meta.properties").write_text("cluster.id=x\n")
+    if marker:
+        (tmp_path / "kafka" / "security").write_text(marker)
+    with pytest.raises(InfraError) as err:
+        Stack(StackConfig(root=tmp_path, security="scram"))._check_kafka_security()
+    assert f"was made with --security {made_with}" in str(err.value)
+    Stack(StackConfig(root=tmp_path, security=made_with))._check_kafka_security()  # the same one starts
