@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.calendar import TOKYO
-from shared.logging import mask_pii
+from shared.contract_calendar import TOKYO
+from shared.pii import mask_pii
 from shared.vocabulary import Offer, Reason
 
 MIN_GROUP = 30  # acceptances per group below which a difference in save rates tells nothing

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from types import MappingProxyType
 
-from shared.calendar import first_anniversary
+from shared.contract_calendar import first_anniversary
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
@@ -27,7 +27,10 @@ __all__ = [
     "Reason",
     "Rejected",
     "RejectionCode",
+    "CancellationState",
     "can_withdraw",
+    "completion_cutoff",
+    "contract_is_live",
     "decide",
     "earliest_effective_date",
     "hold_out",
@@ -36,6 +39,7 @@ __all__ = [
     "offers_for",
     "parse_offer_policy",
     "AlreadyWithdrawn",
+    "CancellationState",
     "CannotWithdraw",
     "WithdrawNow",
     "decide_withdrawal",
@@ -115,6 +119,11 @@ class ContractTerms:
             raise ValueError(f"monthly_fee_jpy must be >= 0, got {self.monthly_fee_jpy}")
 
 
+def contract_is_live(contract: ContractTerms | None) -> bool:
+    """Only a live contract (known, not ended) can have a pending cancellation."""
+    return contract is not None and not contract.ended
+
+
 def earliest_effective_date(start_date: date, received_on: date) -> date:
     """The first date that honours both the minimum term and the notice period."""
     return max(first_anniversary(start_date), received_on + NOTICE_PERIOD)
@@ -179,9 +188,41 @@ def can_withdraw(*, effective_date: date, today: date) -> bool:
     return today < effective_date
 
 
+def completion_cutoff(today: date) -> date:
+    """The latest effective date that completes `today`: on (or after, if we were down) the effective date
+    the cancellation completes by itself."""
+    return today
+
+
 def is_due_for_completion(*, effective_date: date, today: date) -> bool:
-    """On (or after, if we were down) the effective date the cancellation completes by itself."""
-    return today >= effective_date
+    return effective_date <= completion_cutoff(today)
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationState:
+    """A decided request as withdrawal sees it."""
+
+    status: str  # accepted, rejected, withdrawn, completed
+    effective_date: date | None
+    offers: tuple[str, ...] = ()  # what the acceptance carried
+    taken_offer: str | None = None  # what it was withdrawn with, once withdrawn
+
+
+def withdrawal_refusal(cancellation: CancellationState | None, *, today: date,
+                       taken_offer: str | None = None) -> str | None:
+    """Why a withdrawal (taking `taken_offer` if given) cannot be done, or None: only a pending (accepted)
+    cancellation, before its date, and a taken offer must be one the request carried (SPEC section 6)."""
+    if cancellation is None:
+        return "unknown request"
+    if cancellation.status != "accepted":
+        return f"the request is {cancellation.status}"
+    if cancellation.effective_date is None or not can_withdraw(effective_date=cancellation.effective_date,
+                                                               today=today):
+        return f"the effective date {cancellation.effective_date} has come: the contract has ended"
+    if taken_offer is not None and taken_offer not in cancellation.offers:
+        carried = ", ".join(str(o) for o in cancellation.offers) or "none"
+        return f"offer {taken_offer} is not among the request's offers ({carried})"
+    return None
 
 
 # --- the retention loop (SPEC section 6) -------------------------------------------------------------
@@ -228,28 +269,13 @@ class CannotWithdraw:
 WithdrawalDecision = WithdrawNow | AlreadyWithdrawn | CannotWithdraw
 
 
-def withdrawal_refusal(*, status: str, effective_date: date | None, today: date,
-                       offers: Sequence[str] = (), taken_offer: str | None = None) -> str | None:
-    """Why a withdrawal (taking `taken_offer` if given) cannot be made now, or None if it can: the request
-    must be accepted, its effective date not come, and a taken offer must be one the request carried."""
-    if status != "accepted":
-        return f"the request is {status}"
-    if effective_date is None or not can_withdraw(effective_date=effective_date, today=today):
-        return f"the effective date {effective_date} has come: the contract has ended"
-    if taken_offer is not None and taken_offer not in offers:
-        carried = ", ".join(str(o) for o in offers) or "none"
-        return f"offer {taken_offer} is not among the request's offers ({carried})"
-    return None
-
-
-def decide_withdrawal(*, status: str, effective_date: date | None, today: date, offers: Sequence[str],
-                      taken_offer: str | None, withdrawn_with: str | None = None) -> WithdrawalDecision:
+def decide_withdrawal(cancellation: CancellationState | None, *, today: date,
+                      taken_offer: str | None) -> WithdrawalDecision:
     """Withdraw, or not: taking the offer the request was already withdrawn with (or withdrawing again
     without one) is the same withdrawal, not a second one and not an error (SPEC section 6)."""
-    if status == "withdrawn" and taken_offer == withdrawn_with:
+    if cancellation is not None and cancellation.status == "withdrawn" and taken_offer == cancellation.taken_offer:
         return AlreadyWithdrawn()
-    why = withdrawal_refusal(status=status, effective_date=effective_date, today=today, offers=offers,
-                             taken_offer=taken_offer)
+    why = withdrawal_refusal(cancellation, today=today, taken_offer=taken_offer)
     if why is not None:
         return CannotWithdraw(why)
     return WithdrawNow(None if taken_offer is None else Offer(taken_offer))

@@ -10,14 +10,17 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from shared.events import StrictCancellationForm
+from shared.contract_calendar import tokyo_date
+from shared.events import StrictCancellationForm, WithdrawalRequested
+from shared.messaging.consumer import store_transaction
+from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .domain import AskWithdrawal, IdempotencyConflict, RefuseWithdrawal, answer_withdrawal
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
-from .domain import RefuseWithdrawal
-from .store import IdempotencyConflict, ask_withdrawal, record_request
+from .store import IntakeStore, new_request, request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -92,10 +95,13 @@ def install(runtime: Runtime, app: FastAPI) -> None:
                                   "Idempotency-Key, `type` idempotency_conflict)"))
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
+        new = new_request(form, source="http", submission_id=idempotency_key, received_at=runtime.clock.now())
         try:
-            async with runtime.pool.acquire() as conn:
-                recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
-                                                received_at=runtime.clock.now())
+            async with store_transaction(runtime, IntakeStore) as store:
+                recorded = await store.record(new)
+                if recorded.created:
+                    Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(
+                        new.requested(), key=form.contract_id)
         except IdempotencyConflict as exc:
             return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
@@ -105,8 +111,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
              responses=responses(401, 404, 422))
     async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow(
-            "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
+        row = await request_view_by_submission(runtime.pool, submission_id)
         if row is None:
             raise HTTPException(404, detail=f"no request for submission {submission_id}")
         return _view(row)
@@ -114,19 +119,27 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses=responses(401, 404, 422))
     async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+        row = await request_view(runtime.pool, request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
 
     async def ask(request_id: str, taken_offer: str | None) -> Any:
-        async with runtime.pool.acquire() as conn:
-            outcome = await ask_withdrawal(conn, request_id, taken_offer=taken_offer, now=runtime.clock.now())
-        if outcome is None:
-            raise HTTPException(404, detail=f"request {request_id} not found")
-        if isinstance(outcome.answer, RefuseWithdrawal):
-            return problem(409, outcome.answer.why)
-        return Received(request_id=request_id, status=RequestStatus(outcome.status), status_url=status_url(request_id))
+        """A withdrawal, taking `taken_offer` or none: 404, 409 with the reason, or 202 (asked now or before)."""
+        now = runtime.clock.now()
+        async with store_transaction(runtime, IntakeStore) as store:
+            state = await store.for_withdrawal(request_id)
+            if state is None:
+                raise HTTPException(404, detail=f"request {request_id} not found")
+            answer = answer_withdrawal(**state.facts(), today=tokyo_date(now), taken_offer=taken_offer)
+            if isinstance(answer, RefuseWithdrawal):
+                return problem(409, answer.why)
+            if isinstance(answer, AskWithdrawal):
+                await store.withdrawal_requested(request_id, now, answer.taken_offer)
+                Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
+                    request_id=request_id, contract_id=state.contract_id, requested_at=now,
+                    taken_offer=answer.taken_offer), key=state.contract_id)
+        return Received(request_id=request_id, status=state.status, status_url=status_url(request_id))
 
     @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",

@@ -1,23 +1,58 @@
-"""intake's rule for a withdrawal asked over HTTP or Kafka: ask eligibility for it, answer that it was asked
-already, or refuse it now (the HTTP API's 409, the submission's dead-letter reason).
+"""intake's rules: a submission key acts once, who may still withdraw (and take an offer), and how a request's
+status moves.
 
-Pure: the status view's row as values in, a decision out. Whether an offer can be taken at all is
-eligibility's rule (`withdrawal_refusal`), used here as is, never copied: intake refuses early what
-eligibility would refuse anyway, so the customer hears at once.
+Pure functions: values in, a decision out, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from types import MappingProxyType
 
-from services.eligibility.domain import can_withdraw, withdrawal_refusal
+import orjson
 
-__all__ = ["AskWithdrawal", "AskedBefore", "RefuseWithdrawal", "WithdrawalAnswer", "answer_withdrawal"]
+from services.eligibility.domain import CancellationState, can_withdraw
+from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
+from shared.vocabulary import RequestStatus
 
-ENDED = ("completed", "rejected", "withdrawn")
+__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "RefuseWithdrawal", "WithdrawalAnswer",
+           "answer_withdrawal", "may_become", "replayed_request", "submission_digest", "withdrawal_refusal"]
 
+S = RequestStatus
+
+
+class IdempotencyConflict(ValueError):
+    """The key was used before with a different body."""
+
+
+def submission_digest(form_json: Mapping) -> str:
+    """What makes two submissions under one key the same: their form, field order aside."""
+    return hashlib.sha256(orjson.dumps(form_json, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def replayed_request(*, key_field: str, first_request_id: str, first_digest: str, digest: str) -> str:
+    """The same key again: the first request stands if the body is the same, else it is an error."""
+    if first_digest != digest:
+        raise IdempotencyConflict(f"{key_field}: already used for request {first_request_id} with a different body")
+    return first_request_id
+
+
+ENDED: frozenset[RequestStatus] = frozenset({S.completed, S.rejected, S.withdrawn})
+
+
+def withdrawal_refusal(status: RequestStatus, effective_date: date | None, *, today: date) -> str | None:
+    """Why intake refuses to ask for a withdrawal (409), or None: an ended request, or its date has come."""
+    if status in ENDED:
+        return f"request is {status.value}"
+    if effective_date is not None and not can_withdraw(effective_date=effective_date, today=today):
+        return "the effective date has come: the contract has ended"
+    return None
+
+
+# --- a withdrawal asked over HTTP or Kafka, with an offer taken or not (SPEC sections 2 and 6) -------------
 
 @dataclass(frozen=True, slots=True)
 class AskWithdrawal:
@@ -51,19 +86,33 @@ def answer_withdrawal(*, status: str, effective_date: date | None, today: date, 
     already being withdrawn (without an offer, or with another) cannot take one.
     """
     if taken_offer is None:
-        if status in ENDED:
-            return RefuseWithdrawal(f"request is {status}", "request_id")
-        if effective_date is not None and not can_withdraw(effective_date=effective_date, today=today):
-            return RefuseWithdrawal("the effective date has come: the contract has ended", "request_id")
+        why = withdrawal_refusal(RequestStatus(status), effective_date, today=today)
+        if why is not None:
+            return RefuseWithdrawal(why, "request_id")
         return AskedBefore() if asked else AskWithdrawal(None)
     if asked or status == "withdrawn":
         if asked_with == taken_offer:
             return AskedBefore()
         before = f"with offer {asked_with}" if asked_with else "without an offer"
         return RefuseWithdrawal(f"the request is already being withdrawn {before}", "taken_offer")
-    why = withdrawal_refusal(status=status, effective_date=effective_date, today=today, offers=offers,
-                             taken_offer=taken_offer)
+    why = eligibility_refusal(CancellationState(str(status), effective_date, tuple(offers)), today=today,
+                              taken_offer=taken_offer)
     if why is not None:
         in_time = effective_date is not None and can_withdraw(effective_date=effective_date, today=today)
         return RefuseWithdrawal(why, "taken_offer" if status == "accepted" and in_time else "request_id")
     return AskWithdrawal(taken_offer)
+
+
+# Status changes only move forward: an answer never goes back to "received", an end is final.
+_MAY_BECOME: Mapping[RequestStatus, frozenset[RequestStatus]] = MappingProxyType({
+    S.received: frozenset(),
+    S.accepted: frozenset({S.received}),
+    S.rejected: frozenset({S.received}),
+    S.withdrawn: frozenset({S.received, S.accepted}),
+    S.completed: frozenset({S.received, S.accepted}),
+})
+
+
+def may_become(status: RequestStatus) -> frozenset[RequestStatus]:
+    """The statuses a request may be in for it to move to `status`."""
+    return _MAY_BECOME[status]

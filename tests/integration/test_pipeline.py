@@ -13,7 +13,7 @@ import pytest
 
 from cancelflow.client import read_topic
 from shared import topics
-from shared.calendar import TOKYO, add_months, tokyo_date
+from shared.contract_calendar import TOKYO, add_months, tokyo_date
 from shared.events import CancellationAccepted, CancellationSubmitted, ContractSigned, new_envelope
 
 pytestmark = pytest.mark.integration

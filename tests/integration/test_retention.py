@@ -14,7 +14,7 @@ import pytest
 from cancelflow.client import read_topic
 from services.eligibility.domain import in_holdout
 from shared import topics
-from shared.calendar import TOKYO, tokyo_date
+from shared.contract_calendar import TOKYO, tokyo_date
 from shared.events import WithdrawalRequested, WithdrawalSubmitted, new_envelope
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.eligibility.domain import (Accepted, AlreadyWithdrawn, CannotWithdraw, ContractTerms, Offer, Reason,
-                                         Rejected, RejectionCode, WithdrawNow, decide, decide_withdrawal, hold_out,
-                                         in_holdout, withdrawal_refusal)
+from services.eligibility.domain import (Accepted, AlreadyWithdrawn, CancellationState, CannotWithdraw, ContractTerms,
+                                         Offer, Reason, Rejected, RejectionCode, WithdrawNow, decide,
+                                         decide_withdrawal, hold_out, in_holdout, withdrawal_refusal)
 from services.intake.domain import AskedBefore, AskWithdrawal, RefuseWithdrawal, answer_withdrawal
 
 TODAY = date(2025, 6, 1)
@@ -100,19 +100,20 @@ def test_holdout_only_ever_removes_offers(contract, percent, reason):
     ("completed", TODAY, None, None, CannotWithdraw("the request is completed")),
 ])
 def test_decide_withdrawal(status, effective, offer, withdrawn_with, expected):
-    assert decide_withdrawal(status=status, effective_date=effective, today=TODAY, offers=OFFERS, taken_offer=offer,
-                             withdrawn_with=withdrawn_with) == expected
+    state = CancellationState(status, effective, OFFERS, withdrawn_with)
+    assert decide_withdrawal(state, today=TODAY, taken_offer=offer) == expected
 
 
 def test_no_offer_can_be_taken_from_a_request_that_carried_none():
-    why = withdrawal_refusal(status="accepted", effective_date=LATER, today=TODAY, offers=(), taken_offer="discount")
+    why = withdrawal_refusal(CancellationState("accepted", LATER, ()), today=TODAY, taken_offer="discount")
     assert why == "offer discount is not among the request's offers (none)"
+    assert decide_withdrawal(None, today=TODAY, taken_offer="discount") == CannotWithdraw("unknown request")
 
 
 @given(status=statuses, days=st.integers(-30, 60), offer=st.none() | offers, before=st.none() | offers)
 def test_an_offer_is_taken_only_from_an_accepted_request_before_its_date_among_its_offers(status, days, offer, before):
-    decision = decide_withdrawal(status=status, effective_date=TODAY + timedelta(days=days), today=TODAY,
-                                 offers=OFFERS, taken_offer=offer, withdrawn_with=before)
+    decision = decide_withdrawal(CancellationState(status, TODAY + timedelta(days=days), OFFERS, before), today=TODAY,
+                                 taken_offer=offer)
     if isinstance(decision, WithdrawNow):
         assert status == "accepted" and days > 0 and (offer is None or offer in OFFERS)
         assert decision.taken_offer == offer
@@ -164,7 +165,7 @@ def test_intake_never_asks_what_eligibility_would_refuse(status, days, offer, as
     answer = answer_withdrawal(status=status, effective_date=effective, today=TODAY, offers=OFFERS, asked=asked,
                                asked_with=before if asked else None, taken_offer=offer)
     if isinstance(answer, AskWithdrawal):
-        assert isinstance(decide_withdrawal(status=status, effective_date=effective, today=TODAY, offers=OFFERS,
+        assert isinstance(decide_withdrawal(CancellationState(status, effective, OFFERS), today=TODAY,
                                             taken_offer=offer), WithdrawNow)
 
 
