@@ -138,17 +138,15 @@ class WithdrawalSubmitted(EventData):
 class WithdrawalRequested(EventData):
     event_type = "cancellation.withdrawal_requested"
     topic = topics.REQUESTS
-    schema_version = 2  # 2: taken_offer
     request_id: Id
     contract_id: Id | None = None
     requested_at: AwareDatetime | None = None
-    taken_offer: Offer | None = Field(None, description="Added in version 2: the offer taken (withdrawn for it).")
+    taken_offer: Offer | None = Field(None, description="Added field: the offer taken (withdrawn for it).")
 
 
 class CancellationAccepted(EventData):
     event_type = "cancellation.accepted"
     topic = topics.DECISIONS
-    schema_version = 2  # 2: holdout
     request_id: Id
     contract_id: Id
     effective_date: date
@@ -157,7 +155,7 @@ class CancellationAccepted(EventData):
     received_on: date | None = Field(None, description="Added field: billing charges from this date.")
     reason: Reason | None = None
     decided_at: AwareDatetime | None = None
-    holdout: bool = Field(False, description="Added in version 2: in the holdout group, shown no offers.")
+    holdout: bool = Field(False, description="Added field: in the holdout group, shown no offers.")
 
 
 class CancellationRejected(EventData):
@@ -174,11 +172,10 @@ class CancellationRejected(EventData):
 class CancellationWithdrawn(EventData):
     event_type = "cancellation.withdrawn"
     topic = topics.DECISIONS
-    schema_version = 2  # 2: taken_offer
     request_id: Id
     contract_id: Id | None = None
     withdrawn_at: AwareDatetime | None = None
-    taken_offer: Offer | None = Field(None, description="Added in version 2: the offer taken; null when withdrawn "
+    taken_offer: Offer | None = Field(None, description="Added field: the offer taken; null when withdrawn "
                                                         "without one.")
 
 
