@@ -216,8 +216,8 @@ class Collector:
                                           max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         try:
-            meta = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(t, p) for t in self.topics for p in sorted(meta.partitions_for_topic(t) or ())]
+            parts = await kafka_clients.topic_partitions(self.bootstrap, self.topics)
+            tps = [TopicPartition(t, p) for t in self.topics for p in parts.get(t, ())]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             for tp in tps:
