@@ -126,73 +126,91 @@ def mask_feedback(text: str, personal: Iterable[str] = ()) -> str:
     return mask_pii(text.translate(_FULL_WIDTH))
 
 
-def compute_retention(envelopes: Iterable[Mapping[str, Any]], *, min_group: int = MIN_GROUP,
-                      feedback_per_reason: int = FEEDBACK_PER_REASON) -> RetentionFigures:
-    seen: set[Any] = set()
-    accepted: dict[str, tuple[tuple[str, ...], bool]] = {}  # request -> (offers, holdout)
-    withdrawn: set[str] = set()
-    taken: dict[str, str] = {}
-    requests: dict[str, Mapping[str, Any]] = {}
-    for env in envelopes:
+class RetentionBuilder:
+    """The retention figures' state, fed one envelope at a time (the report streams a year of topics): per
+    request only what the figures need, the feedback masked as it comes."""
+
+    def __init__(self, *, min_group: int = MIN_GROUP, feedback_per_reason: int = FEEDBACK_PER_REASON) -> None:
+        self.min_group, self.feedback_per_reason = min_group, feedback_per_reason
+        self.seen: set[Any] = set()
+        self.accepted: dict[str, tuple[tuple[str, ...], bool]] = {}  # request -> (offers, holdout)
+        self.withdrawn: set[str] = set()
+        self.taken: dict[str, str] = {}
+        self.feedback: dict[str, dict[str, Feedback]] = defaultdict(dict)  # reason -> request -> feedback
+
+    def add(self, env: Any) -> None:
         if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
-            continue
+            return
         key = env.get("event_id") or id(env)
-        if key in seen:  # the outbox may publish an event twice
-            continue
-        seen.add(key)
+        if key in self.seen:  # the outbox may publish an event twice
+            return
+        self.seen.add(key)
         t, d = env.get("event_type"), env["data"]
         rid = d.get("request_id")
         if not isinstance(rid, str):
-            continue
-        if t == "cancellation.accepted" and rid not in accepted:
-            accepted[rid] = (tuple(str(o) for o in d.get("offers") or ()), d.get("holdout") is True)
+            return
+        if t == "cancellation.accepted" and rid not in self.accepted:
+            self.accepted[rid] = (tuple(str(o) for o in d.get("offers") or ()), d.get("holdout") is True)
         elif t == "cancellation.withdrawn":
-            withdrawn.add(rid)
+            self.withdrawn.add(rid)
             if d.get("taken_offer"):
-                taken[rid] = str(d["taken_offer"])
+                self.taken[rid] = str(d["taken_offer"])
         elif t == "retention.offer_taken" and d.get("offer"):
-            taken.setdefault(rid, str(d["offer"]))
+            self.taken.setdefault(rid, str(d["offer"]))
         elif t == "cancellation.requested":
-            requests[rid] = d
+            text = d.get("feedback")
+            if isinstance(text, str) and text.strip():
+                customer = d.get("customer") if isinstance(d.get("customer"), Mapping) else {}
+                # The name as given; e-mail addresses and phone numbers in any spelling are found by mask_pii.
+                kept = self.feedback[str(d.get("reason") or "(unknown)")]
+                kept[rid] = Feedback(str(d.get("received_at") or ""), rid,
+                                     mask_feedback(text.strip(), [str(customer.get("name") or "")]))
+                if len(kept) > 2 * self.feedback_per_reason:  # only the newest are shown: memory stays bounded
+                    for old in sorted(kept.values(), key=_newest)[self.feedback_per_reason:]:
+                        del kept[old.request_id]
 
-    offered_n: dict[str, int] = defaultdict(int)
-    taken_n: dict[str, int] = defaultdict(int)
-    without = {"offered": 0, "no offers": 0, "holdout": 0}
-    groups = {"offered": [0, 0], "holdout": [0, 0]}
-    for rid, (offers, holdout) in accepted.items():
-        saved = rid in withdrawn
-        for offer in offers:
-            offered_n[offer] += 1
-        if rid in taken and taken[rid] in offers:
-            taken_n[taken[rid]] += 1
-        if saved and rid not in taken:
-            without["holdout" if holdout else "offered" if offers else "no offers"] += 1
-        group = "holdout" if holdout else "offered" if offers else None
-        if group is not None:
-            groups[group][0] += 1
-            groups[group][1] += saved
+    def figures(self) -> RetentionFigures:
+        offered_n: dict[str, int] = defaultdict(int)
+        taken_n: dict[str, int] = defaultdict(int)
+        without = {"offered": 0, "no offers": 0, "holdout": 0}
+        groups = {"offered": [0, 0], "holdout": [0, 0]}
+        for rid, (offers, holdout) in self.accepted.items():
+            saved = rid in self.withdrawn
+            for offer in offers:
+                offered_n[offer] += 1
+            if rid in self.taken and self.taken[rid] in offers:
+                taken_n[self.taken[rid]] += 1
+            if saved and rid not in self.taken:
+                without["holdout" if holdout else "offered" if offers else "no offers"] += 1
+            group = "holdout" if holdout else "offered" if offers else None
+            if group is not None:
+                groups[group][0] += 1
+                groups[group][1] += saved
+        order = [o.value for o in Offer] + sorted(set(offered_n) - {o.value for o in Offer})
+        by_offer = {o: OfferFigures(offered_n.get(o, 0), taken_n.get(o, 0)) for o in order}
+        return RetentionFigures(
+            by_offer=by_offer, taken_total=sum(taken_n.values()), saves_without_offer=without,
+            lift=lift_between(Group(*groups["offered"]), Group(*groups["holdout"]), self.min_group),
+            feedback=self._newest_feedback())
 
-    order = [o.value for o in Offer] + sorted(set(offered_n) - {o.value for o in Offer})
-    by_offer = {o: OfferFigures(offered_n.get(o, 0), taken_n.get(o, 0)) for o in order}
-    return RetentionFigures(
-        by_offer=by_offer, taken_total=sum(taken_n.values()), saves_without_offer=without,
-        lift=lift_between(Group(*groups["offered"]), Group(*groups["holdout"]), min_group),
-        feedback=_feedback(requests, feedback_per_reason))
+    def _newest_feedback(self) -> dict[str, list[Feedback]]:
+        reasons = [r.value for r in Reason] + sorted(set(self.feedback) - {r.value for r in Reason})
+        return {r: sorted(self.feedback[r].values(), key=_newest)[:self.feedback_per_reason]
+                for r in reasons if self.feedback.get(r)}
 
 
-def _feedback(requests: Mapping[str, Mapping[str, Any]], limit: int) -> dict[str, list[Feedback]]:
-    by_reason: dict[str, list[Feedback]] = defaultdict(list)
-    for rid, d in requests.items():
-        text = d.get("feedback")
-        if not isinstance(text, str) or not text.strip():
-            continue
-        customer = d.get("customer") if isinstance(d.get("customer"), Mapping) else {}
-        # The name as given; e-mail addresses and phone numbers in any spelling are found by mask_pii.
-        by_reason[str(d.get("reason") or "(unknown)")].append(
-            Feedback(str(d.get("received_at") or ""), rid, mask_feedback(text.strip(), [str(customer.get("name") or "")])))
-    reasons = [r.value for r in Reason] + sorted(set(by_reason) - {r.value for r in Reason})
-    return {r: sorted(by_reason[r], key=lambda f: (_instant(f.received_at), f.request_id), reverse=True)[:limit]
-            for r in reasons if by_reason.get(r)}
+def compute_retention(envelopes: Iterable[Mapping[str, Any]], *, min_group: int = MIN_GROUP,
+                      feedback_per_reason: int = FEEDBACK_PER_REASON) -> RetentionFigures:
+    builder = RetentionBuilder(min_group=min_group, feedback_per_reason=feedback_per_reason)
+    for env in envelopes:
+        builder.add(env)
+    return builder.figures()
+
+
+def _newest(f: Feedback) -> tuple:
+    """Sort key: newest first (by the instant received, then the request id)."""
+    at = _instant(f.received_at)
+    return (-at.timestamp(), tuple(-ord(c) for c in f.request_id))
 
 
 def _instant(value: str) -> datetime:

@@ -13,14 +13,20 @@ from .base import BOOTSTRAP, app, connection, console, run
 
 @app.command()
 def report(html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page with charts."),
+           since: float = typer.Option(None, "--since", min=0, help="Only the last DAYS days of records "
+                                       "(read from the offset of that time): a year of topics in seconds."),
            as_json: bool = typer.Option(False, "--json", help="The same figures as JSON on stdout, no tables."),
            bootstrap: str = BOOTSTRAP) -> None:
     """Business figures: cancellations by reason per day, save rate, time to first answer, pending; offers taken,
-    the lift against the holdout, feedback per reason."""
-    from ..report import collect_envelopes, compute_report, report_json, report_tables
+    the lift against the holdout, feedback per reason. Reads the topics a fetch at a time to their current end
+    (whole, or from --since days ago)."""
+    from datetime import datetime, timedelta, timezone
+
+    from ..report import report_json, report_tables, stream_figures
     from ..report_page import render_html
 
-    figures = compute_report(run(collect_envelopes(connection(bootstrap))))
+    start = datetime.now(timezone.utc) - timedelta(days=since) if since is not None else None
+    figures = run(stream_figures(connection(bootstrap), start))
     if as_json:
         typer.echo(orjson.dumps(report_json(figures), option=orjson.OPT_INDENT_2).decode())
     for table in () if as_json else report_tables(figures):

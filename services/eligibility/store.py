@@ -39,7 +39,7 @@ _CANCELLATION = ("SELECT c.contract_id, c.status, c.effective_date, c.offers, c.
                  " FOR UPDATE OF c")
 _WITHDRAW = "UPDATE cancellations SET status = 'withdrawn', closed_at = $2, taken_offer = $3 WHERE request_id = $1"
 _COMPLETE_DUE = (
-    "UPDATE cancellations SET status = 'completed', closed_at = now() WHERE request_id IN ("
+    "UPDATE cancellations SET status = 'completed', closed_at = $3 WHERE request_id IN ("
     " SELECT request_id FROM cancellations WHERE status = 'accepted' AND effective_date <= $1"
     " ORDER BY effective_date LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " RETURNING request_id, contract_id, effective_date")
@@ -156,10 +156,10 @@ class EligibilityStore(Store):
     async def withdraw(self, request_id: str, at: datetime, taken_offer: str | None = None) -> None:
         await self.conn.execute(_WITHDRAW, request_id, at, taken_offer)
 
-    async def complete_due(self, through: date, limit: int = 500) -> list[Cancellation]:
+    async def complete_due(self, through: date, at: datetime, limit: int = 500) -> list[Cancellation]:
         """Complete (and lock) up to `limit` pending cancellations effective on or before `through`; their
         contracts end on the effective date."""
-        rows = await self.conn.fetch(_COMPLETE_DUE, through, limit)
+        rows = await self.conn.fetch(_COMPLETE_DUE, through, limit, at)
         for row in rows:
             self.conn.defer(_END_CONTRACT, row["contract_id"], row["effective_date"])
         return [Cancellation(r["request_id"], r["contract_id"], r["effective_date"]) for r in rows]
