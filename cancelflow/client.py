@@ -18,7 +18,8 @@ import httpx
 from aiokafka.structs import TopicPartition
 
 from shared import topics
-from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, new_envelope)
+from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, WithdrawalSubmitted,
+                           new_envelope)
 
 from . import kafka_clients
 from .infra.mailsink import StoredMail, read_mail
@@ -149,6 +150,17 @@ class PipelineClient:
 
     async def withdraw(self, request_id: str) -> httpx.Response:
         return await self.http.post(f"/v1/cancellations/{request_id}/withdraw")
+
+    async def take_offer(self, request_id: str, offer: str) -> httpx.Response:
+        return await self.http.post(f"/v1/cancellations/{request_id}/offers/{offer}/take")
+
+    async def withdraw_kafka(self, request_id: str, contract_id: str, *, taken_offer: str | None = None,
+                             submission_id: str | None = None) -> str:
+        """What the call centre does: withdraw (taking an offer, or not) on `cancellation.submissions`."""
+        submission_id = submission_id or unique("W")
+        await self.publish(WithdrawalSubmitted(submission_id=submission_id, request_id=request_id,
+                                               taken_offer=taken_offer), key=contract_id, correlation_id=submission_id)
+        return submission_id
 
     async def wait_status(self, request_id: str, until: Callable[[dict], bool], timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
