@@ -179,6 +179,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Every process as 
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
            partitions: int = typer.Option(4),
+           brokers: int = typer.Option(1, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
+                                       "replicated on 3, min.insync.replicas=2)."),
            retention_days: int = typer.Option(
                400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
                help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
