@@ -13,7 +13,7 @@ from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
-from .domain import AskWithdrawal, RefuseWithdrawal, answer_withdrawal
+from .domain import AskWithdrawal, Refusal, RefuseWithdrawal, answer_withdrawal
 from .store import IntakeStore, Recorded, new_request
 
 
@@ -30,11 +30,13 @@ async def submit_form(runtime: Runtime, form: CancellationForm, *, submission_id
 
 @dataclass(frozen=True)
 class WithdrawalAsked:
-    """found=False: no such request. refused: why it cannot be withdrawn (the API's 409), else None."""
+    """found=False: no such request. refused: why it cannot be withdrawn (the API's 409), else None; refusal:
+    its kind (what the customer's page says)."""
 
     found: bool
     status: RequestStatus | None = None
     refused: str | None = None
+    refusal: Refusal | None = None
 
 
 async def ask_withdrawal(runtime: Runtime, request_id: str, taken_offer: str | None = None) -> WithdrawalAsked:
@@ -47,7 +49,7 @@ async def ask_withdrawal(runtime: Runtime, request_id: str, taken_offer: str | N
             return WithdrawalAsked(found=False)
         answer = answer_withdrawal(**state.facts(), today=tokyo_date(now), taken_offer=taken_offer)
         if isinstance(answer, RefuseWithdrawal):
-            return WithdrawalAsked(True, state.status, answer.why)
+            return WithdrawalAsked(True, state.status, answer.why, answer.refusal)
         if isinstance(answer, AskWithdrawal):
             await store.withdrawal_requested(request_id, now, answer.taken_offer)
             Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(

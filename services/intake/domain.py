@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from types import MappingProxyType
 
 import orjson
@@ -18,8 +19,9 @@ from services.eligibility.domain import CancellationState, can_withdraw
 from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
 from shared.vocabulary import RequestStatus
 
-__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "RefuseWithdrawal", "WithdrawalAnswer",
-           "answer_withdrawal", "may_become", "replayed_request", "submission_digest", "withdrawal_refusal"]
+__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "RefuseWithdrawal", "Refusal",
+           "WithdrawalAnswer", "answer_withdrawal", "may_become", "replayed_request", "submission_digest",
+           "withdrawal_refusal"]
 
 S = RequestStatus
 
@@ -66,10 +68,25 @@ class AskedBefore:
     """The same withdrawal was asked before: one withdrawal, one take; the same answer again."""
 
 
+class Refusal(StrEnum):
+    """What kind of 409 a withdrawal (or a take) gets: what the customer's page words, what a dead letter names."""
+
+    ended = "ended"  # the request is rejected, completed or withdrawn
+    undecided = "undecided"  # an offer asked for before the request was accepted
+    date_come = "date_come"  # the effective date has come: the contract has ended
+    not_offered = "not_offered"  # the offer is not among the request's offers
+    already_withdrawing = "already_withdrawing"  # asked before, with another offer or none
+
+
 @dataclass(frozen=True, slots=True)
 class RefuseWithdrawal:
     why: str
-    field: str = "request_id"  # what the refusal is about, for a submission's dead-letter reason
+    refusal: Refusal
+
+    @property
+    def field(self) -> str:
+        """What the refusal is about, for a submission's dead-letter reason."""
+        return "taken_offer" if self.refusal in (Refusal.not_offered, Refusal.already_withdrawing) else "request_id"
 
 
 WithdrawalAnswer = AskWithdrawal | AskedBefore | RefuseWithdrawal
@@ -88,18 +105,20 @@ def answer_withdrawal(*, status: str, effective_date: date | None, today: date, 
     if taken_offer is None:
         why = withdrawal_refusal(RequestStatus(status), effective_date, today=today)
         if why is not None:
-            return RefuseWithdrawal(why, "request_id")
+            return RefuseWithdrawal(why, Refusal.ended if RequestStatus(status) in ENDED else Refusal.date_come)
         return AskedBefore() if asked else AskWithdrawal(None)
     if asked or status == "withdrawn":
         if asked_with == taken_offer:
             return AskedBefore()
         before = f"with offer {asked_with}" if asked_with else "without an offer"
-        return RefuseWithdrawal(f"the request is already being withdrawn {before}", "taken_offer")
+        return RefuseWithdrawal(f"the request is already being withdrawn {before}", Refusal.already_withdrawing)
     why = eligibility_refusal(CancellationState(str(status), effective_date, tuple(offers)), today=today,
                               taken_offer=taken_offer)
     if why is not None:
         in_time = effective_date is not None and can_withdraw(effective_date=effective_date, today=today)
-        return RefuseWithdrawal(why, "taken_offer" if status == "accepted" and in_time else "request_id")
+        refusal = (Refusal.undecided if status == "received" else Refusal.ended if status != "accepted"
+                   else Refusal.not_offered if in_time else Refusal.date_come)
+        return RefuseWithdrawal(why, refusal)
     return AskWithdrawal(taken_offer)
 
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from services.eligibility.domain import (Accepted, AlreadyWithdrawn, CancellationState, CannotWithdraw, ContractTerms,
                                          Offer, Reason, Rejected, RejectionCode, WithdrawNow, decide,
                                          decide_withdrawal, hold_out, in_holdout, withdrawal_refusal)
-from services.intake.domain import AskedBefore, AskWithdrawal, RefuseWithdrawal, answer_withdrawal
+from services.intake.domain import AskedBefore, AskWithdrawal, Refusal, RefuseWithdrawal, answer_withdrawal
+from shared.vocabulary import RequestStatus
 
 TODAY = date(2025, 6, 1)
 LATER = TODAY + timedelta(days=45)
@@ -130,24 +131,31 @@ def test_an_offer_is_taken_only_from_an_accepted_request_before_its_date_among_i
     ("accepted", True, "discount", "discount", AskedBefore()),  # taking the same offer twice is one take
     ("withdrawn", True, "discount", "discount", AskedBefore()),
     ("accepted", True, "discount", "consultation",
-     RefuseWithdrawal("the request is already being withdrawn with offer discount", "taken_offer")),
+     RefuseWithdrawal("the request is already being withdrawn with offer discount", Refusal.already_withdrawing)),
     ("accepted", True, None, "discount",
-     RefuseWithdrawal("the request is already being withdrawn without an offer", "taken_offer")),
+     RefuseWithdrawal("the request is already being withdrawn without an offer", Refusal.already_withdrawing)),
     ("accepted", False, None, "downgrade",
-     RefuseWithdrawal("offer downgrade is not among the request's offers (consultation, discount)", "taken_offer")),
-    ("received", False, None, "discount", RefuseWithdrawal("the request is received", "request_id")),
-    ("rejected", False, None, "discount", RefuseWithdrawal("the request is rejected", "request_id")),
-    ("completed", False, None, "discount", RefuseWithdrawal("the request is completed", "request_id")),
+     RefuseWithdrawal("offer downgrade is not among the request's offers (consultation, discount)", Refusal.not_offered)),
+    ("received", False, None, "discount", RefuseWithdrawal("the request is received", Refusal.undecided)),
+    ("rejected", False, None, "discount", RefuseWithdrawal("the request is rejected", Refusal.ended)),
+    ("completed", False, None, "discount", RefuseWithdrawal("the request is completed", Refusal.ended)),
     # without an offer: as SPEC section 2 always had it
     ("received", False, None, None, AskWithdrawal(None)),
     ("accepted", False, None, None, AskWithdrawal(None)),
     ("accepted", True, "discount", None, AskedBefore()),
-    ("withdrawn", True, None, None, RefuseWithdrawal("request is withdrawn", "request_id")),
-    ("completed", False, None, None, RefuseWithdrawal("request is completed", "request_id")),
+    ("withdrawn", True, None, None, RefuseWithdrawal("request is withdrawn", Refusal.ended)),
+    ("completed", False, None, None, RefuseWithdrawal("request is completed", Refusal.ended)),
 ])
 def test_answer_withdrawal(status, asked, asked_with, offer, expected):
     assert answer_withdrawal(status=status, effective_date=LATER, today=TODAY, offers=OFFERS, asked=asked,
                              asked_with=asked_with, taken_offer=offer) == expected
+
+
+def test_a_refusal_names_the_field_it_is_about():
+    """A dead letter's reason starts with the field: the offer when it is the offer that cannot be taken."""
+    about = {r: RefuseWithdrawal("why", r).field for r in Refusal}
+    assert about == {Refusal.ended: "request_id", Refusal.undecided: "request_id", Refusal.date_come: "request_id",
+                     Refusal.not_offered: "taken_offer", Refusal.already_withdrawing: "taken_offer"}
 
 
 @pytest.mark.parametrize("offer", [None, "discount"])
@@ -156,6 +164,7 @@ def test_answer_withdrawal_on_and_after_the_effective_date(offer):
         answer = answer_withdrawal(status="accepted", effective_date=effective, today=TODAY, offers=OFFERS,
                                    asked=False, asked_with=None, taken_offer=offer)
         assert isinstance(answer, RefuseWithdrawal) and "has come" in answer.why and answer.field == "request_id"
+        assert answer.refusal == Refusal.date_come
 
 
 @given(status=statuses, days=st.integers(-30, 60), offer=offers, asked=st.booleans(), before=st.none() | offers)
@@ -173,3 +182,23 @@ def test_holdout_buckets_are_spread_over_every_percent():
     buckets = Counter(next(p for p in range(1, 51) if in_holdout(f"C-{n}", p)) for n in range(3000)
                       if in_holdout(f"C-{n}", 50))
     assert set(buckets) == set(range(1, 51))  # every bucket 0..49 is reached by some contract
+
+
+def test_the_page_says_every_refusal_in_its_own_words():
+    """The customer's page words each kind of 409 (a take or a withdrawal refused) differently, naming the offer."""
+    from services.intake.page.wording import refusal
+
+    said = {kind: refusal(kind, status=RequestStatus.withdrawn if kind is Refusal.ended else RequestStatus.accepted,
+                          taking="consultation", withdrawing_with="discount", effective_date=TODAY)
+            for kind in Refusal}
+    assert len({why for _, why in said.values()}) == len(Refusal)
+    assert {heading for heading, _ in said.values()} == {"ご提案をお受けできませんでした"}
+    assert "個別の活用相談" in said[Refusal.not_offered][1] and "継続割引" in said[Refusal.already_withdrawing][1]
+    assert "撤回しました" in said[Refusal.ended][1] and "月" in said[Refusal.date_come][1]
+    assert refusal(Refusal.ended, status=RequestStatus.completed, taking=None, withdrawing_with=None,
+                   effective_date=TODAY)[0] == "撤回できませんでした"
+    plain = refusal(Refusal.already_withdrawing, status=RequestStatus.accepted, taking="discount",
+                    withdrawing_with=None, effective_date=TODAY)[1]
+    assert "ご提案なし" in plain
+    assert "free_beer" in refusal(Refusal.not_offered, status=RequestStatus.accepted, taking="free_beer",
+                                  withdrawing_with=None, effective_date=TODAY)[1]
