@@ -289,6 +289,7 @@ class Quote:
     first_anniversary: date
     offers: tuple[Offer, ...]
     settlement: Settlement | None
+    holdout: bool = False  # the contract is in the holdout group: the offers that fit are withheld (hold_out)
 
     @property
     def access_ends_on(self) -> date | None:
@@ -305,10 +306,14 @@ def quote(
     reason: Reason | None,
     paid_billing_dates: frozenset[date],
     offer_policy: OfferPolicy = DEFAULT_OFFER_POLICY,
+    holdout_percent: int = 0,
 ) -> Quote:
-    """The decision (decide) and the settlement (settle) a submission with these inputs gets."""
-    decision = decide(contract=contract, received_on=received_on, desired_effective_date=desired_effective_date,
-                      has_pending=has_pending, reason=reason, offer_policy=offer_policy)
+    """The decision (decide, then hold_out, as eligibility decides) and the settlement (settle) a submission
+    with these inputs gets: a contract in the holdout group is quoted no offers, as it will be given none."""
+    decision = hold_out(decide(contract=contract, received_on=received_on,
+                               desired_effective_date=desired_effective_date, has_pending=has_pending, reason=reason,
+                               offer_policy=offer_policy),
+                        contract_id=contract.contract_id, percent=holdout_percent)
     anniversary = first_anniversary(contract.start_date)
     if isinstance(decision, Rejected):
         return Quote(received_on=received_on, earliest_effective_date=decision.earliest_effective_date,
@@ -320,4 +325,4 @@ def quote(
     return Quote(received_on=received_on, earliest_effective_date=earliest_effective_date(contract.start_date,
                                                                                           received_on),
                  effective_date=decision.effective_date, codes=(), first_anniversary=decision.first_anniversary,
-                 offers=decision.offers, settlement=settlement)
+                 offers=decision.offers, settlement=settlement, holdout=decision.holdout)
