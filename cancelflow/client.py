@@ -82,6 +82,17 @@ class PipelineClient:
         meta = await self.producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
         return meta.partition, meta.offset
 
+    async def redeliver(self, topic: str, contract_id: str, event_type: str, times: int,
+                        consumers: tuple[str, ...]) -> None:
+        """Publish the very bytes (and headers) of the contract's one `event_type` record on `topic` again, `times`
+        times, as a broker redelivers it; wait until `consumers` have read past the last copy."""
+        found = await read_topic(self.bootstrap, topic,
+                                 lambda r: r.key == contract_id.encode() and event_type.encode() in r.value)
+        assert len(found) == 1, f"{len(found)} {event_type} records for {contract_id}"
+        for _ in range(times):
+            where = await self.publish_raw(topic, found[0].value, key=contract_id, headers=list(found[0].headers))
+        await self.wait_consumed(consumers, topic, *where)
+
     async def sign_contract(self, *, start_date: date, monthly_fee_jpy: int = 10_000, plan: str = "standard",
                             contract_id: str | None = None, wait: bool = True, who: int | str | None = None) -> str:
         """Publish `contract.signed` (with the customer `who`, if given) and wait until every projection has it."""

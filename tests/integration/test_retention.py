@@ -5,6 +5,9 @@ holdout; every 404 and 409, the dead letters and the redeliveries."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
 
@@ -161,6 +164,27 @@ async def test_no_offer_can_be_taken_once_the_effective_date_has_come(client, cl
     assert await offers_taken(infra.bootstrap, contract) == []
 
 
+async def test_no_offer_can_be_taken_before_the_request_is_accepted(client, infra):
+    """eligibility stopped: the request stays received, and has no offers yet to take (409); once it is
+    accepted the same take goes through."""
+    if infra.stack is None:
+        pytest.skip("the external stack's processes are not ours to stop")
+    stack = infra.stack
+    contract = await client.sign_contract(start_date=OLD_START, plan="pro")
+    stack.stop_process("eligibility", stack.procs["eligibility"].pid)
+    try:
+        rid = (await client.submit(client.form(contract, reason="SWITCHING_TOOL"))).json()["request_id"]
+        await client.wait_status(rid, lambda s: s["status"] == "received")
+        r = await client.take_offer(rid, "discount")
+        assert r.status_code == 409 and r.json()["detail"] == "the request is received"
+    finally:
+        stack.start_service("eligibility")
+        stack.wait_healthy(["eligibility"], timeout=60)
+    await client.wait_status(rid, lambda s: s["status"] == "accepted")
+    assert (await client.take_offer(rid, "discount")).status_code == 202
+    assert [t["data"]["offer"] for t in await wait_offers_taken(infra.bootstrap, contract)] == ["discount"]
+
+
 # --- Kafka --------------------------------------------------------------------------------------------
 
 async def test_the_call_centre_takes_an_offer_over_kafka_once_whatever_is_redelivered(client, infra, db):
@@ -261,22 +285,54 @@ async def test_eligibility_applies_a_redelivered_withdrawal_once(client, infra, 
     assert events_of(decisions, "cancellation.withdrawal_refused") == []
 
 
+async def test_a_redelivered_withdrawal_sends_one_offer_confirmation(client, infra, db):
+    """The very bytes of cancellation.withdrawn (taken_offer set) delivered again: no second e-mail, the status
+    view unchanged."""
+    contract, rid = await accepted_request(client, "NO_LONGER_USED")
+    assert (await client.take_offer(rid, "downgrade")).status_code == 202
+    await wait_mail_kind(client, rid, "offer_confirmation")
+    await client.redeliver(topics.DECISIONS, contract, "cancellation.withdrawn", 2, ("billing", "notifier", "intake"))
+    await asyncio.sleep(1.0)
+    kinds = [m.headers["X-Cancelflow-Kind"] for m in client.mails(rid)]
+    assert kinds.count("offer_confirmation") == 1, kinds
+    assert await db.fetchval("SELECT count(*) FROM notifier.notifications WHERE request_id = $1 AND kind = $2",
+                             rid, "offer_confirmation") == 1
+    s = await client.status(rid)
+    assert (s["status"], s["taken_offer"]) == ("withdrawn", "downgrade")
+    assert len(await offers_taken(infra.bootstrap, contract)) == 1
+
+
+async def run_report(infra, *args: str) -> tuple[dict, bytes]:
+    """`cancelflow report --json ...` against the test broker: the JSON, and stdout as it came."""
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "report", "--json", *args,
+                                                env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out), out  # nothing but the JSON on stdout
+
+
 # --- the holdout ----------------------------------------------------------------------------------------
 
 @pytest.fixture
 def holdout_50(infra):
-    """eligibility restarted with ELIGIBILITY_OFFER_HOLDOUT_PERCENT=50, and back to 0 afterwards."""
+    """eligibility (which decides) and intake (which quotes) restarted with ELIGIBILITY_OFFER_HOLDOUT_PERCENT=50,
+    and back to 0 afterwards."""
     if infra.stack is None:
         pytest.skip("the external stack's processes are not ours to restart")
     stack = infra.stack
+    services = ["eligibility", "intake"]
 
     def restart(percent: str | None) -> None:
-        stack.stop_process("eligibility", stack.procs["eligibility"].pid)
+        for name in services:
+            stack.stop_process(name, stack.procs[name].pid)
         stack.config.extra_env.pop("ELIGIBILITY_OFFER_HOLDOUT_PERCENT", None)
         if percent is not None:
             stack.config.extra_env["ELIGIBILITY_OFFER_HOLDOUT_PERCENT"] = percent
-        stack.start_service("eligibility")
-        stack.wait_healthy(["eligibility"], timeout=60)
+        for name in services:
+            stack.start_service(name)
+        stack.wait_healthy(services, timeout=60)
 
     restart("50")
     try:
@@ -299,10 +355,16 @@ def contract_ids(percent: int) -> tuple[str, str]:
 
 async def test_the_holdout_sees_no_offers_and_cannot_take_one(client, infra, holdout_50):
     held, kept = contract_ids(holdout_50)
+    for contract in (held, kept):
+        await client.sign_contract(start_date=OLD_START, plan="pro", contract_id=contract)
+    # The quote does not promise what the decision withholds: the held-out contract is quoted no offers.
+    quoted = {c: (await client.quote(c, reason="SWITCHING_TOOL")).json() for c in (held, kept)}
+    assert (quoted[held]["offers"], quoted[kept]["offers"]) == ([], ["consultation", "discount"])
+    assert "holdout" not in quoted[held]  # the customer is not told about the experiment
     _, held_rid = await accepted_request(client, "SWITCHING_TOOL", contract=held)
     _, kept_rid = await accepted_request(client, "SWITCHING_TOOL", contract=kept)
-    assert (await client.status(held_rid))["offers"] == []
-    assert (await client.status(kept_rid))["offers"] == ["consultation", "discount"]
+    assert (await client.status(held_rid))["offers"] == quoted[held]["offers"] == []
+    assert (await client.status(kept_rid))["offers"] == quoted[kept]["offers"]
     accepted = {c: events_of(await read_topic(infra.bootstrap, topics.DECISIONS, lambda r, c=c: r.key == c.encode()),
                              "cancellation.accepted")[0]["data"] for c in (held, kept)}
     assert (accepted[held]["holdout"], accepted[held]["offers"]) == (True, [])
@@ -319,15 +381,16 @@ async def test_the_holdout_sees_no_offers_and_cannot_take_one(client, infra, hol
     await client.wait_status(held_rid, lambda s: s["status"] == "withdrawn")
     again = (await client.submit(client.form(held, reason="NO_LONGER_USED", who=2))).json()["request_id"]
     assert (await client.wait_status(again, decided))["offers"] == []
+    # The report counts the held-out acceptances and the held-out save against the offered group.
+    lift = (await run_report(infra))[0]["retention"]
+    assert lift["holdout"]["holdout"]["accepted"] >= 2 and lift["holdout"]["holdout"]["saved"] >= 1
+    assert lift["holdout"]["offered"]["accepted"] >= 1 and lift["saves_without_offer"]["holdout"] >= 1
+    assert lift["holdout"]["verdict"]
 
 
 # --- the report ---------------------------------------------------------------------------------------
 
 async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client, infra, tmp_path):
-    import json
-    import os
-    import sys
-
     contract = await client.sign_contract(start_date=OLD_START)
     form = client.form(contract, reason="SWITCHING_TOOL") | {
         "feedback": "料金が高い。連絡は hanako.s@example.jp か 080-9876-5432まで"}
@@ -335,14 +398,13 @@ async def test_the_report_json_attributes_the_take_and_masks_the_feedback(client
     await client.wait_status(rid, lambda s: decided(s) and s["settlement"] is not None)
     assert (await client.take_offer(rid, "consultation")).status_code == 202
     await wait_offers_taken(infra.bootstrap, contract)
-    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "NO_COLOR": "1"}
+    # A save without an offer: shown offers, withdrawn without taking one.
+    _, plain = await accepted_request(client, "SWITCHING_TOOL")
+    assert (await client.withdraw(plain)).status_code == 202
+    await client.wait_status(plain, lambda s: s["status"] == "withdrawn")
     page = tmp_path / "report.html"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "report", "--json", "--html",
-                                                str(page), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    doc = json.loads(out)  # nothing but the JSON on stdout
+    doc, out = await run_report(infra, "--html", str(page))
+    assert doc["retention"]["saves_without_offer"]["offered"] >= 1
     consultation = doc["retention"]["offers"]["consultation"]
     assert consultation["taken"] >= 1 and consultation["offered"] >= consultation["taken"]
     assert consultation["take_rate"] == consultation["taken"] / consultation["offered"]
