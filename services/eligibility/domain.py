@@ -2,18 +2,21 @@
 offer (section 3), and when a pending cancellation completes or may be withdrawn.
 
 Pure functions: frozen values in, a decision out, no I/O. These are the only implementation: intake's
-quote (SPEC section 7) calls `decide` from here, so a quote is exactly the decision a submission gets.
+quote (SPEC section 7) calls `decide` and `hold_out` from here, so a quote is exactly the decision a
+submission gets.
 
 - minimum term: no earlier than the first anniversary (start_date + 12 months);
 - notice: at least 45 days after the received-on date; the earliest effective date is the later of the two;
-- pending and ended contracts; the offers that fit a reason under the (configurable) offer policy.
+- pending and ended contracts; the offers that fit a reason under the (configurable) offer policy;
+- the holdout (section 6): a deterministic share of contracts is given no offers, to measure their lift.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from types import MappingProxyType
 
@@ -22,10 +25,13 @@ from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
     "DEFAULT_OFFER_POLICY",
+    "HOLDOUT_MAX_PERCENT",
     "MINIMUM_TERM_MONTHS",
     "NOTICE_PERIOD",
     "Accepted",
+    "AlreadyWithdrawn",
     "CancellationState",
+    "CannotWithdraw",
     "ContractTerms",
     "Decision",
     "Offer",
@@ -33,11 +39,16 @@ __all__ = [
     "Reason",
     "Rejected",
     "RejectionCode",
+    "WithdrawNow",
+    "WithdrawalDecision",
     "can_withdraw",
     "completion_cutoff",
     "contract_is_live",
     "decide",
+    "decide_withdrawal",
     "earliest_effective_date",
+    "hold_out",
+    "in_holdout",
     "is_due_for_completion",
     "offer_policy_from_json",
     "offers_for",
@@ -135,6 +146,7 @@ class Accepted:
     effective_date: date
     first_anniversary: date
     offers: tuple[Offer, ...]
+    holdout: bool = False  # in the holdout group: the offers that fit were withheld (see hold_out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,30 @@ def can_withdraw(*, effective_date: date, today: date) -> bool:
     return today < effective_date
 
 
+# --- the holdout (SPEC section 6) ------------------------------------------------------------------
+
+HOLDOUT_MAX_PERCENT = 50
+
+
+def in_holdout(contract_id: str, percent: int) -> bool:
+    """Is the contract in the holdout group of `percent` % (0-50)? Deterministic: the contract's bucket
+    (0-99) is the first 8 bytes of SHA-256 of its id, so a contract stays in its group across requests,
+    restarts and services, and the buckets are uniform whatever the ids look like."""
+    if not 0 <= percent <= HOLDOUT_MAX_PERCENT:
+        raise ValueError(f"holdout percent must be 0-{HOLDOUT_MAX_PERCENT}, got {percent}")
+    bucket = int.from_bytes(hashlib.sha256(contract_id.encode()).digest()[:8], "big") % 100
+    return bucket < percent
+
+
+def hold_out(decision: Decision, *, contract_id: str, percent: int) -> Decision:
+    """An acceptance in the holdout group carries no offers and says so. Only an acceptance that had offers
+    to withhold is held out: a reason with none (a closed business) would otherwise dilute the holdout's save
+    rate with customers no offer could keep, and the lift would be overstated."""
+    if isinstance(decision, Accepted) and decision.offers and in_holdout(contract_id, percent):
+        return replace(decision, offers=(), holdout=True)
+    return decision
+
+
 def contract_is_live(contract: ContractTerms | None) -> bool:
     """Only a live contract (known, not ended) can have a pending cancellation."""
     return contract is not None and not contract.ended
@@ -207,10 +243,14 @@ class CancellationState:
 
     status: str  # accepted, rejected, withdrawn, completed
     effective_date: date | None
+    offers: tuple[str, ...] = ()  # what the acceptance carried
+    taken_offer: str | None = None  # what it was withdrawn with, once withdrawn
 
 
-def withdrawal_refusal(cancellation: CancellationState | None, *, today: date) -> str | None:
-    """Why a withdrawal cannot be done, or None: only a pending (accepted) cancellation, before its date."""
+def withdrawal_refusal(cancellation: CancellationState | None, *, today: date,
+                       taken_offer: str | None = None) -> str | None:
+    """Why a withdrawal (taking `taken_offer` if given) cannot be done, or None: only a pending (accepted)
+    cancellation, before its date, and a taken offer must be one the request carried (SPEC section 6)."""
     if cancellation is None:
         return "unknown request"
     if cancellation.status != "accepted":
@@ -218,4 +258,41 @@ def withdrawal_refusal(cancellation: CancellationState | None, *, today: date) -
     if cancellation.effective_date is None or not can_withdraw(effective_date=cancellation.effective_date,
                                                                today=today):
         return f"the effective date {cancellation.effective_date} has come: the contract has ended"
+    if taken_offer is not None and taken_offer not in cancellation.offers:
+        carried = ", ".join(str(o) for o in cancellation.offers) or "none"
+        return f"offer {taken_offer} is not among the request's offers ({carried})"
     return None
+
+
+# --- withdrawals, with or without an offer taken (SPEC section 6) ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WithdrawNow:
+    """Withdraw the request, recording the offer taken (None: withdrawn without one)."""
+
+    taken_offer: Offer | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyWithdrawn:
+    """The same withdrawal (the same offer, or none) again: it was made once, nothing more to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class CannotWithdraw:
+    why: str
+
+
+WithdrawalDecision = WithdrawNow | AlreadyWithdrawn | CannotWithdraw
+
+
+def decide_withdrawal(cancellation: CancellationState | None, *, today: date,
+                      taken_offer: str | None) -> WithdrawalDecision:
+    """Withdraw, or not: taking the offer the request was already withdrawn with (or withdrawing again
+    without one) is the same withdrawal, not a second one and not an error (SPEC section 6)."""
+    if cancellation is not None and cancellation.status == "withdrawn" and taken_offer == cancellation.taken_offer:
+        return AlreadyWithdrawn()
+    why = withdrawal_refusal(cancellation, today=today, taken_offer=taken_offer)
+    if why is not None:
+        return CannotWithdraw(why)
+    return WithdrawNow(None if taken_offer is None else Offer(taken_offer))

@@ -1,6 +1,6 @@
-"""intake's rules: a submission key acts once, who may still withdraw (asking twice is one withdrawal),
-how a request's status moves, and the quote (SPEC section 7: eligibility's decision and billing's settlement,
-their own functions, for a contract as it stands on a received-on date).
+"""intake's rules: a submission key acts once, who may still withdraw (and take an offer; asking twice is one
+withdrawal), how a request's status moves, and the quote (SPEC section 7: eligibility's decision, with its
+holdout, and billing's settlement, their own functions, for a contract as it stands on a received-on date).
 
 Pure functions: values in, a decision out, no I/O.
 """
@@ -8,20 +8,22 @@ Pure functions: values in, a decision out, no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from types import MappingProxyType
 
 import orjson
 
 from services.billing.domain import Settlement, settle
-from services.eligibility.domain import (DEFAULT_OFFER_POLICY, ContractTerms, OfferPolicy, Rejected, can_withdraw,
-                                         decide, earliest_effective_date)
+from services.eligibility.domain import (DEFAULT_OFFER_POLICY, CancellationState, ContractTerms, OfferPolicy, Rejected,
+                                         can_withdraw, decide, earliest_effective_date, hold_out)
+from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
 from shared.contract_calendar import first_anniversary
 from shared.vocabulary import Offer, Reason, RejectionCode, RequestStatus
 
-__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "Quote", "RefuseWithdrawal",
+__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "Quote", "RefuseWithdrawal", "Refusal",
            "WithdrawalAnswer", "answer_withdrawal", "may_become", "quote", "replayed_request", "submission_digest",
            "withdrawal_refusal"]
 
@@ -56,32 +58,72 @@ def withdrawal_refusal(status: RequestStatus, effective_date: date | None, *, to
     return None
 
 
+# --- a withdrawal asked over HTTP or Kafka, with an offer taken or not (SPEC sections 2 and 6) -------------
+
 @dataclass(frozen=True, slots=True)
 class AskWithdrawal:
-    """Publish `cancellation.withdrawal_requested` (and record that it was asked)."""
+    """Publish `cancellation.withdrawal_requested` with this offer taken (None: without one)."""
+
+    taken_offer: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class AskedBefore:
-    """A withdrawal was asked for this request before: asking twice is one withdrawal, the same answer again."""
+    """The same withdrawal was asked before: one withdrawal, one take; the same answer again."""
+
+
+class Refusal(StrEnum):
+    """What kind of 409 a withdrawal (or a take) gets: what the customer's page words, what a dead letter names."""
+
+    ended = "ended"  # the request is rejected, completed or withdrawn
+    undecided = "undecided"  # an offer asked for before the request was accepted
+    date_come = "date_come"  # the effective date has come: the contract has ended
+    not_offered = "not_offered"  # the offer is not among the request's offers
+    already_withdrawing = "already_withdrawing"  # asked before, with another offer or none
 
 
 @dataclass(frozen=True, slots=True)
 class RefuseWithdrawal:
     why: str
+    refusal: Refusal
+
+    @property
+    def field(self) -> str:
+        """What the refusal is about, for a submission's dead-letter reason."""
+        return "taken_offer" if self.refusal in (Refusal.not_offered, Refusal.already_withdrawing) else "request_id"
 
 
 WithdrawalAnswer = AskWithdrawal | AskedBefore | RefuseWithdrawal
 
 
-def answer_withdrawal(*, status: RequestStatus, effective_date: date | None, today: date,
-                      asked: bool) -> WithdrawalAnswer:
-    """What intake does when a withdrawal is asked (`asked`: one was asked before). It may be asked before the
-    decision: eligibility handles the two in order."""
-    why = withdrawal_refusal(status, effective_date, today=today)
+def answer_withdrawal(*, status: str, effective_date: date | None, today: date, offers: Sequence[str],
+                      asked: bool, asked_with: str | None, taken_offer: str | None) -> WithdrawalAnswer:
+    """`asked`: a withdrawal was asked for this request before, with the offer `asked_with` (or none).
+
+    Without an offer (SPEC section 2): refused once the request is completed, rejected or withdrawn, or its
+    effective date has come; asked twice is one withdrawal. It may be asked before the decision (eligibility
+    handles the two in order). Taking an offer (SPEC section 6): the request must be accepted, its effective
+    date not come and the offer among its offers; taking the same offer twice is one take, and a request
+    already being withdrawn (without an offer, or with another) cannot take one.
+    """
+    if taken_offer is None:
+        why = withdrawal_refusal(RequestStatus(status), effective_date, today=today)
+        if why is not None:
+            return RefuseWithdrawal(why, Refusal.ended if RequestStatus(status) in ENDED else Refusal.date_come)
+        return AskedBefore() if asked else AskWithdrawal(None)
+    if asked or status == "withdrawn":
+        if asked_with == taken_offer:
+            return AskedBefore()
+        before = f"with offer {asked_with}" if asked_with else "without an offer"
+        return RefuseWithdrawal(f"the request is already being withdrawn {before}", Refusal.already_withdrawing)
+    why = eligibility_refusal(CancellationState(str(status), effective_date, tuple(offers)), today=today,
+                              taken_offer=taken_offer)
     if why is not None:
-        return RefuseWithdrawal(why)
-    return AskedBefore() if asked else AskWithdrawal()
+        in_time = effective_date is not None and can_withdraw(effective_date=effective_date, today=today)
+        refusal = (Refusal.undecided if status == "received" else Refusal.ended if status != "accepted"
+                   else Refusal.not_offered if in_time else Refusal.date_come)
+        return RefuseWithdrawal(why, refusal)
+    return AskWithdrawal(taken_offer)
 
 
 # Status changes only move forward: an answer never goes back to "received", an end is final.
@@ -116,6 +158,7 @@ class Quote:
     first_anniversary: date
     offers: tuple[Offer, ...]
     settlement: Settlement | None
+    holdout: bool = False  # the contract is in the holdout group: the offers that fit are withheld (hold_out)
 
     @property
     def access_ends_on(self) -> date | None:
@@ -132,10 +175,14 @@ def quote(
     reason: Reason | None,
     paid_billing_dates: frozenset[date],
     offer_policy: OfferPolicy = DEFAULT_OFFER_POLICY,
+    holdout_percent: int = 0,
 ) -> Quote:
-    """The decision (decide) and the settlement (settle) a submission with these inputs gets."""
-    decision = decide(contract=contract, received_on=received_on, desired_effective_date=desired_effective_date,
-                      has_pending=has_pending, reason=reason, offer_policy=offer_policy)
+    """The decision (decide, then hold_out, as eligibility decides) and the settlement (settle) a submission
+    with these inputs gets: a contract in the holdout group is quoted no offers, as it will be given none."""
+    decision = hold_out(decide(contract=contract, received_on=received_on,
+                               desired_effective_date=desired_effective_date, has_pending=has_pending, reason=reason,
+                               offer_policy=offer_policy),
+                        contract_id=contract.contract_id, percent=holdout_percent)
     anniversary = first_anniversary(contract.start_date)
     if isinstance(decision, Rejected):
         return Quote(received_on=received_on, earliest_effective_date=decision.earliest_effective_date,
@@ -147,4 +194,4 @@ def quote(
     return Quote(received_on=received_on, earliest_effective_date=earliest_effective_date(contract.start_date,
                                                                                           received_on),
                  effective_date=decision.effective_date, codes=(), first_anniversary=decision.first_anniversary,
-                 offers=decision.offers, settlement=settlement)
+                 offers=decision.offers, settlement=settlement, holdout=decision.holdout)

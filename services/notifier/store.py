@@ -53,8 +53,8 @@ _VOIDED = "UPDATE requests SET settlement_status = 'voided' WHERE request_id = $
 _REJECTED = ("INSERT INTO requests (request_id, contract_id, status, codes, earliest_effective_date)"
              " VALUES ($1, $2, 'rejected', $3, $4) ON CONFLICT (request_id) DO UPDATE SET status = 'rejected',"
              " codes = excluded.codes, earliest_effective_date = excluded.earliest_effective_date")
-_STATUS = ("INSERT INTO requests (request_id, contract_id, status) VALUES ($1, $2, $3)"
-           " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status")
+_WITHDRAWN = ("INSERT INTO requests (request_id, contract_id, status, taken_offer) VALUES ($1, $2, 'withdrawn', $3)"
+              " ON CONFLICT (request_id) DO UPDATE SET status = 'withdrawn', taken_offer = excluded.taken_offer")
 _COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1"
 _CANCEL_PENDING = ("UPDATE notifications SET status = 'cancelled' WHERE request_id = $1 AND status = 'pending'"
                    " AND kind = ANY($2::text[])")
@@ -120,8 +120,8 @@ class NotifierStore(Store):
                         e.earliest_effective_date)
         self._learned(e.request_id, status="rejected")
 
-    def withdrawn(self, request_id: str, contract_id: str) -> None:
-        self.conn.defer(_STATUS, request_id, contract_id, "withdrawn")
+    def withdrawn(self, request_id: str, contract_id: str, taken_offer: str | None = None) -> None:
+        self.conn.defer(_WITHDRAWN, request_id, contract_id, taken_offer)
         self._learned(request_id, status="withdrawn")
 
     def completed(self, request_id: str) -> None:
