@@ -38,7 +38,8 @@ GROUP_TOPICS = {
     "billing": (topics.CONTRACTS, topics.DECISIONS),
     "notifier": (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS),
 }
-pytestmark = pytest.mark.integration
+# The full run outlasts the suite's 600 s per test: its budget grows with N (about 30 ms a request here).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(max(600, int(600 + N * 0.08)))]
 
 
 def fault_plan(stack: Stack) -> list[tuple[str, callable]]:
@@ -143,7 +144,11 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
                     " (status = 'accepted' AND settlement IS NOT NULL AND jsonb_array_length(notifications) >= 3"
                     "  OR status = 'rejected' AND jsonb_array_length(notifications) >= 1)")
         deadline = time.monotonic() + 180 + N * 0.05
+        shown = time.monotonic()
         while (done := (await _fetch(url, done_sql, sids))[0]["n"]) < N and time.monotonic() < deadline:
+            if time.monotonic() - shown >= 30:  # a long run says how far it got
+                print(f"chaos: {done} of {N} flows complete at {time.monotonic() - started:.0f}s", flush=True)
+                shown = time.monotonic()
             await asyncio.sleep(1.0)
         flowed = time.monotonic() - started
         await asyncio.sleep(3.0)  # late duplicates, if any, would land now
@@ -162,7 +167,7 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
         on_topic = {}
         for topic in (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
             on_topic[topic] = [(r.partition, r.offset, r.key.decode(), orjson.loads(r.value))
-                               for r in await read_topic(stack.bootstrap, topic, timeout=120)]
+                               for r in await read_topic(stack.bootstrap, topic, timeout=120 + N * 0.01)]
             on_topic[topic] = [(p, o, k, e) for p, o, k, e in sorted(on_topic[topic], key=lambda x: x[:2])
                                if e["data"].get("request_id") in request_ids]
         mails = [m for m in c.mails() if m.headers.get("X-Cancelflow-Request-Id") in request_ids]
