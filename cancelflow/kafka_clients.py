@@ -26,7 +26,7 @@ Target = KafkaConnection | str | None
 
 def stack_client_env() -> dict[str, str]:
     """The client settings the running local stack recorded (empty when none runs)."""
-    from .stack import StackConfig
+    from .stack_config import StackConfig
 
     try:
         state = json.loads((StackConfig().root / "stack.json").read_text())
