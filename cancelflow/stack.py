@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -227,7 +228,11 @@ class Stack:
         if local_kafka:
             kafka.ensure_jars()
             self._check_kafka_security()
-            for name, node in self.kafka_nodes.items():
+            nodes = self.kafka_nodes
+            # Formatting is a JVM run of its own: all at once, then every node started together.
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                list(pool.map(kafka.KafkaNode.format_storage, nodes.values()))
+            for name, node in nodes.items():
                 self.procs[name] = node.start(self.logs / f"{name}.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
