@@ -232,6 +232,7 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
         "settlement_events_distinct": sum(len(v) for v in settlements.values()),
         "notifications_sent_rows": len(sent_rows), "notification_events_distinct": len(notifications),
         "emails": len(mails), "emails_distinct": len(per_mail), "out_of_order": len(out_of_order),
+        "out_of_order_first": out_of_order[:10],
         "outbox_left": outbox, "lag": lag,
     }
     print("\nchaos figures:", figures, flush=True)  # before the asserts: a failed run's figures are its diagnosis
