@@ -153,6 +153,8 @@ class Stack:
         }
         if self.config.clock_file:
             env["CANCELFLOW_CLOCK_FILE"] = str(self.config.clock_file)
+        if self.config.offer_holdout_percent:
+            env["ELIGIBILITY_OFFER_HOLDOUT_PERCENT"] = str(self.config.offer_holdout_percent)
         env |= self.config.extra_env
         return env
 
@@ -167,7 +169,7 @@ class Stack:
             "pids": self.adopted | {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
             "endpoints": self.endpoints(), "security": self.config.security, "brokers": self.config.brokers,
             "instances": {s: self.instances_of(s) for s in SERVICES}, "client": self.kafka_connection.env(),
-            "started_at": time.time()})
+            "started_at": time.time(), "offer_holdout_percent": self.config.offer_holdout_percent})
 
     def recorded_security(self) -> str | None:
         return self.record.security()
@@ -180,6 +182,9 @@ class Stack:
 
     def recorded_layout(self) -> tuple[int, dict[str, int]] | None:
         return self.record.layout()
+
+    def recorded_holdout_percent(self) -> int:
+        return self.record.holdout_percent()
 
     def recorded_pids(self) -> dict[str, int]:
         return self.record.pids()
@@ -195,6 +200,8 @@ class Stack:
             raise InfraError(f"no stack runs from {self.root} (`cancelflow up` first)")
         self.config.brokers, instances = layout
         self.scaled_to = dict(instances)
+        # An eligibility instance added by `scale` holds out what the running ones do.
+        self.config.offer_holdout_percent = self.recorded_holdout_percent()
         self.adopted = self.alive()
 
     # --- starting ---------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ class StackConfig:
     # Signs the customers' cancel links; one per stack unless given.
     link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # eligibility's holdout (SPEC section 6); recorded in stack.json so the demo knows which contracts it holds out.
+    offer_holdout_percent: int = 0
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None

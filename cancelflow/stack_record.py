@@ -47,6 +47,10 @@ class StackRecord:
         state = self.read()
         return None if state is None else (state.get("brokers", 1), state.get("instances", {}))
 
+    def holdout_percent(self) -> int:
+        """The holdout the running stack's eligibility was started with (0 when unknown)."""
+        return int((self.read() or {}).get("offer_holdout_percent") or 0)
+
     def pids(self) -> dict[str, int]:
         return (self.read() or {}).get("pids", {})
 
