@@ -61,7 +61,8 @@ def test_down_stops_every_process_of_the_cluster(cluster_stack):
     rows = json.loads(cli(cluster_stack, "status", "--json").stdout)
     result = cli(cluster_stack, "down")
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split("stopped: ")[1].strip().split(", ")) == {r["name"] for r in rows}
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert set(said.split("stopped: ")[1].split(", ")) == {r["name"] for r in rows}
     left = [r["name"] for r in rows if psutil.pid_exists(r["pid"])
             and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE]
     assert left == []
