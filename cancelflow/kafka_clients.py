@@ -26,7 +26,7 @@ Target = KafkaConnection | str | None
 
 def stack_client_env() -> dict[str, str]:
     """The client settings the running local stack recorded (empty when none runs)."""
-    from .stack import StackConfig
+    from .stack_config import StackConfig
 
     try:
         state = json.loads((StackConfig().root / "stack.json").read_text())
@@ -92,7 +92,7 @@ async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, li
 async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = lambda r: True,
                      timeout: float = 20, partitions: list[int] | None = None) -> list:
     """Every record of `topic` now (from the beginning up to its current end) for which match(record).
-    Raises ValueError when the topic does not exist."""
+    Raises ValueError when the topic does not exist, TimeoutError when its end is not reached in `timeout`."""
     conn = as_connection(target)
     if partitions is None:
         partitions = (await topic_partitions(conn, [topic])).get(topic, [])
@@ -107,10 +107,13 @@ async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = 
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             positions = [await c.position(tp) for tp in end]
             if all(pos >= end[tp] for pos, tp in zip(positions, end)):
                 break
+            if time.monotonic() >= deadline:  # a partial read passed off as the whole topic would mislead
+                behind = sum(end[tp] - pos for pos, tp in zip(positions, end))
+                raise TimeoutError(f"{topic}: {behind} records not read within {timeout:.0f}s")
             for records in (await c.getmany(timeout_ms=300)).values():
                 found += [r for r in records if match(r)]
     finally:
