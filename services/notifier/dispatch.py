@@ -66,6 +66,15 @@ WHERE n.id = u.id
 WORKERS = 2  # dispatch transactions running side by side
 
 
+async def claim_due(conn, now, most: int) -> list:
+    """Lock up to `most` due rows, what a customer just did first (inside the caller's transaction)."""
+    rows: list = []
+    for due in DUE_LANES:
+        if len(rows) < most:
+            rows += await conn.fetch(due, now, most - len(rows))
+    return rows
+
+
 def message_id(row) -> str:
     return f"<{row['request_id']}.{row['kind']}.{int(row['due_at'].timestamp())}@cancelflow>"
 
@@ -79,11 +88,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
         outbox = None
         used: list[Mailer] = []
         try:
-            now = rt.clock.now()
-            rows = []
-            for due in DUE_LANES:
-                if len(rows) < len(mailers):
-                    rows += await conn.fetch(due, now, len(mailers) - len(rows))
+            rows = await claim_due(conn, rt.clock.now(), len(mailers))
             if not rows:
                 await tx.rollback()
                 return 0
