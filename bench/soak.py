@@ -367,6 +367,33 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+def markdown(results: dict) -> str:
+    """The per-tenth table of docs/performance.md, from a results JSON (ratios to the first tenth)."""
+    t = results["tenths"]
+    first = t[0]
+    lines = ["| tenth | clock (end) | req/s (ratio) | p50 / p99 ms (ratio) | RSS MiB: intake / eligibility / billing /"
+             " notifier / Kafka | inbox rows (4 services) | outbox | business rows | mails: immediate + reminders |"
+             " completed | DB MiB | topics MiB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in t:
+        snap = r["snapshot"]
+        rows = snap["rows"]
+        inbox = sum(v for k, v in rows.items() if k.endswith(".processed_events"))
+        outbox = sum(v for k, v in rows.items() if k.endswith(".outbox"))
+        business = sum(v for k, v in rows.items() if not k.endswith((".processed_events", ".outbox", ".schema_migrations")))
+        rss = snap["rss_mib"]
+        reminders = sum(v for k, v in r["mails"].items() if k.endswith("_reminder"))
+        immediate = sum(r["mails"].values()) - reminders
+        lines.append(
+            f"| {r['tenth']} | {snap['clock'][:10]} | {r['throughput']:.1f} ({r['throughput'] / first['throughput']:.2f})"
+            f" | {r['p50_ms']:,} / {r['p99_ms']:,} ({r['p50_ms'] / first['p50_ms']:.2f} / {r['p99_ms'] / first['p99_ms']:.2f})"
+            f" | {rss['intake']:.0f} / {rss['eligibility']:.0f} / {rss['billing']:.0f} / {rss['notifier']:.0f} / {rss['kafka']:.0f}"
+            f" | {inbox:,} | {outbox} | {business:,} | {immediate:,} + {reminders:,}"
+            f" | {snap['states'].get('cancellations completed', 0):,} | {snap['db_bytes'] / 2**20:.0f}"
+            f" | {sum(snap['topic_bytes'].values()) / 2**20:.0f} | {snap['load']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500_000, help="measured cancellations (default: the issue's 500,000)")
@@ -381,11 +408,14 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary stack directory")
     ap.add_argument("--report", action="store_true", help="time `cancelflow report` over the topics at the end")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/soak-<time>.json)")
-    ap.add_argument("--plot", type=Path, default=None, help="draw the curves of a results JSON (no run) into --png")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="a results JSON (no run): its curves into --png, its table printed as markdown")
     ap.add_argument("--png", type=Path, default=REPO / "docs" / "soak.png")
     args = ap.parse_args()
     if args.plot:
-        plot(json.loads(args.plot.read_text()), args.png)
+        results = json.loads(args.plot.read_text())
+        plot(results, args.png)
+        print(markdown(results))
         return
     results = asyncio.run(run(args))
     out = args.out or REPO / "bench" / "results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
