@@ -9,7 +9,7 @@ from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
                            CancellationRequested, CancellationWithdrawn, ContractSigned, NotificationSent,
                            PaymentRecorded, SettlementIssued, SettlementVoided, WithdrawalRefused,
-                           WithdrawalRequested)
+                           WithdrawalRequested, WithdrawalSubmitted)
 from shared.messaging.projection import SILENT, Projection, through
 
 from . import handlers as h
@@ -27,9 +27,27 @@ async def _requested(conn, envelope, e: CancellationRequested) -> None:
     await conn.execute(s._INSERT, *new.row())
 
 
+# Upstream withdrawal submissions (cancellation.submissions): the ones that acted are those an own
+# withdrawal_requested was caused by; kept in a table of the build's session until that event is read.
+_SUBMITTED = ("CREATE TEMP TABLE IF NOT EXISTS rebuild_withdrawal_submitted (event_id text PRIMARY KEY,"
+              " submission_id text, request_id text, taken_offer text)")
+
+
+async def _withdrawal_submitted(conn, envelope, e: WithdrawalSubmitted) -> None:
+    await conn.execute(_SUBMITTED)
+    await conn.execute("INSERT INTO rebuild_withdrawal_submitted VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                       str(envelope.event_id), e.submission_id, e.request_id,
+                       e.taken_offer.value if e.taken_offer else None)
+
+
 async def _withdrawal_requested(conn, envelope, e: WithdrawalRequested) -> None:
     await conn.execute(s._WITHDRAWAL_REQUESTED + " AND withdrawal_requested_at IS NULL", e.request_id,
-                       e.requested_at or envelope.occurred_at)
+                       e.requested_at or envelope.occurred_at, e.taken_offer.value if e.taken_offer else None)
+    if envelope.causation_id:
+        await conn.execute(_SUBMITTED)
+        await conn.execute("INSERT INTO withdrawal_submissions (submission_id, request_id, taken_offer)"
+                           " SELECT submission_id, request_id, taken_offer FROM rebuild_withdrawal_submitted"
+                           " WHERE event_id = $1 ON CONFLICT DO NOTHING", envelope.causation_id)
 
 
 async def _notification_sent(conn, envelope, e: NotificationSent) -> None:
@@ -43,10 +61,12 @@ def _handler(handler):
 PROJECTION = Projection(
     service="intake",
     # The requests first: every status-view write updates a request row.
-    topics=(topics.CONTRACTS, topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
+    topics=(topics.CONTRACTS, topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS,
+            topics.NOTIFICATIONS),
     apply={
         CancellationRequested.event_type: _requested,
         WithdrawalRequested.event_type: _withdrawal_requested,
+        WithdrawalSubmitted.event_type: _withdrawal_submitted,
         ContractSigned.event_type: _handler(h.on_contract_signed),
         PaymentRecorded.event_type: _handler(h.on_payment_recorded),
         CancellationAccepted.event_type: _handler(h.on_accepted),
@@ -59,4 +79,5 @@ PROJECTION = Projection(
         NotificationSent.event_type: _notification_sent,
     },
     own=frozenset({CancellationRequested.event_type, WithdrawalRequested.event_type}),
-    bookkeeping={"requests": ("updated_at",), "contracts": ("updated_at",)})
+    bookkeeping={"requests": ("updated_at",), "contracts": ("updated_at",),
+                 "withdrawal_submissions": ("recorded_at",)})
