@@ -15,13 +15,13 @@ import asyncio
 import os
 import time
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import date, datetime, timezone
 
 import asyncpg
 import orjson
 import pytest
 
-from cancelflow import kafka_clients
+from cancelflow import kafka_clients, rebuild
 from cancelflow.client import PipelineClient, read_topic, unique
 from cancelflow.infra.mailsink import read_mail_headers
 from cancelflow.stack import SERVICES, Stack
@@ -82,6 +82,20 @@ async def _lag(stack: Stack) -> dict[str, int]:
     finally:
         await probe.stop()
         await admin.close()
+
+
+async def _rebuilt_differences(stack: Stack) -> dict[str, dict]:
+    """Each service's state built from the topics into a scratch schema, compared with its own tables."""
+    out = {}
+    for service in SERVICES:
+        schema = f"{service}_chaos_rebuild"
+        await rebuild.build(service, database_url=stack.database_url, kafka=kafka_clients.connection(stack.bootstrap),
+                            schema=schema, now=datetime.now(timezone.utc))
+        try:
+            out[service] = await rebuild.compare(stack.database_url, service, service, schema)
+        finally:
+            await rebuild.drop(stack.database_url, schema)
+    return out
 
 
 async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stack):
@@ -186,6 +200,7 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
             break
         await asyncio.sleep(1.0)
         lag = await _lag(stack)
+    rebuilt = await _rebuilt_differences(stack)
 
     status = {r["request_id"]: r["status"] for r in requests}
     accepted = {rid for rid, s in status.items() if s == "accepted"}
@@ -254,4 +269,6 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
     assert out_of_order == []
     assert outbox == {s: 0 for s in SERVICES}
     assert lag == {g: 0 for g in GROUP_TOPICS}
+    # Every service built again from the log (its relays' republished copies in it) equals the original.
+    assert rebuilt == {s: {} for s in SERVICES}
     return figures
