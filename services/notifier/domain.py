@@ -19,6 +19,7 @@ __all__ = [
     "NotificationKind",
     "RequestFacts",
     "ScheduledNotification",
+    "acknowledgement_cancelled",
     "acknowledgement_due",
     "cancelled_by_completion",
     "cancelled_by_withdrawal",
@@ -92,6 +93,15 @@ def acknowledgement_due(facts: RequestFacts) -> datetime | None:
     acceptance time, once both the acceptance and the issued settlement are known, whichever came last;
     never for a request that is no longer accepted (withdrawn, completed) or whose settlement was voided."""
     if facts.status == "accepted" and facts.accepted_at is not None and facts.settlement == "issued":
+        return facts.accepted_at
+    return None
+
+
+def acknowledgement_cancelled(facts: RequestFacts) -> datetime | None:
+    """A request withdrawn before its issued settlement was read: the acknowledgement it had been due, recorded
+    as cancelled, as the withdrawal cancels it when read after. So notifier's rows do not depend on which of
+    the two topics was read first (what `cancelflow rebuild` needs: it reads one topic after the other)."""
+    if facts.status == "withdrawn" and facts.accepted_at is not None and facts.settlement == "issued":
         return facts.accepted_at
     return None
 

@@ -9,8 +9,8 @@ from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import (RequestFacts, acknowledgement_due, cancelled_by_completion, cancelled_by_withdrawal,
-                     reminder_schedule, withdrawal_notice)
+from .domain import (RequestFacts, acknowledgement_cancelled, acknowledgement_due, cancelled_by_completion,
+                     cancelled_by_withdrawal, reminder_schedule, withdrawal_notice)
 from .store import NotifierStore
 
 Ctx = Context[NotifierStore]
@@ -34,6 +34,8 @@ async def on_settlement_issued(ctx: Ctx, e: SettlementIssued) -> None:
 def _acknowledge_if_due(ctx: Ctx, request_id: str, known: RequestFacts) -> None:
     if (due := acknowledgement_due(known)) is not None:
         ctx.store.schedule(request_id, NotificationKind.acknowledgement, due)
+    elif (due := acknowledgement_cancelled(known)) is not None:
+        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due, cancelled=True)
 
 
 async def on_settlement_voided(ctx: Ctx, e: SettlementVoided) -> None:

@@ -21,7 +21,7 @@ from .domain import RequestFacts, ScheduledNotification, days_before
 # The dispatcher LISTENs here: a notification that is due now goes out without waiting for its poll.
 DUE_CHANNEL = "notifier_due"
 
-_ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)"
+_ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before, status) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
 _RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email) VALUES ($1, $2, $3, $4)"
               " ON CONFLICT (request_id) DO NOTHING")
@@ -131,7 +131,9 @@ class NotifierStore(Store):
     def cancel_pending(self, request_id: str, kinds: Sequence[NotificationKind]) -> None:
         self.conn.defer(_CANCEL_PENDING, request_id, [k.value for k in kinds])
 
-    def schedule(self, request_id: str, kind: NotificationKind, due_at: datetime) -> None:
-        """A notification due at `due_at`; the dispatcher is woken at commit."""
-        self.conn.defer(_ADD, request_id, kind.value, due_at, None)
-        self.outbox.notify(DUE_CHANNEL)
+    def schedule(self, request_id: str, kind: NotificationKind, due_at: datetime, *, cancelled: bool = False) -> None:
+        """A notification due at `due_at`; the dispatcher is woken at commit. `cancelled`: recorded as already
+        cancelled (never sent), as the domain says."""
+        self.conn.defer(_ADD, request_id, kind.value, due_at, None, "cancelled" if cancelled else "pending")
+        if not cancelled:
+            self.outbox.notify(DUE_CHANNEL)

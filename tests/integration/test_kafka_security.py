@@ -27,6 +27,7 @@ from cancelflow.client import PipelineClient
 from cancelflow.infra import kafka
 from cancelflow.infra.certificates import make_ca_and_broker_cert
 from cancelflow.infra.ports import free_port_block
+from services.eligibility.domain import in_holdout
 from shared import topics
 from shared.events import CancellationAccepted, CancellationRequested, ContractSigned, new_envelope
 from shared.kafka_connection import KafkaConnection
@@ -228,8 +229,11 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
         assert "listeners=SASL_PLAINTEXT://" in server and "PLAINTEXT://127" not in server.replace(
             "SASL_PLAINTEXT://", "")
 
+        # `cancelflow up` holds out 10 % of the contracts by default (SPEC section 6): the one signed here is not.
+        holdout = json.loads((stack_dir / "stack.json").read_text())["offer_holdout_percent"]
+        assert holdout == 10
         rid = asyncio.run(_one_cancellation(KafkaConnection.model_validate(settings), settings["INTAKE_URL"],
-                                            Path(settings["MAIL_DIR"])))
+                                            Path(settings["MAIL_DIR"]), holdout))
         trace = subprocess.run([*cli, "trace", rid, "--json"], env=base_env | settings, capture_output=True,
                                text=True, timeout=120)
         assert trace.returncode == 0, trace.stdout + trace.stderr
@@ -242,9 +246,11 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
         subprocess.run([*cli, "down"], env=base_env, capture_output=True, text=True, timeout=120)
 
 
-async def _one_cancellation(conn: KafkaConnection, intake_url: str, mail_dir: Path) -> str:
+async def _one_cancellation(conn: KafkaConnection, intake_url: str, mail_dir: Path, holdout_percent: int) -> str:
     async with PipelineClient(conn, intake_url, mail_dir, api_key="scram-key") as client:
-        contract = await client.sign_contract(start_date=date(2024, 1, 31))
+        contract = next(c for c in (f"C-{uuid.uuid4().hex[:12]}" for _ in range(1000))
+                        if not in_holdout(c, holdout_percent))
+        await client.sign_contract(start_date=date(2024, 1, 31), contract_id=contract)
         r = await client.submit(client.form(contract, reason="TOO_DIFFICULT"))
         assert r.status_code == 202, r.text
         rid = r.json()["request_id"]

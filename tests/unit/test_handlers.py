@@ -199,8 +199,8 @@ class FakeNotifierStore:
     async def settled(self, e) -> RequestFacts:
         return self._learn(e.request_id, settlement="issued")
 
-    def schedule(self, request_id, kind, due_at) -> None:
-        self.scheduled.append((request_id, kind, due_at))
+    def schedule(self, request_id, kind, due_at, *, cancelled=False) -> None:
+        self.scheduled.append((request_id, kind, due_at) + (("cancelled",) if cancelled else ()))
 
 
 @pytest.mark.parametrize("settlement_first", [False, True], ids=["acceptance-first", "settlement-first"])
@@ -218,3 +218,14 @@ async def test_the_acknowledgement_waits_for_the_acceptance_and_the_settlement(s
         await handler(ctx, e)
     assert [s for s in store.scheduled if s[1] is NotificationKind.acknowledgement] == [
         ("R-1", NotificationKind.acknowledgement, NOW)]
+
+
+async def test_a_settlement_read_after_the_withdrawal_records_the_acknowledgement_cancelled() -> None:
+    """The row the withdrawal would have cancelled, had it been read after: the same rows in either order."""
+    store = FakeNotifierStore()
+    store._learn("R-1", status="withdrawn", accepted_at=NOW)
+    issued = SettlementIssued(request_id="R-1", contract_id="C-1", charges=(), total_jpy=0, refund_jpy=0,
+                              paid_through=date(2026, 6, 30))
+    ctx, _ = _context(store, issued)
+    await notifier.on_settlement_issued(ctx, issued)
+    assert store.scheduled == [("R-1", NotificationKind.acknowledgement, NOW, "cancelled")]

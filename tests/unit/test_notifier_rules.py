@@ -1,5 +1,6 @@
 """notifier's acknowledgement rule: due at the acceptance time once the acceptance and the issued settlement
-are both known, in whichever order they came; never for a request withdrawn or a settlement voided first."""
+are both known, in whichever order they came; never sent for a request withdrawn or a settlement voided first,
+and recorded (cancelled) whatever the order, so the rows do not depend on which topic was read first."""
 
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.domain import RequestFacts, acknowledgement_due
+from services.notifier.domain import RequestFacts, acknowledgement_cancelled, acknowledgement_due
 
 AT = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -26,6 +27,18 @@ AT = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
 ], ids=repr)
 def test_acknowledgement_due(facts: RequestFacts, due) -> None:
     assert acknowledgement_due(facts) == due
+
+
+@pytest.mark.parametrize(("facts", "cancelled"), [
+    (RequestFacts("withdrawn", AT, "issued"), AT),  # withdrawn before the settlement was read
+    (RequestFacts("withdrawn", AT), None),
+    (RequestFacts("withdrawn", None, "issued"), None),
+    (RequestFacts("withdrawn", AT, "voided"), None),
+    (RequestFacts("accepted", AT, "issued"), None),  # due, not cancelled
+    (RequestFacts("completed", AT, "issued"), None),
+], ids=repr)
+def test_acknowledgement_cancelled(facts: RequestFacts, cancelled) -> None:
+    assert acknowledgement_cancelled(facts) == cancelled
 
 
 _EVENTS = {"accepted": {"status": "accepted", "accepted_at": AT}, "settled": {"settlement": "issued"},
@@ -47,11 +60,16 @@ def _histories(draw) -> list[str]:
 
 @given(_histories())
 def test_whichever_comes_second_acknowledges_unless_withdrawn_first(history: list[str]) -> None:
-    facts, due = RequestFacts("received"), set()
+    """Replayed as the store writes it (a row once, ON CONFLICT DO NOTHING; a withdrawal cancels a pending one):
+    sent only when both came before the withdrawal, and the same row whatever the order."""
+    facts, rows = RequestFacts("received"), {}
     for event in history:
         facts = replace(facts, **_EVENTS[event])
-        if event in ("accepted", "settled") and (at := acknowledgement_due(facts)) is not None:
-            due.add(at)
-    both_before_withdrawal = "withdrawn" not in history or max(history.index("accepted"), history.index("settled")) \
-        < history.index("withdrawn")
-    assert due == ({AT} if both_before_withdrawal else set())
+        if event in ("accepted", "settled"):
+            if (at := acknowledgement_due(facts)) is not None:
+                rows.setdefault(at, "pending")
+            elif (at := acknowledgement_cancelled(facts)) is not None:
+                rows.setdefault(at, "cancelled")
+        if event == "withdrawn":
+            rows = {at: "cancelled" for at in rows}
+    assert rows == {AT: "cancelled" if "withdrawn" in history else "pending"}
