@@ -63,7 +63,10 @@ class PipelineClient:
         await self.producer.start()
         self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()
-        self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10)
+        # Idle connections are dropped well before the server's keep-alive (uvicorn: 5 s, httpx's default too):
+        # at equal values a request can go out on a connection the server is closing (httpx.ReadError).
+        self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10,
+                                      limits=httpx.Limits(keepalive_expiry=2.0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
