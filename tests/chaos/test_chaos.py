@@ -170,6 +170,28 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
     await verify(stack, plan, done=done, seconds=flowed, faults=applied)
 
 
+def order_problems(topic: str, records: list[tuple[int, int, str, dict]], order: dict[str, int], *,
+                   check_order: bool = True) -> list[str]:
+    """Per key (contract) on one topic: its records on more than one partition, or its requests first seen
+    in another order than `order` (request id -> submission index). A republished copy of a record seen
+    before does not count: its first appearance is what a consumer acted on. Each problem names the
+    records: partition, offset, event type, event id, request and submission index."""
+    partitions, first = defaultdict(set), defaultdict(dict)
+    for p, o, key, e in records:  # sorted by (partition, offset)
+        partitions[key].add(p)
+        first[key].setdefault(e["data"]["request_id"], (p, o, e["event_type"], e["event_id"]))
+    problems = [f"{topic}: contract {key} on partitions {sorted(ps)}" for key, ps in partitions.items() if len(ps) > 1]
+    if not check_order:  # e-mails of two requests of a contract may go out in either order
+        return problems
+    for key, seen in first.items():
+        ranks = [order[rid] for rid in seen]
+        if ranks != sorted(ranks):
+            problems.append(f"{topic}: contract {key}: " + "; then ".join(
+                f"p{p} offset {o} {etype} {eid} request {rid} (submission #{order[rid]})"
+                for rid, (p, o, etype, eid) in seen.items()))
+    return problems
+
+
 async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, seconds: float, faults: list[str]) -> dict:
     """The run's figures from independent reads of the database, the topics and the SMTP sink's files, each
     asserted exact. `plan`: (submission id, contract id) in the order submitted."""
@@ -222,20 +244,10 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
     mails_of = Counter(h["X-Cancelflow-Request-Id"] for h in mails)
 
     # Per contract, on each topic: one partition, and the requests in the order they were submitted.
-    order = {sid: i for i, (sid, _) in enumerate(plan)}
-    submission_of = {r["request_id"]: r["submission_id"] for r in requests}
-    out_of_order = []
-    for topic, records in on_topic.items():
-        partitions, seen = defaultdict(set), defaultdict(list)
-        for p, _, key, e in records:
-            partitions[key].add(p)
-            rid = e["data"]["request_id"]
-            if rid not in seen[key]:
-                seen[key].append(rid)
-        out_of_order += [(topic, key, "partitions") for key, ps in partitions.items() if len(ps) > 1]
-        if topic != topics.NOTIFICATIONS:  # e-mails of two requests of a contract may go out in either order
-            out_of_order += [(topic, key, "order") for key, rids in seen.items()
-                             if [order[submission_of[r]] for r in rids] != sorted(order[submission_of[r]] for r in rids)]
+    submitted_as = {sid: i for i, (sid, _) in enumerate(plan)}
+    order = {r["request_id"]: submitted_as[r["submission_id"]] for r in requests}
+    out_of_order = [problem for topic, records in on_topic.items()
+                    for problem in order_problems(topic, records, order, check_order=topic != topics.NOTIFICATIONS)]
 
     figures = {
         "N": n, "seconds": round(seconds, 1), "faults": faults, "requests": len(requests),
@@ -266,9 +278,25 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
     assert all(mails_of[r] == 3 for r in accepted) and all(mails_of[r] == 1 for r in rejected)
     assert set(notifications.values()) == {1} and len(notifications) == len(mails) == len(sent_rows)
     assert set(distinct(topics.REQUESTS)) == request_ids
-    assert out_of_order == []
+    assert out_of_order == [], "out of order:\n" + "\n".join(out_of_order)
     assert outbox == {s: 0 for s in SERVICES}
     assert lag == {g: 0 for g in GROUP_TOPICS}
     # Every service built again from the log (its relays' republished copies in it) equals the original.
     assert rebuilt == {s: {} for s in SERVICES}
     return figures
+
+
+def test_order_problems_name_the_records_and_let_a_republished_copy_pass():
+    def rec(offset, rid, key="C1", partition=3):
+        return (partition, offset, key, {"event_type": "cancellation.requested", "event_id": f"e-{rid}",
+                                         "data": {"request_id": rid}})
+
+    order = {"R1": 0, "R2": 1}
+    republished = [rec(10, "R1"), rec(11, "R2"), rec(12, "R1")]  # a relay's second copy of R1: not a problem
+    assert order_problems("t", republished, order) == []
+    assert order_problems("t", [rec(10, "R2"), rec(11, "R1")], order) == [
+        "t: contract C1: p3 offset 10 cancellation.requested e-R2 request R2 (submission #1); then "
+        "p3 offset 11 cancellation.requested e-R1 request R1 (submission #0)"]
+    assert order_problems("t", [rec(10, "R2"), rec(11, "R1")], order, check_order=False) == []
+    assert order_problems("t", [rec(10, "R1", partition=1), rec(11, "R2")], order) == [
+        "t: contract C1 on partitions [1, 3]"]
