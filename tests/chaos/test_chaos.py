@@ -198,6 +198,12 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
     url = stack.database_url
     sids = [sid for sid, _ in plan]
     n = len(plan)
+    took, mark = {}, time.monotonic()  # each read's seconds, in the figures: the full run's checks are long
+
+    def lap(what: str) -> None:
+        nonlocal mark
+        took[what], mark = round(time.monotonic() - mark, 1), time.monotonic()
+
     requests = await _fetch(url, "SELECT request_id, submission_id, contract_id, status FROM intake.requests"
                                  " WHERE submission_id = ANY($1::text[])", sids)
     request_ids = {r["request_id"] for r in requests}
@@ -208,6 +214,7 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
     sent_rows = await _fetch(url, "SELECT request_id, kind, due_at FROM notifier.notifications"
                                   " WHERE status = 'sent' AND request_id = ANY($1::text[])", list(request_ids))
     outbox = {s: (await _fetch(url, f"SELECT count(*) AS n FROM {s}.outbox"))[0]["n"] for s in SERVICES}
+    lap("database")
 
     on_topic = {}
     for topic in (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
@@ -215,14 +222,18 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
                            for r in await read_topic(stack.bootstrap, topic, timeout=120 + n * 0.01)]
         on_topic[topic] = [(p, o, k, e) for p, o, k, e in sorted(on_topic[topic], key=lambda x: x[:2])
                            if e["data"].get("request_id") in request_ids]
+    lap("topics")
     mails = [h for h in read_mail_headers(stack.mail_dir) if h.get("X-Cancelflow-Request-Id") in request_ids]
+    lap("mails")
     lag = await _lag(stack)
     for _ in range(60):  # offsets are committed every 100 ms: the last ones may be on their way
         if set(lag.values()) == {0}:
             break
         await asyncio.sleep(1.0)
         lag = await _lag(stack)
+    lap("lag")
     rebuilt = await _rebuilt_differences(stack)
+    lap("rebuild")
 
     status = {r["request_id"]: r["status"] for r in requests}
     accepted = {rid for rid, s in status.items() if s == "accepted"}
@@ -260,7 +271,7 @@ async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, second
         "notifications_sent_rows": len(sent_rows), "notification_events_distinct": len(notifications),
         "emails": len(mails), "emails_distinct": len(per_mail), "out_of_order": len(out_of_order),
         "out_of_order_first": out_of_order[:10],
-        "outbox_left": outbox, "lag": lag,
+        "outbox_left": outbox, "lag": lag, "check_seconds": took,
     }
     print("\nchaos figures:", figures, flush=True)  # before the asserts: a failed run's figures are its diagnosis
     expected_rejected = n // DUPLICATE_EVERY
