@@ -142,7 +142,9 @@ def infra(infra_choice: Choice):
     config = StackConfig(root=root, ports=_local_ports(), clock_file=clock_file, api_keys="test-key,old-key",
                          extra_env={"INTAKE_WEBHOOK_SECRET": "test-webhook-secret",
                                     "ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2",
-                                    "NOTIFIER_DISPATCH_INTERVAL_S": "0.1"})
+                                    "NOTIFIER_DISPATCH_INTERVAL_S": "0.1",
+                                    # test_dispatch creates it to hold mails before the end of DATA
+                                    "NOTIFIER_TEST_HOLD_FILE": str(root / "notifier.hold")})
     containers = []
     stack = Stack(config)
     try:

@@ -21,3 +21,9 @@ class NotifierSettings(ServiceSettings):
         32, ge=1, le=500, description="SMTP connections per dispatch worker (two workers): the mails one "
                                       "transaction sends at once, each DATA held open until the commit.")
     dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")
+    sending_lease_s: float = Field(
+        60, gt=0, description="A notification claimed for sending and not confirmed by the server's answer "
+                              "within this long (its notifier died) is sent again, with the same Message-ID.")
+    test_hold_file: str | None = Field(
+        None, description="Tests only: while this file exists, the dispatcher holds every mail before the end of "
+                          "its DATA (after the claim's commit) and writes the held Message-IDs to <file>.held.")
