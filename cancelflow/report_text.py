@@ -71,7 +71,7 @@ def lift_sentence(lift: Lift) -> str:
     return (f"lift {_pp(lift.difference)} (95 % interval {_pp(lift.low)} to {_pp(lift.high)}): {lift.verdict}")
 
 
-def retention_tables(r: RetentionFigures) -> list[Any]:
+def retention_tables(r: RetentionFigures) -> list[Table]:
     offers = Table(title="offers: offered, taken, take rate", title_justify="left")
     for col in ("offer", "offered", "taken", "take rate"):
         offers.add_column(col, justify="left" if col == "offer" else "right")
