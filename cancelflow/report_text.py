@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from rich.table import Table
 
 from .report import Figures, reason_day_blocks
@@ -25,38 +28,32 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]], *, numeric_from: int = 1,
+          caption: str | None = None, header: bool = True) -> Table:
+    """A table of the report: the title (and caption) on the left, the columns from `numeric_from` on
+    right-aligned."""
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left", show_header=header)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if i >= numeric_from else "left")
+    for row in rows:
+        t.add_row(*map(str, row))
+    return t
+
+
 def report_tables(f: Figures) -> list[Table]:
-    summary = Table(title="summary", title_justify="left", show_header=False)
-    summary.add_column()
-    summary.add_column(justify="right")
-    for label, value in (("accepted cancellations", str(f.accepted)), ("rejected requests", str(f.rejected)),
-                         ("withdrawn (saved)", str(f.withdrawn)), ("completed", str(f.completed)),
-                         ("save rate", percent(f.save_rate.rate)),
-                         ("time to first answer p50", duration(f.answer_p50_s)),
-                         ("time to first answer p95", duration(f.answer_p95_s)),
-                         ("settlements issued", f"{f.settlements_issued} (¥{f.settlements_total_jpy:,})")):
-        summary.add_row(label, value)
-    by_days = []
-    for block in reason_day_blocks(f):
-        t = Table(title=f"cancellations by reason per day (Tokyo), {block.days[0]} to {block.days[-1]}",
-                  title_justify="left")
-        t.add_column("reason")
-        for day in block.days:
-            t.add_column(day[5:], justify="right")  # MM-DD: the title says the year
-        t.add_column("total", justify="right")
-        for label, counts in block.rows:
-            t.add_row(label, *map(str, counts))
-        by_days.append(t)
-    offers = Table(title="save rate per offer", title_justify="left")
-    for col in ("offer", "accepted", "withdrawn", "save rate"):
-        offers.add_column(col, justify="left" if col == "offer" else "right")
-    for offer, rate in f.save_rate_by_offer.items():
-        offers.add_row(offer, str(rate.accepted), str(rate.withdrawn), percent(rate.rate))
-    pending = Table(title="pending cancellations by effective date", title_justify="left")
-    pending.add_column("effective date")
-    pending.add_column("pending", justify="right")
-    for day, n in f.pending_by_effective_date.items():
-        pending.add_row(day, str(n))
+    summary = table("summary", ("", ""), (
+        ("accepted cancellations", f.accepted), ("rejected requests", f.rejected), ("withdrawn (saved)", f.withdrawn),
+        ("completed", f.completed), ("save rate", percent(f.save_rate.rate)),
+        ("time to first answer p50", duration(f.answer_p50_s)), ("time to first answer p95", duration(f.answer_p95_s)),
+        ("settlements issued", f"{f.settlements_issued} (¥{f.settlements_total_jpy:,})")), header=False)
+    by_days = [table(f"cancellations by reason per day (Tokyo), {block.days[0]} to {block.days[-1]}",
+                     ["reason", *(day[5:] for day in block.days), "total"],  # MM-DD: the title says the year
+                     ([label, *counts] for label, counts in block.rows))
+               for block in reason_day_blocks(f)]
+    offers = table("save rate per offer", ("offer", "accepted", "withdrawn", "save rate"),
+                   ((o, r.accepted, r.withdrawn, percent(r.rate)) for o, r in f.save_rate_by_offer.items()))
+    pending = table("pending cancellations by effective date", ("effective date", "pending"),
+                    f.pending_by_effective_date.items())
     return [summary, *by_days, offers, pending, *(retention_tables(f.retention) if f.retention else ())]
 
 
@@ -72,27 +69,16 @@ def lift_sentence(lift: Lift) -> str:
 
 
 def retention_tables(r: RetentionFigures) -> list[Table]:
-    offers = Table(title="offers: offered, taken, take rate", title_justify="left")
-    for col in ("offer", "offered", "taken", "take rate"):
-        offers.add_column(col, justify="left" if col == "offer" else "right")
-    for offer, f in r.by_offer.items():
-        offers.add_row(offer, str(f.offered), str(f.taken), percent(f.take_rate))
-    lift = Table(title="save rate: offered vs holdout", title_justify="left", caption=lift_sentence(r.lift),
-                 caption_justify="left")
-    for col in ("group", "accepted", "saved", "save rate"):
-        lift.add_column(col, justify="left" if col == "group" else "right")
-    for name, g in (("offered", r.lift.offered), ("holdout", r.lift.holdout)):
-        lift.add_row(name, str(g.accepted), str(g.saved), percent(g.save_rate))
-    without = Table(title="saves without an offer (withdrawn, none taken)", title_justify="left")
-    without.add_column("shown")
-    without.add_column("saves", justify="right")
-    for shown, n in r.saves_without_offer.items():
-        without.add_row(shown, str(n))
-    feedback = Table(title=f"feedback per reason (newest first, up to {FEEDBACK_PER_REASON}; personal data masked)",
-                     title_justify="left")
-    for col in ("reason", "received (Tokyo)", "feedback"):
-        feedback.add_column(col)
-    for reason, items in r.feedback.items():
-        for i, f in enumerate(items):
-            feedback.add_row(reason if i == 0 else "", tokyo_time(f.received_at), f.text)
+    offers = table("offers: offered, taken, take rate", ("offer", "offered", "taken", "take rate"),
+                   ((o, f.offered, f.taken, percent(f.take_rate)) for o, f in r.by_offer.items()))
+    lift = table("save rate: offered vs holdout", ("group", "accepted", "saved", "save rate"),
+                 ((name, g.accepted, g.saved, percent(g.save_rate))
+                  for name, g in (("offered", r.lift.offered), ("holdout", r.lift.holdout))),
+                 caption=lift_sentence(r.lift))
+    without = table("saves without an offer (withdrawn, none taken)", ("shown", "saves"),
+                    r.saves_without_offer.items())
+    feedback = table(f"feedback per reason (newest first, up to {FEEDBACK_PER_REASON}; personal data masked)",
+                     ("reason", "received (Tokyo)", "feedback"),
+                     ((reason if i == 0 else "", tokyo_time(f.received_at), f.text)
+                      for reason, items in r.feedback.items() for i, f in enumerate(items)), numeric_from=3)
     return [offers, lift, without, feedback]
