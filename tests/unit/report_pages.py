@@ -77,3 +77,12 @@ def overflow(page_html: str, tmp_path: Path, width: int, count: str) -> tuple[di
             return page.evaluate(OVERFLOW_JS), page.locator(count).count()
         finally:
             browser.close()
+
+
+def most_held(builder, events: list[dict], held) -> int:
+    """`events` fed to `builder` one at a time: the most `held(builder)` (what it keeps in memory) ever was."""
+    most = 0
+    for e in events:
+        builder.add(e)
+        most = max(most, held(builder))
+    return most

@@ -8,7 +8,7 @@ import pytest
 
 from cancelflow.report import Rate, compute_report, nearest_rank
 from cancelflow.report_page import render_html
-from tests.unit.report_pages import env, overflow, pixels_by_color, screenshot
+from tests.unit.report_pages import env, most_held, overflow, pixels_by_color, screenshot
 
 
 def requested(rid: str, at: str, reason: str) -> dict:
@@ -182,11 +182,9 @@ def test_a_year_read_in_time_order_holds_only_the_open_requests_and_gives_the_sa
     from cancelflow.report import ReportBuilder
 
     events = year_in_time_order()
-    builder, most = ReportBuilder(), 0
-    for e in events:
-        builder.add(e)
-        most = max(most, len(builder.open) + len(builder.received) + len(builder.issued_open)
-                   + len(builder.reader.seen))
+    builder = ReportBuilder()
+    most = most_held(builder, events,
+                     lambda b: len(b.open) + len(b.received) + len(b.issued_open) + len(b.reader.seen))
     f = builder.figures(generated_at=None)
     n, w = 8 * 365, 2 * 365  # k = 0 and 5 of each day withdrawn
     assert (f.accepted, f.withdrawn, f.completed) == (n, w, n - w)

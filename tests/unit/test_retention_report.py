@@ -14,7 +14,7 @@ from cancelflow.report import compute_report, report_json
 from cancelflow.report_page import render_html, retention_html
 from cancelflow.retention_report import (Group, OfferFigures, RetentionBuilder, compute_retention, lift_between,
                                          mask_feedback, retention_json, wilson)
-from tests.unit.report_pages import env, overflow, pixels_by_color, screenshot
+from tests.unit.report_pages import env, most_held, overflow, pixels_by_color, screenshot
 
 
 def requested(rid: str, at: str, reason: str, feedback: str = "", name: str = "山田 太郎",
@@ -184,11 +184,9 @@ def year_of_offers(days: int = 365, per_day: int = 8) -> list[dict]:
 
 def test_a_year_read_in_time_order_holds_only_the_open_requests_and_a_week_of_closed_ones():
     events = year_of_offers()
-    builder, most = RetentionBuilder(), 0
-    for e in events:
-        builder.add(e)
-        most = max(most, len(builder.open) + len(builder.closed) + len(builder.closed_early)
-                   + len(builder.taken_early))
+    builder = RetentionBuilder()
+    most = most_held(builder, events,
+                     lambda b: len(b.open) + len(b.closed) + len(b.closed_early) + len(b.taken_early))
     r = builder.figures()
     days, even_days = 365, 183
     assert r.by_offer["consultation"] == OfferFigures(7 * days, 0)
