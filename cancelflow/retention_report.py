@@ -29,7 +29,8 @@ from shared.contract_calendar import TOKYO
 from shared.pii import mask_pii
 from shared.vocabulary import Offer, Reason
 
-from .report_events import EnvelopeReader, Event, Recent, parse_instant
+from .report_events import WINDOW, EnvelopeReader, Event, parse_instant
+from .seen_window import SeenWindow
 
 MIN_GROUP = 30  # acceptances per group below which a difference in save rates tells nothing
 FEEDBACK_PER_REASON = 20  # the newest, per reason
@@ -158,9 +159,9 @@ class RetentionBuilder:
         self.min_group, self.feedback_per_reason = min_group, feedback_per_reason
         self.reader = EnvelopeReader()
         self.open: dict[str, _Accepted] = {}
-        self.closed = Recent()  # request -> _Accepted, folded within the window: a late offer_taken still counts
+        self.closed = SeenWindow(WINDOW)  # request -> _Accepted, folded within the window: a late offer_taken still counts
         self.closed_early: dict[str, tuple[bool, str | None]] = {}  # (saved, taken) read before the acceptance
-        self.taken_early = Recent()  # request -> offer, read before the acceptance
+        self.taken_early = SeenWindow(WINDOW)  # request -> offer, read before the acceptance
         self.offered_n: dict[str, int] = defaultdict(int)
         self.taken_n: dict[str, int] = defaultdict(int)
         self.without = {"offered": 0, "no offers": 0, "holdout": 0}
