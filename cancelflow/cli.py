@@ -84,7 +84,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
     if demo:
         from .demo import run_demo
 
-        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.config.api_keys.split(",")[0],
+        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.api_key,
                  console=console)
     if detach:
         return
@@ -155,13 +155,14 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
 
 @app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Against a running stack: sign contracts, submit cancellations, show what happened to each."""
     from .demo import run_demo
 
     stack = _stack(recorded=True)
     try:
-        run_demo(stack, intake_url=intake_url, api_key=api_key, console=console)
+        run_demo(stack, intake_url=intake_url, api_key=api_key or stack.api_key, console=console)
     except InfraError as exc:
         _fail(str(exc))
 

@@ -39,7 +39,7 @@ class PipelineClient:
     bootstrap: Target  # a KafkaConnection, or a bootstrap address with the operator's security settings
     intake_url: str
     mail_dir: Path
-    api_key: str = "dev-key"
+    api_key: str | None = None  # intake's X-API-Key (none: only calls that need no key, or signed ones)
 
     async def __aenter__(self) -> "PipelineClient":
         self.connection = kafka_clients.as_connection(self.bootstrap)
@@ -47,7 +47,8 @@ class PipelineClient:
         await self.producer.start()
         self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()
-        self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10)
+        self.http = httpx.AsyncClient(base_url=self.intake_url,
+                                      headers={"X-API-Key": self.api_key} if self.api_key else {}, timeout=10)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -56,7 +56,9 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     clock_file: Path | None = None
     partitions: int = 4
-    api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
+    # None: the key and the webhook secret generated for this stack (see `Stack.api_keys`).
+    api_keys: str | None = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS"))
+    webhook_secret: str | None = field(default_factory=lambda: os.environ.get("INTAKE_WEBHOOK_SECRET"))
     extra_env: dict[str, str] = field(default_factory=dict)
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
@@ -114,11 +116,27 @@ class Stack:
     def database_url(self) -> str:
         return self.config.database_url or self.pg_node.url
 
+    @property
+    def api_keys(self) -> str:
+        """What intake accepts: INTAKE_API_KEYS if given, else the key generated for this stack."""
+        return self.config.api_keys or stack_security.intake_secrets(self.security_dir)[0]
+
+    @property
+    def api_key(self) -> str:
+        """The key clients of this stack send (the first accepted one)."""
+        return self.api_keys.split(",")[0].strip()
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.config.webhook_secret or stack_security.intake_secrets(self.security_dir)[1]
+
     def endpoints(self) -> dict[str, str]:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "DATABASE_URL": self.database_url,
             "INTAKE_URL": f"http://127.0.0.1:{self.ports.intake}",
+            "INTAKE_API_KEY": self.api_key,
+            "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
             "SMTP": f"127.0.0.1:{self.ports.smtp}",
             "MAIL_DIR": str(self.mail_dir),
             "LOGS": str(self.logs),
@@ -139,7 +157,8 @@ class Stack:
         env |= {
             "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
-            "INTAKE_API_KEYS": self.config.api_keys,
+            "INTAKE_API_KEYS": self.api_keys,
+            "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
             "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
             "PYTHONUNBUFFERED": "1",

@@ -5,7 +5,9 @@ keeps the security it was made with."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.kafka_connection import KafkaConnection
@@ -17,14 +19,28 @@ SECURITY_MODES = ("plaintext", "scram", "tls")
 SCRAM_USER = "cancelflow"
 
 
+def generated(path: Path, make: Callable[[], dict]) -> dict:
+    """Secrets kept in `path` (mode 0600), made by `make()` the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before anything is written: never readable by others, not even for a moment.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(make()))
+    return json.loads(path.read_text())
+
+
+def intake_secrets(security_dir: Path) -> tuple[str, str]:
+    """(the API key, the webhook secret) of the stack's intake, generated once per stack."""
+    data = generated(security_dir / "intake.json", lambda: {
+        "api_key": secrets.token_urlsafe(24), "webhook_secret": secrets.token_urlsafe(32)})
+    return data["api_key"], data["webhook_secret"]
+
+
 def scram_user(security_dir: Path) -> tuple[str, str]:
     """The stack's SCRAM user and its password, generated once."""
-    path = security_dir / "scram.json"
-    if not path.exists():
-        security_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"username": SCRAM_USER, "password": secrets.token_urlsafe(24)}))
-        path.chmod(0o600)
-    data = json.loads(path.read_text())
+    data = generated(security_dir / "scram.json", lambda: {"username": SCRAM_USER,
+                                                            "password": secrets.token_urlsafe(24)})
     return data["username"], data["password"]
 
 

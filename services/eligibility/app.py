@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from shared.service import Runtime, ServiceApp, build_app
+from shared.settings import load_settings
 
 from .domain import DEFAULT_OFFER_POLICY, parse_offer_policy
 from .handlers import complete_due_cancellations, subscriptions
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
-    settings = settings or EligibilitySettings()
+    settings = settings or load_settings(EligibilitySettings)
     policy = (parse_offer_policy(json.loads(settings.offer_policy_json))
               if settings.offer_policy_json else DEFAULT_OFFER_POLICY)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from shared.vocabulary import RequestStatus
 
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
+from .signatures import SignatureRefused, remember, verify
 from .store import SCHEMA, IdempotencyConflict, record_request
 
 
@@ -66,17 +66,21 @@ def install(runtime: Runtime, app: FastAPI) -> None:
 
     async def authenticate(request: Request, x_api_key: Annotated[str | None, Header()] = None,
                            x_signature: Annotated[str | None, Header()] = None) -> None:
-        """X-API-Key (any configured key, compared in constant time) or an HMAC-SHA256 signed body."""
+        """X-API-Key (any configured key, compared in constant time) or a signed body (`signatures`)."""
         if x_api_key is not None:
             given = x_api_key.encode()
             # Compare with every key so the time taken does not tell which one nearly matched.
             if any([hmac.compare_digest(given, k) for k in keys]):
                 return
-        if x_signature is not None and settings.webhook_secret:
-            expected = "sha256=" + hmac.new(settings.webhook_secret.encode(), await request.body(),
-                                            hashlib.sha256).hexdigest()
-            if hmac.compare_digest(x_signature.encode(), expected.encode()):
-                return
+        if x_signature is not None and settings.webhook_secret is not None:
+            now, tolerance = runtime.clock.now(), settings.signature_tolerance_s
+            try:
+                signature = verify(settings.webhook_secret.get_secret_value(), x_signature, await request.body(),
+                                   now, tolerance)
+                await remember(runtime.pool, signature, now, tolerance)
+            except SignatureRefused as exc:
+                raise HTTPException(401, detail=str(exc), headers={"WWW-Authenticate": "ApiKey"}) from None
+            return
         raise HTTPException(401, detail="missing or invalid X-API-Key (or X-Signature)",
                             headers={"WWW-Authenticate": "ApiKey"})
 

@@ -1,13 +1,15 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, database_url_field
 
 
 class NotifierSettings(ServiceSettings):
     """notifier: e-mails over SMTP and the reminder schedule. Env prefix NOTIFIER_."""
 
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", populate_by_name=True)
+
+    database_url: str = database_url_field("NOTIFIER")
 
     http_port: int = Field(8004, description="Port of health and metrics.")
     smtp_host: str = Field("127.0.0.1", description="SMTP relay host.")

@@ -43,7 +43,7 @@ def chaos_stack():
     from tests.conftest import _local_ports
 
     root = Path(tempfile.mkdtemp(prefix="cancelflow-chaos-"))
-    stack = Stack(StackConfig(root=root, ports=_local_ports(), api_keys="chaos-key",
+    stack = Stack(StackConfig(root=root, ports=_local_ports(), api_keys=None, webhook_secret=None,
                               extra_env={"NOTIFIER_DISPATCH_INTERVAL_S": "0.1"}))
     try:
         stack.start_infra()
@@ -103,7 +103,7 @@ async def test_nothing_lost_nothing_twice_under_kills_and_restarts(chaos_stack):
     url = stack.database_url
     started = time.monotonic()
     async with PipelineClient(stack.bootstrap, f"http://127.0.0.1:{stack.ports.intake}", stack.mail_dir,
-                              api_key="chaos-key") as c:
+                              api_key=stack.api_key) as c:
         contracts = [unique("CH") for _ in range(N)]
         sends = [await c.producer.send(topics.CONTRACTS, new_envelope(
             ContractSigned(contract_id=cid, account_id="@" + cid.lower(), plan="pro", monthly_fee_jpy=10_000,
