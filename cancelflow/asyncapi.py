@@ -105,7 +105,7 @@ def service_subscriptions() -> dict[str, list]:
 
     from services.intake.settings import IntakeSettings
 
-    return {"intake": intake(SimpleNamespace(settings=IntakeSettings())),
+    return {"intake": intake(SimpleNamespace(settings=IntakeSettings.model_construct())),
             "eligibility": eligibility(DEFAULT_OFFER_POLICY)(None),
             "billing": billing(None), "notifier": notifier(None)}
 

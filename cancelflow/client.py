@@ -40,10 +40,12 @@ class PipelineClient:
     intake_url: str
     mail_dir: Path
     api_key: str | None = None  # intake's X-API-Key (none: only calls that need no key, or signed ones)
+    # Who publishes, when not the reader: on a broker with ACLs the operator reads, `upstream` writes.
+    publisher: Target | None = None
 
     async def __aenter__(self) -> "PipelineClient":
         self.connection = kafka_clients.as_connection(self.bootstrap)
-        self.producer = kafka_clients.producer(self.connection)
+        self.producer = kafka_clients.producer(self.publisher if self.publisher is not None else self.connection)
         await self.producer.start()
         self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()

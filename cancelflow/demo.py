@@ -20,6 +20,7 @@ from shared.clock import FileClock
 from .client import PipelineClient
 from .infra.errors import InfraError
 from .stack import Stack
+from .stack_security import UPSTREAM
 
 
 def run_demo(stack: Stack, *, intake_url: str, api_key: str, console: Console) -> None:
@@ -28,7 +29,8 @@ def run_demo(stack: Stack, *, intake_url: str, api_key: str, console: Console) -
 
 async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -> None:
     clock = FileClock(stack.config.clock_file) if stack.config.clock_file else None
-    async with PipelineClient(stack.kafka_connection, intake_url, stack.mail_dir, api_key=api_key) as c:
+    async with PipelineClient(stack.kafka_connection, intake_url, stack.mail_dir, api_key=api_key,
+                              publisher=stack.connection_for(UPSTREAM)) as c:
         today = tokyo_date(datetime.now(timezone.utc))
         console.rule("signing contracts")
         old = today.replace(year=today.year - 2)

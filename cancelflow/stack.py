@@ -23,6 +23,7 @@ from shared.vocabulary import SERVICES
 
 from . import stack_security
 from .infra import kafka, postgres
+from .infra.acl import create_acls
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
 
@@ -91,14 +92,19 @@ class Stack:
         security = self.config.security
         return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
                                partitions=self.config.partitions,
-                               scram_user=stack_security.scram_user(self.security_dir) if security == "scram" else None,
+                               **(stack_security.scram_node_users(self.security_dir) if security == "scram" else {}),
                                tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
 
     @property
     def kafka_connection(self) -> KafkaConnection:
-        """How every client of this stack (services, operator commands) reaches its broker."""
+        """How the operator (trace, tail, dlq, top, report) reaches this stack's broker: the printed settings."""
+        return self.connection_for(stack_security.OPERATOR)
+
+    def connection_for(self, principal: str) -> KafkaConnection:
+        """How `principal` (a service, `upstream`, `operator`, the broker's own `broker`) reaches the broker;
+        one principal each when it requires SCRAM."""
         security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
-        return stack_security.connection(security, self.bootstrap, self.security_dir)
+        return stack_security.connection(security, self.bootstrap, self.security_dir, principal)
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
@@ -153,7 +159,7 @@ class Stack:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
-        env |= self.kafka_connection.env()
+        env |= self.connection_for(name).env()
         env |= {
             "DATABASE_URL": self.database_url,
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
@@ -257,11 +263,13 @@ class Stack:
 
         if local_kafka:
             node.wait_listening(self.procs["kafka"], self.logs / "kafka.log")
-        options = self.kafka_connection.client_options()
+        options = self.connection_for(stack_security.BROKER).client_options()
 
         async def ready() -> None:
             await kafka.wait_ready(self.bootstrap, 90, **options)
             await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions, **options)
+            if local_kafka and self.config.security == "scram":
+                await create_acls(self.bootstrap, stack_security.access_policy(), **options)
             if local_pg:
                 try:
                     await postgres.wait_ready(self.pg_node.admin_url, 60)
