@@ -153,6 +153,36 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     console.print(f"topics ready on {bootstrap}", highlight=False)
 
 
+@app.command("db-roles")
+def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
+                                                   help="A URL of the database as a role that may create roles."),
+                     password_from_env: bool = typer.Option(
+                         False, help="Take each role's password from <SERVICE>_DATABASE_PASSWORD instead of "
+                                     "generating one.")) -> None:
+    """Give each service its own login role owning only its schema (idempotent); prints <SERVICE>_DATABASE_URL=
+    lines, one per service, for the services' environment."""
+    import secrets
+
+    from shared import db_roles
+    from shared.vocabulary import SERVICES
+
+    def password(service: str) -> str:
+        if not password_from_env:
+            return secrets.token_urlsafe(24)
+        value = os.environ.get(f"{service.upper()}_DATABASE_PASSWORD")
+        if not value:
+            _fail(f"{service.upper()}_DATABASE_PASSWORD is not set")
+        return value
+
+    passwords = {service: password(service) for service in SERVICES}
+    try:
+        asyncio.run(db_roles.provision(admin_url, passwords))
+    except OSError as exc:
+        _fail(f"cannot reach {admin_url.rsplit('@', 1)[-1]}: {exc}")
+    for service, secret in passwords.items():
+        print(f"{service.upper()}_DATABASE_URL={db_roles.role_url(admin_url, service, secret)}")
+
+
 @app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
          api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from shared import topics
+from shared import db_roles, topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
@@ -155,13 +155,20 @@ class Stack:
         env.pop("KAFKA_BOOTSTRAP_SERVERS")
         return {} if env == {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"} else env
 
+    def service_database_url(self, name: str) -> str:
+        """Where `name` keeps its schema: as its own role on the local server (the given URL otherwise)."""
+        if self.config.database_url is not None:
+            return self.config.database_url
+        return db_roles.role_url(self.pg_node.url, name, stack_security.database_passwords(self.security_dir)[name])
+
     def service_env(self, name: str) -> dict[str, str]:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
         env |= self.connection_for(name).env()
         env |= {
-            "DATABASE_URL": self.database_url,
+            "DATABASE_URL": self.service_database_url(name),
+            f"{prefix}DATABASE_URL": self.service_database_url(name),
             f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
             "INTAKE_API_KEYS": self.api_keys,
             "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
@@ -277,6 +284,7 @@ class Stack:
                     self._raise_if_exited("postgres")
                     raise
                 await postgres.create_database(self.pg_node.admin_url)
+                await db_roles.provision(self.pg_node.url, stack_security.database_passwords(self.security_dir))
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):

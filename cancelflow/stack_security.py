@@ -50,6 +50,11 @@ def principals(security_dir: Path) -> dict[str, str]:
                      lambda: {name: secrets.token_urlsafe(24) for name in (BROKER, *CLIENT_PRINCIPALS)})
 
 
+def database_passwords(security_dir: Path) -> dict[str, str]:
+    """The password of each service's PostgreSQL role, generated once."""
+    return generated(security_dir / "postgres.json", lambda: {name: secrets.token_urlsafe(24) for name in SERVICES})
+
+
 def scram_node_users(security_dir: Path) -> dict:
     """The KafkaNode arguments of a SCRAM stack: the broker's user, the clients' users, ACLs on."""
     users = principals(security_dir)

@@ -1,0 +1,51 @@
+"""PostgreSQL least privilege on the real server (SPEC section 9): each service runs as its own login role,
+owning its schema and everything in it, and is refused every other schema's tables."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from shared.vocabulary import SERVICES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def role_urls(infra) -> dict[str, str]:
+    if infra.stack is None or infra.stack.config.database_url is not None:
+        pytest.skip("the roles are provisioned on the local test stack's own server")
+    return {name: infra.stack.service_database_url(name) for name in SERVICES}
+
+
+async def test_each_role_owns_its_schema_and_is_refused_every_other_schemas_tables(role_urls, db):
+    tables = {schema: [r["tablename"] for r in await db.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema)] for schema in SERVICES}
+    assert all(tables.values()) and "seen_signatures" in tables["intake"]
+    owners = await db.fetch("SELECT n.nspname AS schema, pg_get_userbyid(n.nspowner) AS owner FROM pg_namespace n"
+                            " WHERE n.nspname = ANY($1::text[])", list(SERVICES))
+    assert {r["schema"]: r["owner"] for r in owners} == {s: s for s in SERVICES}
+    foreign_owned = await db.fetch("SELECT schemaname, tablename, tableowner FROM pg_tables"
+                                   " WHERE schemaname = ANY($1::text[]) AND tableowner <> schemaname", list(SERVICES))
+    assert foreign_owned == []  # migrations ran as the service's role
+    for role, url in role_urls.items():
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT current_user") == role
+            assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            for table in tables[role]:
+                await conn.fetchval(f'SELECT count(*) FROM "{role}"."{table}"')
+            for schema in SERVICES:
+                if schema == role:
+                    continue
+                for table in tables[schema]:
+                    for statement in (f'SELECT 1 FROM "{schema}"."{table}" LIMIT 1',
+                                      f'DELETE FROM "{schema}"."{table}"'):
+                        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                            await conn.execute(statement)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f'CREATE SCHEMA "{role}_extra"')
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CREATE TABLE public.smuggled (x int)")
+        finally:
+            await conn.close()
