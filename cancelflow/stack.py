@@ -108,7 +108,8 @@ class Stack:
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
-        return postgres.PostgresNode(self.root / "postgres", self.ports.postgres)
+        return postgres.PostgresNode(self.root / "postgres", self.ports.postgres,
+                                     password=stack_security.database_passwords(self.security_dir)["postgres"])
 
     @property
     def mail_dir(self) -> Path:
@@ -284,7 +285,7 @@ class Stack:
                     self._raise_if_exited("postgres")
                     raise
                 await postgres.create_database(self.pg_node.admin_url)
-                await db_roles.provision(self.pg_node.url, stack_security.database_passwords(self.security_dir))
+                await db_roles.provision(self.pg_node.url, stack_security.service_database_passwords(self.security_dir))
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):

@@ -51,8 +51,13 @@ def principals(security_dir: Path) -> dict[str, str]:
 
 
 def database_passwords(security_dir: Path) -> dict[str, str]:
-    """The password of each service's PostgreSQL role, generated once."""
-    return generated(security_dir / "postgres.json", lambda: {name: secrets.token_urlsafe(24) for name in SERVICES})
+    """The password of each service's PostgreSQL role and of the superuser (`postgres`), generated once."""
+    return generated(security_dir / "postgres.json",
+                     lambda: {name: secrets.token_urlsafe(24) for name in ("postgres", *SERVICES)})
+
+
+def service_database_passwords(security_dir: Path) -> dict[str, str]:
+    return {name: password for name, password in database_passwords(security_dir).items() if name in SERVICES}
 
 
 def scram_node_users(security_dir: Path) -> dict:

@@ -49,3 +49,12 @@ async def test_each_role_owns_its_schema_and_is_refused_every_other_schemas_tabl
                 await conn.execute("CREATE TABLE public.smuggled (x int)")
         finally:
             await conn.close()
+
+
+async def test_the_roles_need_their_password(role_urls):
+    for role, url in role_urls.items():
+        host = url.rsplit("@", 1)[1]
+        for wrong in (f"postgresql://{role}@{host}", f"postgresql://{role}:not-it@{host}",
+                      f"postgresql://postgres@{host}"):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(wrong)
