@@ -134,7 +134,7 @@ def service_brokers() -> dict[str, KafkaBroker]:
     from services.notifier.settings import NotifierSettings
 
     fixed = {"kafka_bootstrap_servers": DOC_BOOTSTRAP, "kafka_security_protocol": "PLAINTEXT",
-             "consumer_group": None, "offer_policy_json": None}
+             "consumer_group": None, "offer_policy_json": None, "api_keys": "documentation-only"}
     factories = {"intake": (intake_app, IntakeSettings), "eligibility": (eligibility_app, EligibilitySettings),
                  "billing": (billing_app, BillingSettings), "notifier": (notifier_app, NotifierSettings)}
     brokers = {}

@@ -153,6 +153,32 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     console.print(f"topics ready on {bootstrap}", highlight=False)
 
 
+@app.command("kafka-acls")
+def kafka_acls(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")) -> None:
+    """Create the ACLs of SPEC section 9 (one principal per service, upstream, operator) on a broker with an
+    authorizer, connecting with the KAFKA_* settings of a principal allowed to alter ACLs (idempotent)."""
+    from . import kafka_clients
+    from .infra import kafka
+    from .infra.acl import create_acls
+    from .stack_security import access_policy
+
+    conn = kafka_clients.connection(bootstrap)
+
+    async def run() -> int:
+        await kafka.wait_ready(conn.bootstrap_servers, 120, **conn.client_options())
+        policy = access_policy()
+        await create_acls(conn.bootstrap_servers, policy, **conn.client_options())
+        return len(policy)
+
+    from aiokafka.errors import KafkaError
+
+    try:
+        count = asyncio.run(run())
+    except (InfraError, KafkaError) as exc:
+        _fail(str(exc))
+    console.print(f"{count} ACLs on {conn.bootstrap_servers}", highlight=False)
+
+
 @app.command("db-roles")
 def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
                                                    help="A URL of the database as a role that may create roles."),

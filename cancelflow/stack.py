@@ -193,8 +193,10 @@ class Stack:
         state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
                  "endpoints": self.endpoints(), "security": self.config.security,
                  "client": self.kafka_connection.env(), "started_at": time.time()}
-        self.state_file.write_text(json.dumps(state, indent=2))
-        self.state_file.chmod(0o600)  # it holds the SCRAM password of a secured stack
+        # 0600 from its creation: it holds the intake key, the webhook secret and the operator's password.
+        with os.fdopen(os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps(state, indent=2))
+        self.state_file.chmod(0o600)  # made by an older version with other modes
 
     def recorded_security(self) -> str | None:
         """The security the recorded stack runs with (None when none is recorded)."""

@@ -58,3 +58,22 @@ async def test_the_roles_need_their_password(role_urls):
                       f"postgresql://postgres@{host}"):
             with pytest.raises(asyncpg.InvalidPasswordError):
                 await asyncpg.connect(wrong)
+
+
+def test_cancelflow_db_roles_is_idempotent_and_prints_each_services_url(infra, role_urls):
+    """What a deployment runs against its own server (docker compose: once, as the admin role)."""
+    import os
+    import subprocess
+    import sys
+
+    from cancelflow import stack_security
+
+    passwords = stack_security.service_database_passwords(infra.stack.security_dir)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    env |= {f"{name.upper()}_DATABASE_PASSWORD": pw for name, pw in passwords.items()}
+    env["DATABASE_URL"] = infra.database_url
+    result = subprocess.run([sys.executable, "-m", "cancelflow.cli", "db-roles", "--password-from-env"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert printed == {f"{name.upper()}_DATABASE_URL": url for name, url in role_urls.items()}

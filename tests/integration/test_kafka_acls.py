@@ -6,7 +6,10 @@ consuming, and may use the ones it does."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +21,6 @@ from aiokafka.protocol.fetch import FetchRequest
 
 from cancelflow import stack_security
 from cancelflow.infra import kafka
-from cancelflow.infra.acl import create_acls
 from shared import topics as t
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
@@ -60,10 +62,17 @@ def acl_broker():
         options = as_(stack_security.BROKER).client_options()
         await kafka.wait_ready(node.bootstrap, 90, **options)
         await kafka.create_topics(node.bootstrap, t.all_with_dlq(), 1, **options)
-        await create_acls(node.bootstrap, stack_security.access_policy(), **options)
 
     try:
         asyncio.run(provision())
+        # The ACLs as a deployment creates them: `cancelflow kafka-acls`, as the broker's own principal.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")} | as_(stack_security.BROKER).env()
+        refused = subprocess.run([sys.executable, "-m", "cancelflow.cli", "kafka-acls"], capture_output=True,
+                                 text=True, timeout=120, env=env | as_("operator").env())
+        assert refused.returncode == 1 and "ClusterAuthorizationFailed" in refused.stdout, refused.stdout
+        made = subprocess.run([sys.executable, "-m", "cancelflow.cli", "kafka-acls"], capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert made.returncode == 0 and " ACLs on " in made.stdout, made.stdout + made.stderr
         yield as_
     finally:
         kafka.stop(proc)
