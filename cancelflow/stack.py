@@ -157,10 +157,8 @@ class Stack:
         return {} if env == {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"} else env
 
     def service_database_url(self, name: str) -> str:
-        """Where `name` keeps its schema: as its own role on the local server (the given URL otherwise)."""
-        if self.config.database_url is not None:
-            return self.config.database_url
-        return db_roles.role_url(self.pg_node.url, name, stack_security.database_passwords(self.security_dir)[name])
+        """Where `name` keeps its schema: as its own role (see `db_roles`), on the stack's database server."""
+        return db_roles.role_url(self.database_url, name, stack_security.database_passwords(self.security_dir)[name])
 
     def service_env(self, name: str) -> dict[str, str]:
         prefix = name.upper() + "_"
@@ -287,7 +285,8 @@ class Stack:
                     self._raise_if_exited("postgres")
                     raise
                 await postgres.create_database(self.pg_node.admin_url)
-                await db_roles.provision(self.pg_node.url, stack_security.service_database_passwords(self.security_dir))
+            # The services' own roles, on a server of our own or one given with its admin's URL.
+            await db_roles.provision(self.database_url, stack_security.service_database_passwords(self.security_dir))
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):
