@@ -185,8 +185,9 @@ def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
                      password_from_env: bool = typer.Option(
                          False, help="Take each role's password from <SERVICE>_DATABASE_PASSWORD instead of "
                                      "generating one.")) -> None:
-    """Give each service its own login role owning only its schema (idempotent); prints <SERVICE>_DATABASE_URL=
-    lines, one per service, for the services' environment."""
+    """Give each service its own login role owning only its schema (idempotent). With generated passwords, prints
+    <SERVICE>_DATABASE_URL= lines for the services' environment; with passwords from the environment (docker
+    compose: the one-shot db-roles) it prints no secret, only the roles made."""
     import secrets
 
     from shared import db_roles
@@ -205,6 +206,9 @@ def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
         asyncio.run(db_roles.provision(admin_url, passwords))
     except OSError as exc:
         _fail(f"cannot reach {admin_url.rsplit('@', 1)[-1]}: {exc}")
+    if password_from_env:
+        console.print(f"roles ready: {', '.join(passwords)}", highlight=False)
+        return
     for service, secret in passwords.items():
         print(f"{service.upper()}_DATABASE_URL={db_roles.role_url(admin_url, service, secret)}")
 
