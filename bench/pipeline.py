@@ -216,8 +216,8 @@ class Collector:
                                           max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
         try:
-            meta = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(t, p) for t in self.topics for p in sorted(meta.partitions_for_topic(t) or ())]
+            parts = await kafka_clients.topic_partitions(self.bootstrap, self.topics)
+            tps = [TopicPartition(t, p) for t in self.topics for p in parts.get(t, ())]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             for tp in tps:
@@ -557,11 +557,14 @@ def summarize_profile(raw: Path, top: int = 15) -> dict:
             "own": share(own, top), "own_by_library": share(own_area), "under": share(through)}
 
 
-PROJECT_MODULES = {"(shared/consumer.py": "shared.consumer", "(shared/outbox.py": "shared.outbox (relay + buffer)",
+PROJECT_MODULES = {"(shared/messaging/consumer.py": "shared.messaging (consumer)",
+                   "(shared/messaging/deferral.py": "shared.messaging (consumer)",
+                   "(shared/messaging/inbox.py": "shared.messaging (consumer)",
+                   "(shared/messaging/outbox.py": "shared.messaging (outbox + relay)",
+                   "(shared/messaging/relay.py": "shared.messaging (outbox + relay)",
                    "(shared/events.py": "shared.events (decode/encode)",
-                   **{f"(services/{s}/handlers.py": "service handlers"
-                      for s in ("intake", "eligibility", "billing", "notifier")},
-                   "(services/intake/store.py": "service handlers",
+                   **{f"(services/{s}/{m}.py": "service handlers and stores"
+                      for s in ("intake", "eligibility", "billing", "notifier") for m in ("handlers", "store", "domain")},
                    **{f"(services/notifier/{m}.py": "notifier dispatch" for m in ("dispatch", "smtp_client", "mime")},
                    "(services/notifier/texts.py": "notifier mail texts", "(services/notifier/templates/": "notifier mail texts"}
 

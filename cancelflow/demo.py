@@ -14,7 +14,7 @@ from datetime import datetime, time, timedelta, timezone
 from rich.console import Console
 from rich.table import Table
 
-from shared.calendar import TOKYO, tokyo_date
+from shared.contract_calendar import TOKYO, tokyo_date
 from shared.clock import FileClock
 
 from .client import PipelineClient

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from shared.kafka_connection import MAX_REQUEST_BYTES, KafkaConnection
+from shared.kafka_connection import MAX_REQUEST_BYTES, KafkaConnection, describe_partitions
 
 Target = KafkaConnection | str | None
 
@@ -74,8 +74,8 @@ def admin(target: Target, **options: Any) -> AIOKafkaAdminClient:
 
 
 async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, list[int]]:
-    """The partitions of each existing topic among `names`, asked of the cluster now (aiokafka's consumer
-    has no public way to refresh its metadata; the admin client's describe_topics is public)."""
+    """The partitions of each existing topic among `names`, asked of the cluster now (see
+    shared.kafka_connection.describe_partitions)."""
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return {}
@@ -83,12 +83,10 @@ async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, li
     if client is not target:
         await client.start()
     try:
-        described = await client.describe_topics(wanted)
+        return await describe_partitions(client, wanted)
     finally:
         if client is not target:
             await client.close()
-    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
-            for t in described if t.get("error_code", 0) == 0 and t.get("partitions")}
 
 
 async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = lambda r: True,

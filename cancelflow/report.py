@@ -26,7 +26,7 @@ from typing import Any
 from rich.table import Table
 
 from shared import topics
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.vocabulary import Offer, Reason
 
 REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS)

@@ -92,3 +92,15 @@ class KafkaConnection(BaseSettings):
         """One line for people: the protocol and, for SASL, the user (never the password)."""
         who = f" as {self.sasl_username} ({self.sasl_mechanism})" if self.uses_sasl else ""
         return f"{self.security_protocol}{who}"
+
+
+async def describe_partitions(admin: Any, names: Any) -> dict[str, list[int]]:
+    """The partitions of each existing topic among `names`, asked of the cluster now through a started
+    AIOKafkaAdminClient (aiokafka's consumer has no public way to refresh its metadata; the admin client's
+    describe_topics is public)."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return {}
+    described = await admin.describe_topics(wanted)
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+            for t in described if t.get("error_code", 0) == 0 and t.get("partitions")}

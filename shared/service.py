@@ -27,12 +27,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import metrics, topics
 from shared.clock import Clock, clock_from
-from shared.consumer import BatchConsumer, Handler, Prepare
 from shared.db import create_pool, migrate
+from shared.jsonlog import configure_logging
 from shared.kafka_connection import MAX_REQUEST_BYTES
-from shared.logging import configure_logging
-from shared.offsets import OffsetCommitter
-from shared.outbox import OutboxRelay
+from shared.messaging.consumer import BatchConsumer, Subscription
+from shared.messaging.lag import lag_loop
+from shared.messaging.offsets import OffsetCommitter
+from shared.messaging.relay import OutboxRelay
+from shared.retry import until_it_works
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -72,31 +74,15 @@ class Runtime:
             await self.pool.close()
 
 
-@dataclass(frozen=True)
-class Subscription:
-    topics: Sequence[str]
-    handlers: dict[str, Handler]
-    # 0: each batch as soon as a record arrives (the latency path). N > 0: records are collected for up to N ms
-    # into one batch (one transaction, one round of statements) - for views that may lag a little.
-    collect_ms: int = 0
-    prepare: Prepare | None = None  # see shared.consumer.Prepare
-
-
-async def _retry(what: str, runtime: Runtime, attempt: Callable[[], Awaitable[Any]]) -> Any:
-    delay = 0.2
-    while True:
-        try:
-            return await attempt()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - waiting for a dependency: log and back off
-            log.warning("waiting for %s: %s: %s", what, type(exc).__name__, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 class ServiceApp(AsgiFastStream):
-    """An AsgiFastStream whose broker starts once its dependencies answer, serving FastAPI routes."""
+    """An AsgiFastStream whose broker starts once its dependencies answer, serving FastAPI routes.
+
+    The one place that adapts FastStream, for two hooks it lacks: `AsgiFastStream` routes HTTP by whole
+    path only (`asgi_routes`), with no way to mount an ASGI app (FastAPI, with path parameters) under a
+    prefix, so `__call__` hands every HTTP request to FastAPI; and it starts its brokers inside the startup
+    (`_start_broker`), with no way to start them once the database and Kafka answer, so that override
+    starts them in the background while /health already answers.
+    """
 
     def __init__(self, broker: KafkaBroker, runtime: Runtime, http: FastAPI,
                  background: Sequence[BackgroundLoop]) -> None:
@@ -127,7 +113,7 @@ class ServiceApp(AsgiFastStream):
             await migrate(s.database_url, rt.schema, rt.service_dir)
             return await create_pool(s.database_url, rt.schema, max_size=s.db_pool_max)
 
-        rt.pool = await _retry("database", rt, connect_db)
+        rt.pool = await until_it_works("database", connect_db)
         rt.waiting_for.remove("database")
 
         async def connect_kafka() -> None:
@@ -144,13 +130,16 @@ class ServiceApp(AsgiFastStream):
             for broker in self.brokers:
                 await broker.start()
 
-        await _retry("kafka", rt, connect_kafka)
+        await until_it_works("kafka", connect_kafka)
         rt.waiting_for.remove("kafka")
         rt.relay = OutboxRelay(pool=rt.pool, producer=rt.producer, schema=rt.schema, service=rt.name,
                                poll_ms=s.relay_poll_ms)
         rt.tasks.append(asyncio.create_task(rt.relay.run(), name=f"{rt.name}-relay"))
-        for loop in (*self.background, lag_loop):
+        for loop in self.background:
             rt.tasks.append(asyncio.create_task(loop(rt), name=f"{rt.name}-{loop.__name__}"))
+        rt.tasks.append(asyncio.create_task(lag_loop(
+            service=rt.name, group=rt.group, topic_names=rt.topics, bootstrap_servers=s.kafka_bootstrap_servers,
+            client_options=s.kafka_client_options()), name=f"{rt.name}-lag"))
         rt.started = True
         log.info("%s started", rt.name)
 
@@ -175,41 +164,6 @@ class ServiceApp(AsgiFastStream):
             await rt.producer.stop()
         await rt.close_pool()
         rt.started = False
-
-
-async def lag_loop(rt: Runtime, interval_s: float = 5.0) -> None:
-    """Publish the consumer group's lag (end offset - committed offset) per partition as a gauge."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    options = rt.settings.kafka_client_options()
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=rt.settings.kafka_bootstrap_servers, **options)
-        probe = AIOKafkaConsumer(bootstrap_servers=rt.settings.kafka_bootstrap_servers, **options)
-        try:
-            await admin.start()
-            await probe.start()
-            from aiokafka.structs import TopicPartition
-
-            while True:
-                cluster = await probe._client.fetch_all_metadata()
-                tps = [TopicPartition(t, p) for t in rt.topics for p in sorted(cluster.partitions_for_topic(t) or ())]
-                committed = await admin.list_consumer_group_offsets(rt.group)
-                starts = await probe.beginning_offsets(tps) if tps else {}
-                ends = await probe.end_offsets(tps) if tps else {}
-                for tp in tps:
-                    # Never committed: the group would start at the beginning of the partition.
-                    done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp]
-                    metrics.LAG.labels(rt.name, tp.topic, str(tp.partition)).set(max(ends[tp] - done, 0))
-                await asyncio.sleep(interval_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the gauge goes stale, the service goes on
-            log.debug("lag not measured: %s", exc)
-            await asyncio.sleep(interval_s)
-        finally:
-            await probe.stop()
-            await admin.close()
 
 
 def health_routes(runtime: Runtime) -> FastAPI:
@@ -265,7 +219,7 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
                          **settings.kafka.broker_kwargs())
     for sub in subscriptions(runtime):
         runtime.topics += tuple(sub.topics)
-        consumer = BatchConsumer(runtime, sub.topics, sub.handlers, sub.prepare)
+        consumer = BatchConsumer(runtime, sub)
         runtime.consumers.append(consumer)
         committer = OffsetCommitter(settings.commit_interval_ms / 1000)
         runtime.committers.append(committer)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from shared import topics
-from shared.logging import mask_pii
+from shared.pii import mask_pii
 
 from .. import kafka_clients
 from ..kafka_clients import Target

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from shared import topics
-from shared.logging import mask_pii
+from shared.pii import mask_pii
 
 from ..kafka_clients import Target, read_topics
 from ..report import parse_instant

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import typer
 
-from shared.logging import mask_pii
+from shared.pii import mask_pii
 
 from .. import kafka_clients
 from ..kafka_clients import Target

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from shared.calendar import billing_date, billing_dates_between, last_billing_date_before
+from shared.contract_calendar import billing_date, billing_dates_between, last_billing_date_before
 
 __all__ = ["Charge", "Settlement", "settle"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from types import MappingProxyType
 
-from shared.calendar import first_anniversary
+from shared.contract_calendar import first_anniversary
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
@@ -25,12 +25,16 @@ __all__ = [
     "Reason",
     "Rejected",
     "RejectionCode",
+    "CancellationState",
     "can_withdraw",
+    "completion_cutoff",
+    "contract_is_live",
     "decide",
     "earliest_effective_date",
     "is_due_for_completion",
     "offers_for",
     "parse_offer_policy",
+    "withdrawal_refusal",
 ]
 
 NOTICE_PERIOD = timedelta(days=45)
@@ -106,6 +110,11 @@ class ContractTerms:
             raise ValueError(f"monthly_fee_jpy must be >= 0, got {self.monthly_fee_jpy}")
 
 
+def contract_is_live(contract: ContractTerms | None) -> bool:
+    """Only a live contract (known, not ended) can have a pending cancellation."""
+    return contract is not None and not contract.ended
+
+
 def earliest_effective_date(start_date: date, received_on: date) -> date:
     """The first date that honours both the minimum term and the notice period."""
     return max(first_anniversary(start_date), received_on + NOTICE_PERIOD)
@@ -169,6 +178,31 @@ def can_withdraw(*, effective_date: date, today: date) -> bool:
     return today < effective_date
 
 
+def completion_cutoff(today: date) -> date:
+    """The latest effective date that completes `today`: on (or after, if we were down) the effective date
+    the cancellation completes by itself."""
+    return today
+
+
 def is_due_for_completion(*, effective_date: date, today: date) -> bool:
-    """On (or after, if we were down) the effective date the cancellation completes by itself."""
-    return today >= effective_date
+    return effective_date <= completion_cutoff(today)
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationState:
+    """A decided request as withdrawal sees it."""
+
+    status: str  # accepted, rejected, withdrawn, completed
+    effective_date: date | None
+
+
+def withdrawal_refusal(cancellation: CancellationState | None, *, today: date) -> str | None:
+    """Why a withdrawal cannot be done, or None: only a pending (accepted) cancellation, before its date."""
+    if cancellation is None:
+        return "unknown request"
+    if cancellation.status != "accepted":
+        return f"the request is {cancellation.status}"
+    if cancellation.effective_date is None or not can_withdraw(effective_date=cancellation.effective_date,
+                                                               today=today):
+        return f"the effective date {cancellation.effective_date} has come: the contract has ended"
+    return None

@@ -9,16 +9,18 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.events import StrictCancellationForm, WithdrawalRequested
-from shared.outbox import add_event
+from shared.messaging.consumer import store_transaction
+from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
+from .domain import IdempotencyConflict, withdrawal_refusal
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
 from .signatures import SignatureRefused, remember, verify
-from .store import SCHEMA, IdempotencyConflict, record_request
+from .store import IntakeStore, new_request, request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -96,10 +98,13 @@ def install(runtime: Runtime, app: FastAPI) -> None:
                                   "Idempotency-Key, `type` idempotency_conflict)"))
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
+        new = new_request(form, source="http", submission_id=idempotency_key, received_at=runtime.clock.now())
         try:
-            async with runtime.pool.acquire() as conn:
-                recorded = await record_request(conn, form, source="http", submission_id=idempotency_key,
-                                                received_at=runtime.clock.now())
+            async with store_transaction(runtime, IntakeStore) as store:
+                recorded = await store.record(new)
+                if recorded.created:
+                    Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(
+                        new.requested(), key=form.contract_id)
         except IdempotencyConflict as exc:
             return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
@@ -109,8 +114,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
              summary="Find a request by the upstream submission_id (Kafka) or Idempotency-Key (HTTP)",
              responses=responses(401, 404, 422))
     async def find(submission_id: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow(
-            "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1", submission_id)
+        row = await request_view_by_submission(runtime.pool, submission_id)
         if row is None:
             raise HTTPException(404, detail=f"no request for submission {submission_id}")
         return _view(row)
@@ -118,7 +122,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     @app.get("/v1/cancellations/{request_id}", response_model=StatusView, dependencies=auth,
              tags=["cancellations"], summary="The status of a request", responses=responses(401, 404, 422))
     async def status(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        row = await runtime.pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+        row = await request_view(runtime.pool, request_id)
         if row is None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
@@ -128,23 +132,18 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               responses=responses(401, 404, 409, 422))
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
         now = runtime.clock.now()
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
-                " WHERE request_id = $1 FOR UPDATE", request_id)
+        async with store_transaction(runtime, IntakeStore) as store:
+            row = await store.for_withdrawal(request_id)
             if row is None:
                 raise HTTPException(404, detail=f"request {request_id} not found")
-            if row["status"] in ("completed", "rejected", "withdrawn"):
-                return problem(409, f"request is {row['status']}")
-            if row["effective_date"] is not None and tokyo_date(now) >= row["effective_date"]:
-                return problem(409, "the effective date has come: the contract has ended")
-            if row["withdrawal_requested_at"] is None:  # asking twice is one withdrawal
-                await conn.execute("UPDATE requests SET withdrawal_requested_at = $2, updated_at = now()"
-                                   " WHERE request_id = $1", request_id, now)
-                await add_event(conn, SCHEMA, WithdrawalRequested(
-                    request_id=request_id, contract_id=row["contract_id"], requested_at=now),
-                    key=row["contract_id"], producer="intake", correlation_id=request_id, causation_id=None)
-        return Received(request_id=request_id, status=RequestStatus(row["status"]), status_url=status_url(request_id))
+            refused = withdrawal_refusal(row.status, row.effective_date, today=tokyo_date(now))
+            if refused is not None:
+                return problem(409, refused)
+            if row.withdrawal_requested_at is None:  # asking twice is one withdrawal
+                await store.withdrawal_requested(request_id, now)
+                Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
+                    request_id=request_id, contract_id=row.contract_id, requested_at=now), key=row.contract_id)
+        return Received(request_id=request_id, status=row.status, status_url=status_url(request_id))
 
 
 def _view(row) -> StatusView:

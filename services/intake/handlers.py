@@ -5,115 +5,78 @@ from __future__ import annotations
 import logging
 
 from shared import topics
-from shared.consumer import Context
-from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
+from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
                            CancellationSubmitted, CancellationWithdrawn, NotificationSent, PoisonMessage,
                            SettlementIssued, SettlementVoided, WithdrawalRefused)
-from shared.service import Runtime, Subscription
+from shared.messaging.consumer import Context, Subscription
+from shared.service import Runtime
+from shared.vocabulary import RequestStatus
 
-from .store import IdempotencyConflict, existing_request, insert_requests, new_request, queue_requested, record_request
+from .domain import IdempotencyConflict
+from .store import IntakeStore
 
 log = logging.getLogger(__name__)
 
-
-def _form(e: CancellationSubmitted) -> CancellationForm:
-    return CancellationForm.model_validate(e.model_dump(exclude={"submission_id"}))
+Ctx = Context[IntakeStore]
 
 
-async def prepare_submissions(conn, rt: Runtime, items: list) -> dict:
-    """The batch's submissions inserted with one statement: {event_id: (NewRequest, created)}."""
-    news = {envelope.event_id: new_request(_form(e), source="kafka", submission_id=e.submission_id,
-                                           received_at=rt.clock.now())
-            for envelope, e in items if isinstance(e, CancellationSubmitted)}
-    created = await insert_requests(conn, list(news.values()))
-    return {event_id: (new, new.request_id in created) for event_id, new in news.items()}
-
-
-async def on_submitted(ctx: Context, e: CancellationSubmitted) -> None:
+async def on_submitted(ctx: Ctx, e: CancellationSubmitted) -> None:
     try:
-        if ctx.prepared is not None and ctx.envelope.event_id in ctx.prepared:
-            new, created = ctx.prepared[ctx.envelope.event_id]
-            if created:
-                await queue_requested(ctx.conn, new, correlation_id=ctx.envelope.correlation_id,
-                                      causation_id=str(ctx.envelope.event_id))
-            else:
-                await existing_request(ctx.conn, new)  # the same key before: same body, or a conflict
-            return
-        await record_request(ctx.conn, _form(e), source="kafka", submission_id=e.submission_id,
-                             received_at=ctx.now(), correlation_id=ctx.envelope.correlation_id,
-                             causation_id=str(ctx.envelope.event_id))
+        recorded = await ctx.store.record_submission(ctx.envelope.event_id, e, ctx.now())
     except IdempotencyConflict as exc:
         raise PoisonMessage(str(exc)) from None
+    if recorded.created:  # the same key before: the first request stands, nothing new to announce
+        ctx.emit(recorded.new.requested(), key=e.contract_id)
 
 
-# Status changes only move forward: an answer never goes back to "received", an end is final.
-# The status view is written, never read, by these handlers: each write is deferred (ctx.defer), so a
-# batch's updates go to PostgreSQL in a few executemany round trips, still in order.
-_ANSWERABLE = "status = 'received'"
-_OPEN = "status IN ('received', 'accepted')"
+# The status view. An answer's time is when it was decided (older producers: when it was published).
+async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
+    ctx.store.accepted(e, e.decided_at or ctx.envelope.occurred_at)
 
 
-async def on_accepted(ctx: Context, e: CancellationAccepted) -> None:
-    ctx.defer(
-        f"UPDATE requests SET status = 'accepted', effective_date = $2, first_anniversary = $3, offers = $4,"
-        f" first_answer_at = coalesce(first_answer_at, $5), updated_at = now() WHERE request_id = $1 AND {_ANSWERABLE}",
-        e.request_id, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
-        e.decided_at or ctx.envelope.occurred_at)
+async def on_rejected(ctx: Ctx, e: CancellationRejected) -> None:
+    ctx.store.rejected(e, e.decided_at or ctx.envelope.occurred_at)
 
 
-async def on_rejected(ctx: Context, e: CancellationRejected) -> None:
-    ctx.defer(
-        f"UPDATE requests SET status = 'rejected', codes = $2, earliest_effective_date = $3,"
-        f" first_answer_at = coalesce(first_answer_at, $4), updated_at = now() WHERE request_id = $1 AND {_ANSWERABLE}",
-        e.request_id, [c.value for c in e.codes], e.earliest_effective_date, e.decided_at or ctx.envelope.occurred_at)
+async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
+    ctx.store.moved(e.request_id, RequestStatus.withdrawn)
 
 
-async def on_withdrawn(ctx: Context, e: CancellationWithdrawn) -> None:
-    ctx.defer(
-        f"UPDATE requests SET status = 'withdrawn', updated_at = now() WHERE request_id = $1 AND {_OPEN}",
-        e.request_id)
+async def on_withdrawal_refused(ctx: Ctx, e: WithdrawalRefused) -> None:
+    ctx.store.withdrawal_refused(e.request_id, e.why)
 
 
-async def on_withdrawal_refused(ctx: Context, e: WithdrawalRefused) -> None:
-    ctx.defer("UPDATE requests SET withdrawal_refused = $2, updated_at = now() WHERE request_id = $1",
-                           e.request_id, e.why)
+async def on_completed(ctx: Ctx, e: CancellationCompleted) -> None:
+    ctx.store.moved(e.request_id, RequestStatus.completed)
 
 
-async def on_completed(ctx: Context, e: CancellationCompleted) -> None:
-    ctx.defer(
-        f"UPDATE requests SET status = 'completed', updated_at = now() WHERE request_id = $1 AND {_OPEN}",
-        e.request_id)
+async def on_settlement_issued(ctx: Ctx, e: SettlementIssued) -> None:
+    ctx.store.settlement_issued(e)
 
 
-async def on_settlement_issued(ctx: Context, e: SettlementIssued) -> None:
-    settlement = e.model_dump(mode="json", exclude={"request_id", "contract_id"}) | {"status": "issued"}
-    ctx.defer("UPDATE requests SET settlement = $2, updated_at = now() WHERE request_id = $1",
-                           e.request_id, settlement)
+async def on_settlement_voided(ctx: Ctx, e: SettlementVoided) -> None:
+    ctx.store.settlement_voided(e.request_id)
 
 
-async def on_settlement_voided(ctx: Context, e: SettlementVoided) -> None:
-    ctx.defer(
-        "UPDATE requests SET settlement = coalesce(settlement, '{}'::jsonb) || '{\"status\": \"voided\"}'::jsonb,"
-        " updated_at = now() WHERE request_id = $1", e.request_id)
-
-
-async def on_notification_sent(ctx: Context, e: NotificationSent) -> None:
-    entry = e.model_dump(mode="json", exclude={"request_id"})
+async def on_notification_sent(ctx: Ctx, e: NotificationSent) -> None:
     log.info("notification %s sent to %s", e.kind.value, e.recipient,
              extra={"request_id": e.request_id, "correlation_id": ctx.envelope.correlation_id})
-    ctx.defer(
-        "UPDATE requests SET notifications = notifications || $2::jsonb, updated_at = now() WHERE request_id = $1",
-        e.request_id, [entry])
+    ctx.store.notification_sent(e)
 
 
 def subscriptions(rt: Runtime) -> list[Subscription]:
+    def submissions_store(conn, outbox) -> IntakeStore:
+        store = IntakeStore(conn, outbox)
+        store.clock = rt.clock  # the batch insert stamps received_at
+        return store
+
     return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted},
-                         prepare=prepare_submissions),
+                         store=submissions_store),
             # The status view: five events per request, none on the way to the customer's e-mails, so they
             # are collected for up to status_collect_ms and written a batch at a time.
             Subscription(
         topics=(topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
-        collect_ms=rt.settings.status_collect_ms,
+        collect_ms=rt.settings.status_collect_ms, store=IntakeStore,
         handlers={
             CancellationAccepted.event_type: on_accepted,
             CancellationRejected.event_type: on_rejected,

@@ -1,35 +1,22 @@
-"""Recording a request: the row and its `cancellation.requested` event in one transaction."""
+"""intake's unit of work: its SQL (requests and their status view), the batch insert, the writes."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 import asyncpg
-import orjson
 
-from shared.calendar import tokyo_date
-from shared.events import CancellationForm, CancellationRequested
-from shared.outbox import add_event
+from shared.clock import Clock
+from shared.contract_calendar import tokyo_date
+from shared.events import (CancellationAccepted, CancellationForm, CancellationRejected, CancellationRequested,
+                           CancellationSubmitted, NotificationSent, SettlementIssued)
+from shared.messaging.consumer import Store
+from shared.vocabulary import RequestStatus
 
-SCHEMA = "intake"
-
-
-class IdempotencyConflict(ValueError):
-    """The key was used before with a different body."""
-
-
-def body_hash_of(form_json: dict) -> str:
-    return hashlib.sha256(orjson.dumps(form_json, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-@dataclass(frozen=True)
-class Recorded:
-    request_id: str
-    created: bool
+from .domain import may_become, replayed_request, submission_digest
 
 
 @dataclass(frozen=True)
@@ -45,17 +32,42 @@ class NewRequest:
     received_at: datetime
 
     @property
-    def received_on(self):
+    def received_on(self) -> date:
         return tokyo_date(self.received_at)
 
     def row(self) -> tuple:
         return (self.request_id, self.form.contract_id, self.source, self.submission_id, self.digest, self.form_json,
                 self.received_at, self.received_on, self.form.reason.value)
 
+    def requested(self) -> CancellationRequested:
+        return CancellationRequested(
+            **self.form_json, request_id=self.request_id, source=self.source, submission_id=self.submission_id,
+            received_at=self.received_at, received_on=self.received_on)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    request_id: str
+    created: bool
+    new: NewRequest
+
 
 def new_request(form: CancellationForm, *, source: str, submission_id: str | None, received_at: datetime) -> NewRequest:
     form_json = form.model_dump(mode="json")
-    return NewRequest(str(uuid.uuid4()), form, form_json, body_hash_of(form_json), source, submission_id, received_at)
+    return NewRequest(str(uuid.uuid4()), form, form_json, submission_digest(form_json), source, submission_id,
+                      received_at)
+
+
+def form_of(e: CancellationSubmitted) -> CancellationForm:
+    return CancellationForm.model_validate(e.model_dump(exclude={"submission_id"}))
+
+
+@dataclass(frozen=True)
+class WithdrawalState:
+    contract_id: str
+    status: RequestStatus
+    effective_date: date | None
+    withdrawal_requested_at: datetime | None
 
 
 _INSERT = ("INSERT INTO requests (request_id, contract_id, source, submission_id, body_hash, form, received_at,"
@@ -66,47 +78,113 @@ _INSERT_MANY = ("INSERT INTO requests (request_id, contract_id, source, submissi
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],"
                 " $7::timestamptz[], $8::date[], $9::text[])"
                 " ON CONFLICT (source, submission_id) DO NOTHING RETURNING request_id")
+_EXISTING = "SELECT request_id, body_hash FROM requests WHERE source = $1 AND submission_id = $2"
+_FOR_WITHDRAWAL = ("SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
+                   " WHERE request_id = $1 FOR UPDATE")
+_WITHDRAWAL_REQUESTED = "UPDATE requests SET withdrawal_requested_at = $2, updated_at = now() WHERE request_id = $1"
+_VIEW = "SELECT * FROM requests WHERE request_id = $1"
+_VIEW_BY_SUBMISSION = "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1"
+
+# The status view: written, never read, by the consumer: every write is deferred, so a batch's updates go
+# in a few executemany round trips, in order. Each status change names the statuses it may move from.
+_ACCEPTED = ("UPDATE requests SET status = 'accepted', effective_date = $2, first_anniversary = $3, offers = $4,"
+             " first_answer_at = coalesce(first_answer_at, $5), updated_at = now()"
+             " WHERE request_id = $1 AND status = ANY($6::text[])")
+_REJECTED = ("UPDATE requests SET status = 'rejected', codes = $2, earliest_effective_date = $3,"
+             " first_answer_at = coalesce(first_answer_at, $4), updated_at = now()"
+             " WHERE request_id = $1 AND status = ANY($5::text[])")
+_STATUS = "UPDATE requests SET status = $2, updated_at = now() WHERE request_id = $1 AND status = ANY($3::text[])"
+_REFUSED = "UPDATE requests SET withdrawal_refused = $2, updated_at = now() WHERE request_id = $1"
+_SETTLEMENT = "UPDATE requests SET settlement = $2, updated_at = now() WHERE request_id = $1"
+_SETTLEMENT_VOIDED = (
+    "UPDATE requests SET settlement = coalesce(settlement, '{}'::jsonb) || '{\"status\": \"voided\"}'::jsonb,"
+    " updated_at = now() WHERE request_id = $1")
+_NOTIFICATION = ("UPDATE requests SET notifications = notifications || $2::jsonb, updated_at = now()"
+                 " WHERE request_id = $1")
 
 
-async def insert_requests(conn: asyncpg.Connection, requests: list[NewRequest]) -> set[str]:
-    """Insert many in one statement; the request ids actually created (the others' keys were used before,
-    or earlier in the same list)."""
-    if not requests:
-        return set()
-    rows = await conn.fetch(_INSERT_MANY, *(list(c) for c in zip(*(r.row() for r in requests))))
-    return {row["request_id"] for row in rows}
+# What the domain allows each status to move from, as the statements' parameter (computed once).
+_MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status in RequestStatus}
 
 
-async def existing_request(conn: asyncpg.Connection, new: NewRequest) -> Recorded:
-    """The request recorded earlier under the same key; IdempotencyConflict if its body differed."""
-    existing = await conn.fetchrow(
-        "SELECT request_id, body_hash FROM requests WHERE source = $1 AND submission_id = $2",
-        new.source, new.submission_id)
-    if existing["body_hash"] != new.digest:
-        field = "Idempotency-Key" if new.source == "http" else "submission_id"
-        raise IdempotencyConflict(f"{field}: already used for request {existing['request_id']} "
-                                  "with a different body")
-    return Recorded(existing["request_id"], created=False)
+def _from(status: RequestStatus) -> list[str]:
+    return _MAY_MOVE_FROM[status]
 
 
-async def queue_requested(conn: asyncpg.Connection, new: NewRequest, *, correlation_id: str | None,
-                          causation_id: str | None) -> None:
-    event = CancellationRequested(
-        **new.form_json, request_id=new.request_id, source=new.source, submission_id=new.submission_id,
-        received_at=new.received_at, received_on=new.received_on)
-    await add_event(conn, SCHEMA, event, key=new.form.contract_id, producer="intake",
-                    correlation_id=correlation_id or new.request_id, causation_id=causation_id)
+class IntakeStore(Store):
+    clock: Clock | None = None
+    batch: dict[uuid.UUID, tuple[NewRequest, bool]] | None = None
+
+    async def preload(self, items: list) -> dict | None:
+        """The batch's submissions inserted with one statement: {event_id: (NewRequest, created)}."""
+        news = {envelope.event_id: new_request(form_of(e), source="kafka", submission_id=e.submission_id,
+                                               received_at=self.clock.now())
+                for envelope, e in items if isinstance(e, CancellationSubmitted)}
+        if not news:
+            return None
+        rows = await self.conn.fetch(_INSERT_MANY, *(list(c) for c in zip(*(n.row() for n in news.values()))))
+        created = {row["request_id"] for row in rows}
+        self.batch = {event_id: (new, new.request_id in created) for event_id, new in news.items()}
+        return self.batch
+
+    async def record_submission(self, event_id: uuid.UUID, e: CancellationSubmitted, now: datetime) -> Recorded:
+        if self.batch is not None and event_id in self.batch:
+            new, created = self.batch[event_id]
+            return Recorded(new.request_id, True, new) if created else await self._replayed(new)
+        return await self.record(new_request(form_of(e), source="kafka", submission_id=e.submission_id,
+                                             received_at=now))
+
+    async def record(self, new: NewRequest) -> Recorded:
+        """Insert the request; a key used before gives the first request (IdempotencyConflict if its body
+        differed). Nothing is written before that check, so no savepoint is needed."""
+        if await self.conn.fetchval(_INSERT, *new.row()) is None:
+            return await self._replayed(new)
+        return Recorded(new.request_id, True, new)
+
+    async def _replayed(self, new: NewRequest) -> Recorded:
+        first = await self.conn.fetchrow(_EXISTING, new.source, new.submission_id)
+        request_id = replayed_request(key_field="Idempotency-Key" if new.source == "http" else "submission_id",
+                                      first_request_id=first["request_id"], first_digest=first["body_hash"],
+                                      digest=new.digest)
+        return Recorded(request_id, False, new)
+
+    async def for_withdrawal(self, request_id: str) -> WithdrawalState | None:
+        row = await self.conn.fetchrow(_FOR_WITHDRAWAL, request_id)
+        return None if row is None else WithdrawalState(row["contract_id"], RequestStatus(row["status"]),
+                                                        row["effective_date"], row["withdrawal_requested_at"])
+
+    async def withdrawal_requested(self, request_id: str, at: datetime) -> None:
+        await self.conn.execute(_WITHDRAWAL_REQUESTED, request_id, at)
+
+    # --- the status view ---------------------------------------------------------------------------
+    def accepted(self, e: CancellationAccepted, answered_at: datetime) -> None:
+        self.conn.defer(_ACCEPTED, e.request_id, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
+                        answered_at, _from(RequestStatus.accepted))
+
+    def rejected(self, e: CancellationRejected, answered_at: datetime) -> None:
+        self.conn.defer(_REJECTED, e.request_id, [c.value for c in e.codes], e.earliest_effective_date, answered_at,
+                        _from(RequestStatus.rejected))
+
+    def moved(self, request_id: str, status: RequestStatus) -> None:
+        self.conn.defer(_STATUS, request_id, status.value, _from(status))
+
+    def withdrawal_refused(self, request_id: str, why: str) -> None:
+        self.conn.defer(_REFUSED, request_id, why)
+
+    def settlement_issued(self, e: SettlementIssued) -> None:
+        settlement = e.model_dump(mode="json", exclude={"request_id", "contract_id"}) | {"status": "issued"}
+        self.conn.defer(_SETTLEMENT, e.request_id, settlement)
+
+    def settlement_voided(self, request_id: str) -> None:
+        self.conn.defer(_SETTLEMENT_VOIDED, request_id)
+
+    def notification_sent(self, e: NotificationSent) -> None:
+        self.conn.defer(_NOTIFICATION, e.request_id, [e.model_dump(mode="json", exclude={"request_id"})])
 
 
-async def record_request(conn: asyncpg.Connection, form: CancellationForm, *, source: str,
-                         submission_id: str | None, received_at: datetime,
-                         correlation_id: str | None = None, causation_id: str | None = None) -> Recorded:
-    """Insert the request and queue `cancellation.requested`; a repeated key returns the first request."""
-    new = new_request(form, source=source, submission_id=submission_id, received_at=received_at)
-    # Its own transaction from the HTTP API; inside the consumer's batch transaction no savepoint is needed:
-    # nothing is written before the checks that can fail.
-    async with (nullcontext() if conn.is_in_transaction() else conn.transaction()):
-        if await conn.fetchval(_INSERT, *new.row()) is None:
-            return await existing_request(conn, new)
-        await queue_requested(conn, new, correlation_id=correlation_id, causation_id=causation_id)
-    return Recorded(new.request_id, created=True)
+async def request_view(pool: asyncpg.Pool, request_id: str) -> Any:
+    return await pool.fetchrow(_VIEW, request_id)
+
+
+async def request_view_by_submission(pool: asyncpg.Pool, submission_id: str) -> Any:
+    return await pool.fetchrow(_VIEW_BY_SUBMISSION, submission_id)

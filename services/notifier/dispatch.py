@@ -25,13 +25,15 @@ import asyncio
 import logging
 
 from shared import metrics
-from shared.outbox import buffered, emit_from
 from shared.events import NotificationSent
+from shared.messaging.outbox import Emitter, Outbox
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import mask_email
-from .handlers import DUE_CHANNEL
+from shared.pii import mask_email
+from shared.retry import until_it_works
+
+from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 from .smtp_client import MailRefused, Mailer
 from .texts import render
@@ -80,22 +82,23 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
             msg_ids = [message_id(row) for row in rows]
             await conn.execute(MARK_SENT, [row["id"] for row in rows], sent_at, msg_ids)
             messages = []
-            async with buffered(conn, rt.schema, rt.relay) as outbox:  # the notification.sent events: one INSERT
-                for row, msg_id in zip(rows, msg_ids):
-                    kind = NotificationKind(row["kind"])
-                    await emit_from(conn, rt, NotificationSent(
-                        request_id=row["request_id"], kind=kind, channel="email",
-                        recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
-                        key=row["contract_id"], correlation_id=row["request_id"])
-                    content = render(
-                        kind, customer_name=row["customer_name"], request_id=row["request_id"],
-                        contract_id=row["contract_id"], effective_date=row["effective_date"],
-                        total_jpy=row["total_jpy"], paid_through=row["paid_through"],
-                        offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
-                        earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"])
-                    messages.append(mailers[len(messages)].compose(row["email"], content.subject, content.body, msg_id, {
-                        "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
-                        "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
+            outbox = Outbox(conn, rt.schema, rt.relay)  # the notification.sent events: one INSERT
+            for row, msg_id in zip(rows, msg_ids):
+                kind = NotificationKind(row["kind"])
+                Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
+                    request_id=row["request_id"], kind=kind, channel="email",
+                    recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
+                    key=row["contract_id"])
+                content = render(
+                    kind, customer_name=row["customer_name"], request_id=row["request_id"],
+                    contract_id=row["contract_id"], effective_date=row["effective_date"],
+                    total_jpy=row["total_jpy"], paid_through=row["paid_through"],
+                    offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
+                    earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"])
+                messages.append(mailers[len(messages)].compose(row["email"], content.subject, content.body, msg_id, {
+                    "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
+                    "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
+            await outbox.flush()
             used = mailers[:len(rows)]
             # Every mail up to its final "." at once, each on its own connection.
             begun = await asyncio.gather(*(m.begin(msg) for m, msg in zip(used, messages)), return_exceptions=True)
@@ -152,7 +155,6 @@ def dispatch_loop(settings: NotifierSettings):
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
         wake = asyncio.Event()
         listener = None
-        delay = settings.dispatch_interval_s
 
         def on_notify(*_: object) -> None:
             wake.set()
@@ -162,35 +164,35 @@ def dispatch_loop(settings: NotifierSettings):
             while await send_batch(rt, mailers) == len(mailers):
                 pass
 
+        async def send_due() -> None:
+            nonlocal listener
+            try:
+                if listener is None or listener.is_closed():
+                    if listener is not None:
+                        await rt.pool.release(listener, timeout=5)
+                        listener = None
+                    listener = await rt.pool.acquire()
+                    await listener.add_listener(DUE_CHANNEL, on_notify)
+                wake.clear()
+                # One worker first; the others join only when there is more than a batch to send.
+                if await send_batch(rt, workers[0]) == settings.smtp_connections:
+                    outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
+                    error = next((o for o in outcomes if isinstance(o, BaseException)), None)
+                    if error is not None:
+                        raise error
+            except Exception:
+                for mailers in workers:
+                    for mailer in mailers:
+                        mailer.close()
+                raise
+
         try:
             while True:
+                # SMTP or the database down: the rows stay pending, sent once both answer again.
+                await until_it_works("SMTP and the database (dispatch paused)", send_due,
+                                     first_s=2 * settings.dispatch_interval_s, most_s=10.0)
                 try:
-                    if listener is None or listener.is_closed():
-                        if listener is not None:
-                            await rt.pool.release(listener, timeout=5)
-                            listener = None
-                        listener = await rt.pool.acquire()
-                        await listener.add_listener(DUE_CHANNEL, on_notify)
-                    wake.clear()
-                    # One worker first; the others join only when there is more than a batch to send.
-                    if await send_batch(rt, workers[0]) == settings.smtp_connections:
-                        outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
-                        error = next((o for o in outcomes if isinstance(o, BaseException)), None)
-                        if error is not None:
-                            raise error
-                    delay = settings.dispatch_interval_s
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - SMTP or DB down: the rows stay pending, retried later
-                    for mailers in workers:
-                        for mailer in mailers:
-                            mailer.close()
-                    log.warning("dispatch paused: %s: %s", type(exc).__name__, exc)
-                    delay = min(delay * 2, 10.0)
-                    await asyncio.sleep(delay)
-                    continue
-                try:
-                    await asyncio.wait_for(wake.wait(), delay)
+                    await asyncio.wait_for(wake.wait(), settings.dispatch_interval_s)
                 except asyncio.TimeoutError:
                     pass
         finally:

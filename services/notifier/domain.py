@@ -1,16 +1,15 @@
 """What to tell the customer, and when.
 
-Reminder times and the masking of personal data for records. The e-mails' texts are templates
-(texts.py, templates/); no sending here.
+Reminder times, what a withdrawal or a completion cancels. The e-mails' texts are templates
+(texts.py, templates/); masking is shared/pii.py; no sending here.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 from shared.vocabulary import NotificationKind
 
 __all__ = [
@@ -19,8 +18,9 @@ __all__ = [
     "REMINDER_TIME",
     "NotificationKind",
     "ScheduledNotification",
-    "mask_email",
-    "mask_phone",
+    "cancelled_by_completion",
+    "cancelled_by_withdrawal",
+    "days_before",
     "reminder_schedule",
 ]
 
@@ -67,19 +67,18 @@ def reminder_schedule(*, effective_date: date, accepted_at: datetime) -> tuple[S
     return tuple(sorted(schedule, key=lambda n: (n.due_at, n.kind)))
 
 
-def mask_email(email: str) -> str:
-    """Keep the first character and the domain: taro@example.jp -> t***@example.jp."""
-    local, at, domain = email.strip().rpartition("@")
-    if not at:
-        return "***"
-    return f"{local[:1]}***@{domain}"
+def days_before(item: ScheduledNotification, *, effective_date: date, accepted_at: datetime) -> int | None:
+    """How many days before the effective date a reminder is due (None: the one sent on acceptance)."""
+    if item.due_at == accepted_at:
+        return None
+    return (effective_date - item.due_at.astimezone(TOKYO).date()).days
 
 
-def mask_phone(phone: str) -> str:
-    """Keep the last two digits: 090-1234-5678 -> ***78."""
-    # NFKC turns full-width digits (０９０…) typed on Japanese keyboards into ASCII ones.
-    digits = [c for c in unicodedata.normalize("NFKC", phone) if c in "0123456789"]
-    if len(digits) < 4:
-        # Too short for the tail to be anonymous.
-        return "***"
-    return "***" + "".join(digits[-2:])
+def cancelled_by_withdrawal() -> tuple[NotificationKind, ...]:
+    """A withdrawal cancels every reminder not sent yet, and the acknowledgement if it is still due."""
+    return (*REMINDER_KINDS, NotificationKind.acknowledgement)
+
+
+def cancelled_by_completion() -> tuple[NotificationKind, ...]:
+    """On completion the reminders not sent yet have nothing left to remind of."""
+    return REMINDER_KINDS

@@ -15,7 +15,7 @@ from faststream.kafka import TestKafkaBroker
 from services.eligibility.app import create_app
 from services.eligibility.settings import EligibilitySettings
 from shared import topics
-from shared.calendar import tokyo_date
+from shared.contract_calendar import tokyo_date
 from shared.db import create_pool, migrate
 from shared.events import CancellationRequested, ContractSigned, new_envelope
 
@@ -136,14 +136,14 @@ async def test_a_batch_of_submissions_is_inserted_at_once_and_each_key_counts_on
     pool = intake.runtime.pool
     contract = f"C-{uuid.uuid4().hex[:8]}"
     a, b, c = (f"S-{uuid.uuid4().hex[:8]}" for _ in range(3))
-    consumer = next(c for c in intake.runtime.consumers if c.prepare is not None)
-    prepared_sizes, prepare = [], consumer.prepare
+    consumer = next(c for c in intake.runtime.consumers if c.preload is not None)
+    prepared_sizes, preload = [], consumer.preload
 
-    async def counting(conn, rt, items):
+    async def counting(store, items):
         prepared_sizes.append(len(items))
-        return await prepare(conn, rt, items)
+        return await preload(store, items)
 
-    consumer.prepare = counting
+    consumer.preload = counting
     async with TestKafkaBroker(intake.broker) as broker:
         await broker.publish_batch(_submitted(contract, a), _submitted(contract, a), _submitted(contract, b),
                                    topic=topics.SUBMISSIONS)
@@ -163,16 +163,16 @@ async def test_a_batch_of_submissions_is_inserted_at_once_and_each_key_counts_on
 
 
 def _record_covered(app) -> list[list[str]]:
-    """Wrap the service's batch `prepare` to record, per batch, which contracts it covered."""
-    consumer = next(c for c in app.runtime.consumers if c.prepare is not None)
-    covered, prepare = [], consumer.prepare
+    """Wrap the service's batch read (the store's `preload`) to record, per batch, which contracts it covered."""
+    consumer = next(c for c in app.runtime.consumers if c.preload is not None)
+    covered, preload = [], consumer.preload
 
-    async def recording(conn, rt, items):
-        result = await prepare(conn, rt, items)
+    async def recording(store, items):
+        result = await preload(store, items)
         covered.append(sorted(result.covered) if result else [])
         return result
 
-    consumer.prepare = recording
+    consumer.preload = recording
     return covered
 
 

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from cancelflow.infra.kafka import create_topics
 from shared.db import create_pool, migrate
-from shared.outbox import OutboxRelay, add_raw, buffered
+from shared.messaging.outbox import Outbox
+from shared.messaging.relay import OutboxRelay
 from services.intake.app import create_app
 from services.intake.settings import IntakeSettings
 
@@ -72,11 +73,12 @@ async def test_handed_over_table_only_and_rolled_back_rows(relay_setup):
 
     async def write(values: list[bytes], *, hand_over: bool, fail: bool = False) -> None:
         async with pool.acquire() as conn:
-            outbox = None
+            outbox = Outbox(conn, schema, relay if hand_over else None)
             try:
-                async with conn.transaction(), buffered(conn, schema, relay if hand_over else None) as outbox:
+                async with conn.transaction():
                     for value in values:
-                        await add_raw(conn, schema, topic, b"k", value, [("event_type", "test")])
+                        outbox.add(topic, b"k", value, [("event_type", "test")])
+                    await outbox.flush()
                     if fail:
                         await outbox.flush()  # written, then the transaction fails
                         raise RuntimeError("rolled back")

@@ -11,8 +11,8 @@ import pytest
 
 from cancelflow.client import read_topic
 from shared import topics
-from shared.calendar import TOKYO, add_months, tokyo_date
 from services.intake.signatures import sign
+from shared.contract_calendar import TOKYO, add_months, tokyo_date
 from shared.events import CancellationAccepted, CancellationSubmitted, ContractSigned, new_envelope
 
 pytestmark = pytest.mark.integration

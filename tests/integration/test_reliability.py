@@ -45,7 +45,7 @@ async def test_huge_message_is_dead_lettered_and_the_consumer_goes_on(client, in
 
 async def test_payments_out_of_order_and_twice_are_one_ledger(client, db):
     """Payments arrive late, in reverse order and twice: the ledger keys them by billing date."""
-    from shared.calendar import add_months, tokyo_date
+    from shared.contract_calendar import add_months, tokyo_date
     from datetime import datetime, timezone
 
     contract = await client.sign_contract(start_date=OLD_START, monthly_fee_jpy=7_000)

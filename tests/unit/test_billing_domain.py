@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.billing.domain import Charge, Settlement, settle
-from shared.calendar import billing_date, billing_dates_between
+from shared.contract_calendar import billing_date, billing_dates_between
 
 D = date
 

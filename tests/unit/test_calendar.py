@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.calendar import (
+from shared.contract_calendar import (
     TOKYO,
     add_months,
     billing_date,

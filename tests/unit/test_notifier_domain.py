@@ -8,12 +8,10 @@ from services.notifier.domain import (
     REMINDER_TIME,
     NotificationKind,
     ScheduledNotification,
-    mask_email,
-    mask_phone,
     reminder_schedule,
 )
 from services.notifier.texts import EmailContent, render
-from shared.calendar import TOKYO
+from shared.contract_calendar import TOKYO
 
 K = NotificationKind
 UTC = timezone.utc
@@ -83,35 +81,6 @@ def test_scheduled_notification_normalizes_to_utc() -> None:
     n = ScheduledNotification(K.rich_menu_reminder, datetime(2026, 6, 16, 10, 0, tzinfo=TOKYO))
     assert n.due_at.tzinfo is UTC and n.due_at == DUE_14
     assert n.due_at.hour == 1
-
-
-@pytest.mark.parametrize(
-    ("email", "expected"),
-    [
-        pytest.param("taro.yamada@example.co.jp", "t***@example.co.jp", id="typical"),
-        pytest.param("a@example.com", "a***@example.com", id="one-letter-local"),
-        pytest.param("no-at-sign", "***", id="no-at"),
-        pytest.param("", "***", id="empty"),
-        pytest.param("@example.com", "***@example.com", id="empty-local"),
-    ],
-)
-def test_mask_email(email: str, expected: str) -> None:
-    assert mask_email(email) == expected
-
-
-@pytest.mark.parametrize(
-    ("phone", "expected"),
-    [
-        pytest.param("090-1234-5678", "***78", id="mobile"),
-        pytest.param("+81 3 1234 5601", "***01", id="international"),
-        pytest.param("０９０１２３４５６７８", "***78", id="full-width-digits"),
-        pytest.param("123", "***", id="too-short"),
-        pytest.param("1234", "***34", id="four-digits"),
-        pytest.param("", "***", id="empty"),
-    ],
-)
-def test_mask_phone(phone: str, expected: str) -> None:
-    assert mask_phone(phone) == expected
 
 
 COMMON = dict(customer_name="山田 太郎", request_id="REQ-123", contract_id="C-9")
@@ -230,3 +199,20 @@ def test_every_kind_renders_without_personal_contact_data(kind: NotificationKind
 def test_subject_refuses_header_injection() -> None:
     with pytest.raises(ValueError):
         render(K.withdrawal_confirmation, customer_name="x", request_id="R\nBcc: evil@example.com", contract_id="C")
+
+
+def test_days_before_is_none_for_the_reminder_sent_on_acceptance() -> None:
+    from services.notifier.domain import days_before
+
+    accepted_at = datetime(2026, 5, 1, 3, 0, tzinfo=UTC)
+    schedule = reminder_schedule(effective_date=EFFECTIVE, accepted_at=accepted_at)
+    assert sorted({days_before(n, effective_date=EFFECTIVE, accepted_at=accepted_at) for n in schedule},
+                  key=lambda d: -1 if d is None else d) == [None, 3, 14]
+
+
+def test_what_a_withdrawal_and_a_completion_cancel() -> None:
+    from services.notifier.domain import cancelled_by_completion, cancelled_by_withdrawal
+
+    assert set(cancelled_by_withdrawal()) == {*REMINDER_KINDS, K.acknowledgement}
+    assert set(cancelled_by_completion()) == set(REMINDER_KINDS)
+    assert K.withdrawal_confirmation not in cancelled_by_withdrawal(), "the confirmation is what it sends"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from shared.offsets import OffsetCommitter
+from shared.messaging.offsets import OffsetCommitter
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from datetime import datetime, timezone
 
 import orjson
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
-# Phone numbers: a leading 0 (domestic) or +country code, then 9-13 digits in groups. Dates, times,
-# offsets and uuids never start that way, so they stay readable.
-_PHONE = re.compile(r"(?<![\w.:/+-])(?:\+\d{1,3}[\s-]?|0)\d{1,4}(?:[\s-]?\d{1,4}){1,3}(?![\w.:/-])")
-
-
-def mask_pii(text: str) -> str:
-    """Mask e-mail addresses and phone numbers in free text."""
-    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-
-    def phone(m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group(0))
-        return "***" + digits[-2:] if 10 <= len(digits) <= 15 else m.group(0)
-
-    return _PHONE.sub(phone, text)
+from shared.pii import mask_pii
 
 
 class JsonFormatter(logging.Formatter):

@@ -33,7 +33,7 @@ def tokyo_date(instant: datetime) -> date:
 
 
 def _last_day_of_month(year: int, month: int) -> int:
-    # Not `import calendar`: this module is itself named calendar.
+    # Plain arithmetic: the one thing needed of the stdlib calendar module.
     if month == 12:
         return 31
     return (date(year, month + 1, 1) - timedelta(days=1)).day

@@ -1,0 +1,148 @@
+"""Transactional outbox: events are rows written in the caller's transaction; a relay publishes them.
+
+A state change and the event announcing it commit together or not at all. `Outbox` collects one
+transaction's rows and writes them with one statement just before the commit; `Emitter` is the one way
+to put an event in it. The relay (`shared.messaging.relay`) publishes committed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from shared.events import Envelope, EventData, new_envelope
+
+Header = tuple[str, str]
+
+
+def channel(schema: str) -> str:
+    """The NOTIFY channel that wakes a schema's relay."""
+    return f"outbox_{schema}"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Sequence[Header]
+
+
+class Relay(Protocol):
+    """What a transaction tells the relay of its process (shared.messaging.relay.OutboxRelay)."""
+
+    active: bool
+
+    def expect(self, ids: Sequence[int]) -> None: ...
+    def forget(self, ids: Sequence[int]) -> None: ...
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None: ...
+
+
+# Many rows in the order they were added (ids follow that order), then the NOTIFYs: one round trip that
+# returns the new ids (for the relay in this process, see OutboxRelay.hand_over).
+_INSERT_MANY = """
+WITH added AS (
+    INSERT INTO outbox (topic, key, value, headers)
+    SELECT t, k, v, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) WITH ORDINALITY AS u(t, k, v, h, n)
+    ORDER BY n
+    RETURNING id)
+SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM added) AS ids,
+       (SELECT count(pg_notify(c, '')) FROM unnest($5::text[]) AS c) AS notified
+"""
+
+
+class Outbox:
+    """The outbox rows (and NOTIFY channels) of one transaction, written together just before it commits,
+    so "state + outbox in one transaction" holds with one round trip for the whole transaction. A record
+    whose savepoint is rolled back is cut out with `mark()` / `rollback_to()`."""
+
+    def __init__(self, conn: Any, schema: str, relay: Relay | None = None) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.relay = relay
+        self.rows: list[tuple[str, bytes | None, bytes, Sequence[Header]]] = []
+        self.channels: set[str] = set()
+        self.written: list[OutboxRow] = []  # flushed in this transaction, for the relay once it commits
+
+    def add(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()) -> None:
+        self.rows.append((topic, key, value, headers))
+
+    def notify(self, channel_: str) -> None:
+        """NOTIFY `channel_` when the transaction commits (once, however often it is asked)."""
+        self.channels.add(channel_)
+
+    def mark(self) -> tuple[int, frozenset[str]]:
+        return len(self.rows), frozenset(self.channels)
+
+    def rollback_to(self, mark: tuple[int, frozenset[str]]) -> None:
+        del self.rows[mark[0]:]
+        self.channels = set(mark[1])
+
+    async def flush(self) -> None:
+        relay = self.relay if self.relay is not None and self.relay.active else None
+        if self.rows and relay is None:
+            self.channels.add(channel(self.schema))  # the relay (maybe another process's) reads them back
+        if not self.channels and not self.rows:
+            return
+        # Headers as JSON text: a list of pairs would be taken for a two-dimensional array.
+        ids = await self.conn.fetchval(
+            _INSERT_MANY, [r[0] for r in self.rows], [r[1] for r in self.rows], [r[2] for r in self.rows],
+            [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels))
+        if relay is not None and ids:
+            relay.expect(ids)  # not committed yet: the relay must not read them back meanwhile
+            self.written += [OutboxRow(i, *r) for i, r in zip(ids, self.rows)]
+        self.rows.clear()
+        self.channels.clear()
+
+    def committed(self) -> None:
+        """The transaction committed: the relay in this process publishes the rows now."""
+        written, self.written = self.written, []
+        if written and self.relay is not None:
+            self.relay.hand_over(written)
+
+    def abandoned(self) -> None:
+        """The transaction rolled back: its rows never existed."""
+        written, self.written = self.written, []
+        if written and self.relay is not None:
+            self.relay.forget([row.id for row in written])
+
+
+@asynccontextmanager
+async def outbox_transaction(conn: Any, schema: str, relay: Relay | None = None
+                             ) -> AsyncIterator[Outbox]:
+    """A transaction on `conn` with its outbox: the rows are written just before the commit and handed to
+    `relay` once it committed (forgotten if it rolled back)."""
+    outbox = Outbox(conn, schema, relay)
+    try:
+        async with conn.transaction():
+            yield outbox
+            await outbox.flush()
+    except BaseException:
+        outbox.abandoned()
+        raise
+    outbox.committed()
+
+
+class Emitter:
+    """The one way to emit an event: its envelope (producer, correlation, causation) as an outbox row of the
+    current transaction, keyed by `key` (the contract id, so one contract's events stay in order)."""
+
+    __slots__ = ("outbox", "producer", "correlation_id", "causation_id")
+
+    def __init__(self, outbox: Outbox, producer: str, correlation_id: str, causation_id: str | None = None) -> None:
+        self.outbox = outbox
+        self.producer = producer
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+
+    def __call__(self, data: EventData, *, key: str) -> Envelope:
+        envelope = new_envelope(data, producer=self.producer, correlation_id=self.correlation_id,
+                                causation_id=self.causation_id)
+        self.outbox.add(data.topic, key.encode(), envelope.to_bytes(),
+                        [("event_type", data.event_type), ("schema_version", str(data.schema_version))])
+        return envelope

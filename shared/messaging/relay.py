@@ -1,0 +1,181 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in commit order, then deletes them.
+
+It publishes with an idempotent producer and deletes rows only after Kafka acknowledged them, so a crash
+between the two republishes (consumers' inboxes drop the duplicate) and never loses an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import deque
+from collections.abc import Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared import metrics
+from shared.messaging.outbox import OutboxRow, channel
+from shared.retry import backing_off
+
+log = logging.getLogger(__name__)
+
+
+# Rows the relay did not get from this process's transactions (other processes, or before a restart). The
+# ones this process is about to commit or has published but not deleted yet are left out by id.
+_SCAN = "SELECT id, topic, key, value, headers FROM outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2"
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+_NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
+
+
+class OutboxRelay:
+    """Publishes the outbox. Rows written by this process's consumer and dispatcher transactions are handed
+    over in memory once their transaction committed (`hand_over`), so a batch costs one produce and no
+    read-back; the rows are deleted in bulk a moment later. Rows from elsewhere (the HTTP API, other
+    processes, a previous run) are read from the table when a NOTIFY says so, on start and every
+    `poll_ms`. A crash between publishing and deleting publishes a row again: consumers' inboxes skip it.
+    Only one relay per schema publishes (an advisory lock), so per-key order is commit order."""
+
+    DELETE_EVERY = 200      # published rows deleted together ...
+    DELETE_AFTER_S = 0.05   # ... or once nothing was handed over for this long
+
+    def __init__(self, *, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, service: str,
+                 batch_size: int = 500, poll_ms: int = 500) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.schema = schema
+        self.service = service
+        self.batch_size = batch_size
+        self.poll_s = poll_ms / 1000
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.active = False           # holds the lock: transactions may hand their rows over
+        self._in_flight: set[int] = set()   # written by a transaction of this process not ended yet
+        self._handed: list = []              # committed, handed over, not published yet
+        self._to_delete: list[int] = []      # published, not deleted yet
+        self._scanned: deque[int] = deque(maxlen=10_000)  # recently read back and published
+        self._scan = True
+
+    # --- what transactions of this process tell the relay -------------------------------------
+    def expect(self, ids: Sequence[int]) -> None:
+        self._in_flight.update(ids)
+
+    def forget(self, ids: Sequence[int]) -> None:
+        self._in_flight.difference_update(ids)
+
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+        for row in rows:
+            self._in_flight.discard(row.id)
+        self._handed.extend(rows)
+        self._wake.set()
+
+    async def backlog(self) -> int:
+        """Rows not published yet."""
+        return max(0, await self.pool.fetchval("SELECT count(*) FROM outbox") - len(self._to_delete))
+
+    async def run(self) -> None:
+        """Publish forever; survives database and broker restarts (paused with backoff, never dead)."""
+        async for attempt in backing_off("the outbox relay's database and broker"):
+            with attempt:
+                await self._run_listening()
+
+    async def _run_listening(self) -> None:
+        listen_conn = await self.pool.acquire()
+        try:
+            # Only one relay per schema publishes, so per-key order is the order of the commits.
+            lock_key = zlib.crc32(f"relay:{self.schema}".encode())
+            while not await listen_conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+                await asyncio.sleep(1.0)
+
+            def on_notify(*_: object) -> None:
+                self._scan = True
+                self._wake.set()
+
+            await listen_conn.add_listener(channel(self.schema), on_notify)
+            # Whatever was handed over before (a lost connection) is in the table: read it from there.
+            self._handed, self._to_delete, self._scan = [], [], True
+            self.active = True
+            try:
+                await self._loop(listen_conn)
+            finally:
+                self.active = False
+                if not listen_conn.is_closed():
+                    await listen_conn.remove_listener(channel(self.schema), on_notify)
+                    await listen_conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+        finally:
+            await self.pool.release(listen_conn, timeout=5)
+
+    async def _loop(self, conn: asyncpg.Connection) -> None:
+        while True:
+            if self._handed:
+                rows, self._handed = self._handed, []
+                if self._scanned:
+                    # A commit that landed just as a scan read the table: already published by the scan.
+                    scanned = set(self._scanned)
+                    rows = [r for r in rows if r.id not in scanned]
+                await self._publish(rows)
+                self._to_delete += [r.id for r in rows]
+                if len(self._to_delete) >= self.DELETE_EVERY:
+                    await self._delete(conn)
+                continue
+            if self._scan:
+                self._scan = False
+                await self._delete(conn)
+                # Handed-over rows are not waiting here: they were published just above.
+                rows = _rows(await conn.fetch(_SCAN, list(self._in_flight), self.batch_size))
+                if rows:
+                    await self._publish(rows)
+                    self._to_delete += [r.id for r in rows]
+                    self._scanned.extend(r.id for r in rows)
+                    self._scan = len(rows) == self.batch_size
+                continue
+            self._wake.clear()
+            if self._handed or self._scan:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.DELETE_AFTER_S if self._to_delete else self.poll_s)
+            except asyncio.TimeoutError:
+                if self._to_delete:
+                    await self._delete(conn)
+                else:
+                    self._scan = True  # the poll: rows whose NOTIFY was missed (a reconnect)
+            if conn.is_closed():
+                raise ConnectionError("listen connection closed")
+
+    async def _delete(self, conn: asyncpg.Connection) -> None:
+        if self._to_delete:
+            await conn.execute(_DELETE, self._to_delete)
+            self._to_delete = []
+
+    async def _publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Send rows in order and wait until Kafka acknowledged every one (idempotent producer, acks=all)."""
+        futures = []
+        for row in rows:
+            futures.append(await self.producer.send(row.topic, row.value, key=row.key,
+                                                    headers=[(k, v.encode()) for k, v in row.headers]))
+        await asyncio.gather(*futures)
+        for row in rows:
+            metrics.PRODUCED.labels(self.service, row.topic).inc()
+        self.published += len(rows)
+
+    async def drain(self) -> None:
+        """At shutdown, with the relay task stopped: delete what it published, publish what is left."""
+        if self._to_delete:
+            await self.pool.execute(_DELETE, self._to_delete)
+            self._to_delete = []
+        while await self.publish_batch():
+            pass
+
+    async def publish_batch(self) -> int:
+        """One batch through the pool; how many were published."""
+        rows = _rows(await self.pool.fetch(_NEXT, self.batch_size))
+        if not rows:
+            return 0
+        await self._publish(rows)
+        await self.pool.execute(_DELETE, [r.id for r in rows])
+        return len(rows)
+
+
+def _rows(records: Sequence[asyncpg.Record]) -> list[OutboxRow]:
+    return [OutboxRow(r["id"], r["topic"], r["key"], r["value"], r["headers"]) for r in records]
