@@ -19,8 +19,8 @@ from shared.vocabulary import RequestStatus
 from .domain import IdempotencyConflict, withdrawal_refusal
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
-from .signatures import SignatureRefused, remember, verify
-from .store import IntakeStore, new_request, request_view, request_view_by_submission
+from .signatures import SignatureRefused, SignatureReplayed, remembered_until, verify
+from .store import IntakeStore, first_use_of_signature, new_request, request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -79,7 +79,9 @@ def install(runtime: Runtime, app: FastAPI) -> None:
             try:
                 signature = verify(settings.webhook_secret.get_secret_value(), x_signature, await request.body(),
                                    now, tolerance)
-                await remember(runtime.pool, signature, now, tolerance)
+                if not await first_use_of_signature(runtime.pool, signature.digests[0],
+                                                    remembered_until(signature, tolerance), now):
+                    raise SignatureReplayed
             except SignatureRefused as exc:
                 raise HTTPException(401, detail=str(exc), headers={"WWW-Authenticate": "ApiKey"}) from None
             return

@@ -1,15 +1,14 @@
 """Signed upstream calls: `X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (Stripe's
 scheme). A signature is good within a tolerance of its `t` and once: intake's database remembers each one
-until it would be too old anyway, so a captured request replayed to any intake instance is refused."""
+(`store.first_use_of_signature`) until it would be too old anyway, so a captured request replayed to any
+intake instance is refused. The rules only: no I/O here."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-import asyncpg
+from datetime import datetime, timezone
 
 SCHEME = "v1"
 
@@ -62,16 +61,12 @@ def verify(secret: str, header: str, body: bytes, now: datetime, tolerance_s: in
     return Signature(signature.timestamp, (matched[0],))
 
 
-async def remember(pool: asyncpg.Pool, signature: Signature, now: datetime, tolerance_s: int) -> None:
-    """Record the (verified) signature as used; `SignatureRefused` if it was used before. Rows expire when
-    their `t` leaves the tolerance: after that the timestamp check refuses the signature on its own."""
-    digest = signature.digests[0]
-    expires_at = datetime.fromtimestamp(signature.timestamp, now.tzinfo) + timedelta(seconds=tolerance_s)
-    async with pool.acquire() as conn:
-        await conn.execute("DELETE FROM seen_signatures WHERE expires_at < $1", now)
-        fresh = await conn.fetchval(
-            "INSERT INTO seen_signatures (digest, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
-            digest, expires_at)
-    if not fresh:
-        raise SignatureRefused("X-Signature was used before: a replayed request (sign each request anew, with "
-                               "its own t)")
+def remembered_until(signature: Signature, tolerance_s: int) -> datetime:
+    """How long a used signature is remembered: until its `t` leaves the tolerance, after which the time
+    check refuses it by itself."""
+    return datetime.fromtimestamp(signature.timestamp + tolerance_s, timezone.utc)
+
+
+class SignatureReplayed(SignatureRefused):
+    def __init__(self) -> None:
+        super().__init__("X-Signature was used before: a replayed request (sign each request anew, with its own t)")

@@ -188,3 +188,13 @@ async def request_view(pool: asyncpg.Pool, request_id: str) -> Any:
 
 async def request_view_by_submission(pool: asyncpg.Pool, submission_id: str) -> Any:
     return await pool.fetchrow(_VIEW_BY_SUBMISSION, submission_id)
+
+
+async def first_use_of_signature(pool: asyncpg.Pool, digest: str, expires_at: datetime, now: datetime) -> bool:
+    """Record a signed call's digest until `expires_at`; False if it was recorded before (a replay). Expired
+    rows go as new ones come."""
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM seen_signatures WHERE expires_at < $1", now)
+        return bool(await conn.fetchval(
+            "INSERT INTO seen_signatures (digest, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+            digest, expires_at))

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from services.intake.signatures import SignatureRefused, parse, sign, verify
+from services.intake.signatures import SignatureRefused, parse, remembered_until, sign, verify
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 T = int(NOW.timestamp())
@@ -43,3 +43,8 @@ def test_a_second_v1_is_accepted_while_an_upstream_rotates_its_secret():
     header = sign("new", b"b", T) + "," + sign("old", b"b", T).split(",")[1]
     assert parse(header).digests[1] == sign("old", b"b", T).split("v1=")[1]
     assert verify("old", header, b"b", NOW, 300).digests == (sign("old", b"b", T).split("v1=")[1],)
+
+
+def test_a_used_signature_is_remembered_until_its_t_leaves_the_tolerance():
+    signature = verify("s", sign("s", b"b", T - 100), b"b", NOW, 300)
+    assert remembered_until(signature, 300).timestamp() == T + 200
