@@ -1,6 +1,9 @@
 # The project image: the four services, the `cancelflow` CLI (topics, ...) and the SMTP sink.
-# Kafka and PostgreSQL run from their own official images (see docker-compose.yml), so no JDK here.
-FROM python:3.11-slim
+# Kafka and PostgreSQL run from their own images (see docker-compose.yml), so no JDK here.
+# BASE_IMAGE: the official python:3.11-slim, or where no registry is reachable the Debian-built
+# cancelflow-local/python:3.11 (scripts/compose-images).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

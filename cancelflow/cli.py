@@ -131,25 +131,54 @@ def status() -> None:
 
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
-           partitions: int = typer.Option(4)) -> None:
-    """Create the SPEC's topics and their .dlq companions (idempotent)."""
+           partitions: int = typer.Option(4),
+           retention_days: int = typer.Option(
+               400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
+               help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
+           fix: bool = typer.Option(False, "--fix", help="Apply the policy to existing topics that differ.")) -> None:
+    """Create the SPEC's topics and their .dlq companions with the retention policy (idempotent); report
+    existing topics whose settings differ from it, and with --fix apply it to them."""
     from shared import topics as t
 
     from . import kafka_clients
-    from .infra import kafka
+    from .infra import kafka, topic_admin, topic_policy
 
+    try:
+        topic_policy.retention_days_ms(retention_days)
+    except ValueError as exc:
+        _fail(f"--retention-days: {exc}")
     # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
     conn = kafka_clients.connection(bootstrap)
     bootstrap, options = conn.bootstrap_servers, conn.client_options()
+    wanted = t.all_with_dlq()
 
-    async def run() -> None:
+    async def run() -> tuple[list[str], list]:
         await kafka.wait_ready(bootstrap, 120, **options)
-        await kafka.create_topics(bootstrap, t.all_with_dlq(), partitions, **options)
+        created = await topic_admin.create_topics(bootstrap, wanted, partitions,
+                                                  business_retention_days=retention_days, **options)
+        drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
+                                                 **options)
+        if fix:
+            await topic_admin.fix_topics(bootstrap, drifted, **options)
+        return created, drifted
 
     try:
-        asyncio.run(run())
+        created, drifted = asyncio.run(run())
     except InfraError as exc:
         _fail(str(exc))
+    if created:
+        console.print(f"created: {', '.join(created)}", highlight=False, soft_wrap=True)
+    if drifted:
+        table = Table("topic", "config", "on the broker", "policy", title="topics whose settings differ from the policy")
+        for d in drifted:
+            for name, (actual, policy) in d.differences.items():
+                table.add_row(d.topic, name, actual or "-", policy)
+        console.print(table)
+        if fix:
+            console.print(f"fixed: {len(drifted)} topic(s) now have the policy's settings", highlight=False)
+        else:
+            console.print("run `cancelflow topics --fix` to apply the policy", highlight=False)
+            raise typer.Exit(2)
     console.print(f"topics ready on {bootstrap}", highlight=False)
 
 
@@ -211,6 +240,68 @@ def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
         return
     for service, secret in passwords.items():
         print(f"{service.upper()}_DATABASE_URL={db_roles.role_url(admin_url, service, secret)}")
+
+
+@app.command()
+def rebuild(service: str = typer.Argument(..., help="eligibility or billing"),
+            check: bool = typer.Option(False, "--check", help="Build into a scratch schema, compare it with the "
+                                       "service's tables, drop it; the service keeps running."),
+            database_url: str = typer.Option(None, envvar="DATABASE_URL",
+                                             help="Default: the running local stack's database.")) -> None:
+    """Build SERVICE's state from the topics into an empty schema, publishing and sending nothing, then
+    switch the service to it (the old schema is kept, renamed). The service is stopped meanwhile: the local
+    stack's is stopped and started again; elsewhere stop it first (its consumer group must be empty)."""
+    from datetime import datetime, timezone
+
+    from . import kafka_clients
+    from . import rebuild as r
+
+    stack = _stack(recorded=True)
+    local = bool(stack.alive()) and database_url is None
+    url = database_url or (stack.database_url if local else None)
+    if url is None:
+        _fail("DATABASE_URL: no database given and no local stack running")
+    conn = kafka_clients.connection()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    schema = f"{service}_rebuild_{stamp}"
+
+    def run() -> None:
+        async def go():
+            built = await r.build(service, database_url=url, kafka=conn, schema=schema,
+                                  now=datetime.now(timezone.utc))
+            console.print(f"built {schema} from " + ", ".join(f"{t}: {n:,} records" for t, n in built.records.items())
+                          + f"; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
+                          + f"; inbox {built.inbox:,} ids", highlight=False, soft_wrap=True)
+            if check:
+                differences = await r.compare(url, service, service, schema)
+                await r.drop(url, schema)
+                return differences
+            replaced = await r.switch(url, service, schema, suffix=stamp)
+            console.print(f"{service} now runs on the rebuilt schema" + (
+                f"; its previous schema is kept as {replaced} (drop it when satisfied)" if replaced else ""),
+                highlight=False)
+            return {}
+
+        differences = asyncio.run(go())
+        if check:
+            for table, what in differences.items():
+                console.print(f"[red]differs[/red] {table}: {what}", highlight=False)
+            if differences:
+                raise typer.Exit(1)
+            console.print(f"the rebuilt tables equal {service}'s", highlight=False)
+
+    try:
+        r.projection(service)
+        if check:
+            run()
+        elif local:
+            stack.restart_recorded(service, run)
+        else:
+            if asyncio.run(r.group_members(conn, service)):
+                _fail(f"{service}'s consumer group has members: stop {service} first")
+            run()
+    except (r.RebuildError, InfraError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

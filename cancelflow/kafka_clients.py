@@ -126,3 +126,38 @@ async def read_topics(target: Target, topic_names: Iterable[str], timeout: float
     batches = await asyncio.gather(*(read_topic(conn, t, timeout=timeout, partitions=partitions[t])
                                      for t in names if t in partitions))
     return [r for batch in batches for r in batch]
+
+
+async def stream_topic(target: Target, topic: str, *, start_ms: int | None = None):
+    """The records of `topic` from the beginning (or from the first at or after `start_ms`, by timestamp) up
+    to its end when called, yielded a fetch at a time, each partition in offset order: for reading a whole
+    year without holding it in memory."""
+    conn = as_connection(target)
+    partitions = (await topic_partitions(conn, [topic])).get(topic, [])
+    if not partitions:
+        raise ValueError(f"topic {topic} does not exist")
+    tps = [TopicPartition(topic, p) for p in partitions]
+    c = consumer(conn, max_partition_fetch_bytes=4 * 1024 * 1024)
+    await c.start()
+    try:
+        c.assign(tps)
+        end = await c.end_offsets(tps)
+        start = await c.beginning_offsets(tps)
+        if start_ms is not None:
+            found = await c.offsets_for_times({tp: start_ms for tp in tps})
+            start = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+        for tp in tps:
+            c.seek(tp, start[tp])
+        # The next offset to read, from the records themselves: done when every partition reached its end.
+        next_offset = dict(start)
+        while any(next_offset[tp] < end[tp] for tp in tps):
+            left = [tp for tp in tps if next_offset[tp] < end[tp]]
+            fetched = await c.getmany(*left, timeout_ms=1000)
+            for tp, records in fetched.items():
+                if records:
+                    next_offset[tp] = records[-1].offset + 1
+                records = [r for r in records if r.offset < end[tp]]
+                if records:
+                    yield records
+    finally:
+        await c.stop()

@@ -93,30 +93,37 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetime | None = None) -> Figures:
-    seen: set[Any] = set()
-    received_at: dict[str, datetime] = {}
-    requested_reason: dict[str, str] = {}
-    decided: dict[str, tuple[datetime | None, str]] = {}  # request -> (decided_at, "accepted"/"rejected")
-    accepted: dict[str, dict[str, Any]] = {}
-    rejected_codes: Counter[str] = Counter()
-    rejected: set[str] = set()
-    withdrawn: set[str] = set()
-    completed: set[str] = set()
-    issued: dict[str, int] = {}
-    voided: set[str] = set()
-    kinds: Counter[str] = Counter()
-    for env in envelopes:
+class ReportBuilder:
+    """The report's state, fed one envelope at a time: a year of topics is read through it, never held."""
+
+    def __init__(self) -> None:
+        self.seen: set[Any] = set()
+        self.received_at: dict[str, datetime] = {}
+        self.requested_reason: dict[str, str] = {}
+        self.decided: dict[str, tuple[datetime | None, str]] = {}  # request -> (decided_at, "accepted"/"rejected")
+        self.accepted: dict[str, dict[str, Any]] = {}
+        self.rejected_codes: Counter[str] = Counter()
+        self.rejected: set[str] = set()
+        self.withdrawn: set[str] = set()
+        self.completed: set[str] = set()
+        self.issued: dict[str, int] = {}
+        self.voided: set[str] = set()
+        self.kinds: Counter[str] = Counter()
+
+    def add(self, env: Any) -> None:
+        """One envelope (decoded JSON), in any order; a duplicate (same event_id) counts once."""
+        (seen, received_at, requested_reason, decided, accepted, rejected_codes, rejected, withdrawn, completed,
+         issued, voided, kinds) = self._state()
         if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
-            continue
+            return
         key = env.get("event_id") or id(env)
         if key in seen:  # the outbox may publish an event twice; the log counts it once
-            continue
+            return
         seen.add(key)
         t, d = env.get("event_type"), env["data"]
         rid = d.get("request_id")
         if not isinstance(rid, str):
-            continue
+            return
         when = parse_instant(d.get("decided_at")) or parse_instant(env.get("occurred_at"))
         if t == "cancellation.requested":
             if (at := parse_instant(d.get("received_at"))) is not None:
@@ -142,57 +149,89 @@ def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetim
         elif t == "notification.sent":
             kinds[str(d.get("kind"))] += 1
 
-    by_day_reason: dict[str, Counter[str]] = defaultdict(Counter)
-    by_reason: Counter[str] = Counter()
-    by_offer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    pending: Counter[str] = Counter()
-    for rid, a in accepted.items():
-        reason = a["reason"] or requested_reason.get(rid) or "(unknown)"
-        saved = rid in withdrawn
-        day = tokyo_date(a["at"]).isoformat() if a["at"] else "(unknown)"
-        by_day_reason[day][reason] += 1
-        by_reason[reason] += 1
-        for offer in a["offers"] or (NO_OFFER,):
-            by_offer[offer][0] += 1
-            by_offer[offer][1] += saved
-        by_day[day][0] += 1
-        by_day[day][1] += saved
-        if not saved and rid not in completed:
-            pending[a["effective_date"] or "(unknown)"] += 1
+    def _state(self) -> tuple:
+        return (self.seen, self.received_at, self.requested_reason, self.decided, self.accepted, self.rejected_codes,
+                self.rejected, self.withdrawn, self.completed, self.issued, self.voided, self.kinds)
 
-    answers = sorted((at - received_at[rid]).total_seconds()
-                     for rid, (at, _) in decided.items() if at is not None and rid in received_at)
-    offer_order = [o.value for o in Offer] + [NO_OFFER]
-    reasons = {r.value: by_reason.get(r.value, 0) for r in Reason} | {
-        r: n for r, n in sorted(by_reason.items()) if r not in Reason.__members__}
-    saved_total = len(withdrawn & accepted.keys())
-    return Figures(
-        accepted=len(accepted), rejected=len(rejected), withdrawn=saved_total,
-        completed=len(completed & accepted.keys()),
-        by_day_reason={day: dict(sorted(c.items())) for day, c in sorted(by_day_reason.items())},
-        by_reason=reasons,
-        save_rate=Rate(len(accepted), saved_total),
-        save_rate_by_offer={o: Rate(*by_offer[o]) for o in sorted(by_offer, key=offer_order.index)
-                            if o in offer_order} | {o: Rate(*by_offer[o]) for o in sorted(by_offer)
-                                                    if o not in offer_order},
-        save_rate_by_day={day: Rate(*v) for day, v in sorted(by_day.items())},
-        answer_seconds=answers, answer_p50_s=nearest_rank(answers, 0.50), answer_p95_s=nearest_rank(answers, 0.95),
-        pending_by_effective_date=dict(sorted(pending.items())),
-        rejected_by_code=dict(sorted(rejected_codes.items())),
-        settlements_issued=len(issued.keys() - voided),
-        settlements_total_jpy=sum(v for rid, v in issued.items() if rid not in voided),
-        notifications_by_kind=dict(sorted(kinds.items())),
-        generated_at=(generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
-    )
+    def figures(self, generated_at: datetime | None = None) -> Figures:
+        (_seen, received_at, requested_reason, decided, accepted, rejected_codes, rejected, withdrawn, completed,
+         issued, voided, kinds) = self._state()
+        by_day_reason: dict[str, Counter[str]] = defaultdict(Counter)
+        by_reason: Counter[str] = Counter()
+        by_offer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        pending: Counter[str] = Counter()
+        for rid, a in accepted.items():
+            reason = a["reason"] or requested_reason.get(rid) or "(unknown)"
+            saved = rid in withdrawn
+            day = tokyo_date(a["at"]).isoformat() if a["at"] else "(unknown)"
+            by_day_reason[day][reason] += 1
+            by_reason[reason] += 1
+            for offer in a["offers"] or (NO_OFFER,):
+                by_offer[offer][0] += 1
+                by_offer[offer][1] += saved
+            by_day[day][0] += 1
+            by_day[day][1] += saved
+            if not saved and rid not in completed:
+                pending[a["effective_date"] or "(unknown)"] += 1
+
+        answers = sorted((at - received_at[rid]).total_seconds()
+                         for rid, (at, _) in decided.items() if at is not None and rid in received_at)
+        offer_order = [o.value for o in Offer] + [NO_OFFER]
+        reasons = {r.value: by_reason.get(r.value, 0) for r in Reason} | {
+            r: n for r, n in sorted(by_reason.items()) if r not in Reason.__members__}
+        saved_total = len(withdrawn & accepted.keys())
+        return Figures(
+            accepted=len(accepted), rejected=len(rejected), withdrawn=saved_total,
+            completed=len(completed & accepted.keys()),
+            by_day_reason={day: dict(sorted(c.items())) for day, c in sorted(by_day_reason.items())},
+            by_reason=reasons,
+            save_rate=Rate(len(accepted), saved_total),
+            save_rate_by_offer={o: Rate(*by_offer[o]) for o in sorted(by_offer, key=offer_order.index)
+                                if o in offer_order} | {o: Rate(*by_offer[o]) for o in sorted(by_offer)
+                                                        if o not in offer_order},
+            save_rate_by_day={day: Rate(*v) for day, v in sorted(by_day.items())},
+            answer_seconds=answers, answer_p50_s=nearest_rank(answers, 0.50), answer_p95_s=nearest_rank(answers, 0.95),
+            pending_by_effective_date=dict(sorted(pending.items())),
+            rejected_by_code=dict(sorted(rejected_codes.items())),
+            settlements_issued=len(issued.keys() - voided),
+            settlements_total_jpy=sum(v for rid, v in issued.items() if rid not in voided),
+            notifications_by_kind=dict(sorted(kinds.items())),
+            generated_at=(generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        )
 
 
-async def collect_envelopes(target: Any = None, timeout: float = 30) -> list[dict]:
-    """The envelopes now on the report's topics (a KafkaConnection, a bootstrap address or None: the
-    operator's connection), read with the operator commands' one topic reader."""
-    from .ops.records import read_records
 
-    return [dict(r.envelope) for r in await read_records(target, REPORT_TOPICS, timeout) if r.envelope is not None]
+
+def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetime | None = None) -> Figures:
+    builder = ReportBuilder()
+    for env in envelopes:
+        builder.add(env)
+    return builder.figures(generated_at)
+
+
+async def stream_figures(target: Any = None, since: datetime | None = None,
+                         generated_at: datetime | None = None) -> Figures:
+    """The figures of the report's topics read a fetch at a time up to their end now, from the first record
+    at or after `since` (by record timestamp, Kafka's offset-for-time) or from the beginning."""
+    import orjson
+
+    from . import kafka_clients
+
+    conn = kafka_clients.as_connection(target)
+    builder = ReportBuilder()
+    start_ms = int(since.timestamp() * 1000) if since is not None else None
+    existing = await kafka_clients.topic_partitions(conn, REPORT_TOPICS)
+    for topic in REPORT_TOPICS:
+        if topic not in existing:
+            continue
+        async for records in kafka_clients.stream_topic(conn, topic, start_ms=start_ms):
+            for record in records:
+                try:
+                    builder.add(orjson.loads(record.value))
+                except (orjson.JSONDecodeError, TypeError):
+                    continue  # not an event: the consumers dead-lettered it, the report skips it
+    return builder.figures(generated_at)
 
 
 @dataclass(frozen=True)

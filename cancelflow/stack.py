@@ -22,10 +22,11 @@ from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
 from . import stack_security
-from .infra import kafka, postgres
+from .infra import kafka, postgres, topic_admin
 from .infra.acl import create_acls
 from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
 from .infra.ports import require_free, wait_port
+from .infra.topic_policy import BUSINESS_RETENTION_DAYS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,9 @@ class StackConfig:
     database_url: str | None = None
     # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
     security: str = "plaintext"
+    # Retention of the business topics other than contracts.events (SPEC section 8; -1: forever).
+    topic_retention_days: int = field(
+        default_factory=lambda: int(os.environ.get("CANCELFLOW_TOPIC_RETENTION_DAYS", BUSINESS_RETENTION_DAYS)))
 
 
 
@@ -275,7 +279,9 @@ class Stack:
 
         async def ready() -> None:
             await kafka.wait_ready(self.bootstrap, 90, **options)
-            await kafka.create_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions, **options)
+            # The stack's broker is its own: topics an older version made are brought to the policy.
+            await topic_admin.ensure_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
+                                            business_retention_days=self.config.topic_retention_days, **options)
             if local_kafka and self.config.security == "scram":
                 await create_acls(self.bootstrap, stack_security.access_policy(), **options)
             if local_pg:
@@ -309,6 +315,18 @@ class Stack:
     def start_service(self, name: str) -> subprocess.Popen:
         require_free(getattr(self.ports, name), name)
         return self._spawn(name, self.service_command(name), env=self.service_env(name))
+
+    def restart_recorded(self, name: str, between: Callable[[], None]) -> None:
+        """Stop one service of the recorded (running) stack, run `between`, start it again, healthy."""
+        state = json.loads(self.state_file.read_text())
+        if name in state["pids"]:
+            self.stop_process(name, state["pids"][name])
+        try:
+            between()
+        finally:
+            state["pids"][name] = self.start_service(name).pid
+            self.state_file.write_text(json.dumps(state, indent=2))
+        self.wait_healthy([name])
 
     def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -52,8 +52,9 @@ def _migration_files(schema: str, service_dir: Path) -> list[tuple[str, str]]:
     return files
 
 
-async def migrate(url: str, schema: str, service_dir: Path) -> list[str]:
-    """Apply the service's migrations that are not applied yet; returns the ones applied now.
+async def migrate(url: str, schema: str, service_dir: Path, *, service: str | None = None) -> list[str]:
+    """Apply the service's migrations that are not applied yet; returns the ones applied now. `service`:
+    the name its versions are recorded under when the schema has another (a rebuild's new schema).
 
     An advisory lock per schema makes two processes of one service starting at once safe.
     """
@@ -69,7 +70,7 @@ async def migrate(url: str, schema: str, service_dir: Path) -> list[str]:
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, sql in _migration_files(schema, service_dir):
+            for version, sql in _migration_files(service or schema, service_dir):
                 if version in done:
                     continue
                 await conn.execute(sql)

@@ -154,6 +154,7 @@ class CancellationRejected(EventData):
     earliest_effective_date: date | None = None
     reason: Reason | None = None
     decided_at: AwareDatetime | None = None
+    received_on: date | None = Field(None, description="Added field: the request's received-on date.")
 
 
 class CancellationWithdrawn(EventData):
@@ -181,6 +182,7 @@ class CancellationCompleted(EventData):
     request_id: Id
     contract_id: Id | None = None
     effective_date: date
+    completed_at: AwareDatetime | None = Field(None, description="Added field: when eligibility completed it.")
 
 
 class ChargeLine(WireModel):
@@ -197,6 +199,7 @@ class SettlementIssued(EventData):
     total_jpy: Yen
     refund_jpy: Literal[0] = 0
     paid_through: date
+    issued_at: AwareDatetime | None = Field(None, description="Added field: when billing issued it.")
 
 
 class SettlementVoided(EventData):

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from shared.clock import Clock, clock_from
 from shared.db import create_pool, migrate
 from shared.jsonlog import configure_logging
 from shared.kafka_connection import MAX_REQUEST_BYTES
+from shared.messaging import inbox
 from shared.messaging.consumer import BatchConsumer, Subscription
 from shared.messaging.lag import lag_loop
 from shared.messaging.offsets import OffsetCommitter
@@ -135,6 +137,9 @@ class ServiceApp(AsgiFastStream):
         rt.relay = OutboxRelay(pool=rt.pool, producer=rt.producer, schema=rt.schema, service=rt.name,
                                poll_ms=s.relay_poll_ms)
         rt.tasks.append(asyncio.create_task(rt.relay.run(), name=f"{rt.name}-relay"))
+        rt.tasks.append(asyncio.create_task(inbox.pruning_loop(
+            rt.pool, rt.clock, window=timedelta(days=s.inbox_window_days), interval_s=s.inbox_prune_interval_s,
+            batch=s.inbox_prune_batch), name=f"{rt.name}-inbox-pruning"))
         for loop in self.background:
             rt.tasks.append(asyncio.create_task(loop(rt), name=f"{rt.name}-{loop.__name__}"))
         rt.tasks.append(asyncio.create_task(lag_loop(

@@ -77,6 +77,11 @@ class ServiceSettings(BaseSettings):
         100, ge=0, description="Offsets of processed batches are committed to Kafka this often (0: after every "
                                "batch). Later is safe: re-read records are skipped by the inbox.")
     relay_poll_ms: int = Field(500, ge=10, description="Outbox relay poll interval when no NOTIFY wakes it.")
+    inbox_window_days: float = Field(
+        7, gt=0, description="The inbox keeps each consumed event's id this long (by the service's clock), longer "
+                             "than any redelivery; older ids are pruned.")
+    inbox_prune_interval_s: float = Field(60, gt=0, description="How often the inbox is pruned.")
+    inbox_prune_batch: int = Field(1000, ge=1, description="Ids deleted per pruning transaction.")
     consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
 
     @property

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InfraError, PortTaken, bind_failed, cause_line
+from .topic_admin import create_topics  # noqa: F401  (the stack, tests and benches create topics here)
 
-DLQ_MAX_MESSAGE_BYTES = 3 * 1024 * 1024
+OFFSETS_RETENTION_MINUTES = 400 * 24 * 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
@@ -140,6 +141,9 @@ class KafkaNode:
             # Single node: the internal topics cannot have more than one replica.
             "offsets.topic.replication.factor=1",
             "offsets.topic.num.partitions=8",
+            # A stopped group's offsets are kept as long as the business topics keep records (400 days, not
+            # the default 7): with expired offsets a restart would re-read more than the inbox window.
+            f"offsets.retention.minutes={OFFSETS_RETENTION_MINUTES}",
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "transaction.state.log.num.partitions=4",
@@ -274,21 +278,3 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) ->
         finally:
             await admin.close()
     raise InfraError(f"Kafka at {bootstrap} did not answer metadata within {timeout:.0f}s ({last!r})")
-
-
-async def create_topics(bootstrap: str, topics: tuple[str, ...], partitions: int, **client_options) -> None:
-    """Create the topics that are missing; existing ones are left as they are."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        # A dead letter carries the original message plus headers: give .dlq topics room for a 1 MiB original.
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1,
-                            topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)} if t.endswith(".dlq") else {})
-                   for t in topics if t not in existing]
-        if missing:
-            await admin.create_topics(missing)
-    finally:
-        await admin.close()

@@ -12,12 +12,18 @@ from .base import BOOTSTRAP, app, connection, console, run
 
 @app.command()
 def report(html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page with charts."),
+           since: float = typer.Option(None, "--since", min=0, help="Only the last DAYS days of records "
+                                       "(read from the offset of that time): a year of topics in seconds."),
            bootstrap: str = BOOTSTRAP) -> None:
-    """Business figures: cancellations by reason per day, save rate, time to first answer, pending."""
-    from ..report import collect_envelopes, compute_report, report_tables
+    """Business figures: cancellations by reason per day, save rate, time to first answer, pending. Reads
+    the topics a fetch at a time to their current end (whole, or from --since days ago)."""
+    from datetime import datetime, timedelta, timezone
+
+    from ..report import report_tables, stream_figures
     from ..report_page import render_html
 
-    figures = compute_report(run(collect_envelopes(connection(bootstrap))))
+    start = datetime.now(timezone.utc) - timedelta(days=since) if since is not None else None
+    figures = run(stream_figures(connection(bootstrap), start))
     for table in report_tables(figures):
         console.print(table)
     if html is not None:

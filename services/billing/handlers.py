@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationWithdrawn, ChargeLine, ContractSigned,
@@ -21,9 +21,9 @@ async def on_contract_signed(ctx: Ctx, e: ContractSigned) -> None:
     awaiting = await ctx.store.awaiting(e.contract_id)
     terms = await ctx.store.terms(e.contract_id) if awaiting else None
     for a in awaiting:
-        settlement = _settle(terms, a.received_on, a.effective_date)
-        await ctx.store.issue_awaiting(a, settlement, ctx.now())
-        ctx.emit(settlement_issued(a.request_id, e.contract_id, settlement), key=e.contract_id)
+        settlement, at = _settle(terms, a.received_on, a.effective_date), ctx.now()
+        await ctx.store.issue_awaiting(a, settlement, at)
+        ctx.emit(settlement_issued(a.request_id, e.contract_id, settlement, at), key=e.contract_id)
 
 
 async def on_payment_recorded(ctx: Ctx, e: PaymentRecorded) -> None:
@@ -37,13 +37,14 @@ async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
     if terms is None:
         await ctx.store.await_contract(e)  # the acceptance came before the contract: settled when it arrives
         return
-    settlement = _settle(terms, e.received_on, e.effective_date)
-    if await ctx.store.issue(e.request_id, e.contract_id, e.received_on, e.effective_date, settlement, ctx.now()):
-        ctx.emit(settlement_issued(e.request_id, e.contract_id, settlement), key=e.contract_id)
+    settlement, at = _settle(terms, e.received_on, e.effective_date), ctx.now()
+    if await ctx.store.issue(e.request_id, e.contract_id, e.received_on, e.effective_date, settlement, at):
+        ctx.emit(settlement_issued(e.request_id, e.contract_id, settlement, at), key=e.contract_id)
 
 
 async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
-    voided = await ctx.store.void(e.request_id, ctx.now())
+    # Voided when the cancellation was withdrawn: the time is the log's, so a rebuild gets the same.
+    voided = await ctx.store.void(e.request_id, e.withdrawn_at or ctx.envelope.occurred_at)
     if voided is not None and voided[1]:  # only an issued settlement was ever announced
         ctx.emit(SettlementVoided(request_id=e.request_id, contract_id=voided[0]), key=voided[0])
 
@@ -53,9 +54,10 @@ def _settle(terms: Terms, received_on: date, effective_date: date) -> Settlement
                   effective_date=effective_date, paid_billing_dates=terms.paid_billing_dates)
 
 
-def settlement_issued(request_id: str, contract_id: str, settlement: Settlement) -> SettlementIssued:
+def settlement_issued(request_id: str, contract_id: str, settlement: Settlement,
+                      issued_at: datetime) -> SettlementIssued:
     return SettlementIssued(
-        request_id=request_id, contract_id=contract_id, total_jpy=settlement.total_jpy,
+        request_id=request_id, contract_id=contract_id, total_jpy=settlement.total_jpy, issued_at=issued_at,
         charges=tuple(ChargeLine(billing_date=c.billing_date, amount_jpy=c.amount_jpy) for c in settlement.charges),
         refund_jpy=settlement.refund_jpy, paid_through=settlement.paid_through)
 

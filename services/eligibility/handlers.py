@@ -47,7 +47,8 @@ def decision_event(e: CancellationRequested, decision: Decision, decided_at: dat
             reason=e.reason, decided_at=decided_at)
     return CancellationRejected(
         request_id=e.request_id, contract_id=e.contract_id, codes=decision.codes,
-        earliest_effective_date=decision.earliest_effective_date, reason=e.reason, decided_at=decided_at)
+        earliest_effective_date=decision.earliest_effective_date, reason=e.reason, decided_at=decided_at,
+        received_on=e.received_on)
 
 
 async def on_withdrawal_requested(ctx: Ctx, e: WithdrawalRequested) -> None:
@@ -57,19 +58,20 @@ async def on_withdrawal_requested(ctx: Ctx, e: WithdrawalRequested) -> None:
     if why is not None:
         ctx.emit(WithdrawalRefused(request_id=e.request_id, contract_id=key, why=why), key=key)
         return
-    await ctx.store.withdraw(e.request_id, ctx.now())
-    ctx.emit(CancellationWithdrawn(request_id=e.request_id, contract_id=contract_id, withdrawn_at=ctx.now()),
-             key=key)
+    at = ctx.now()
+    await ctx.store.withdraw(e.request_id, at)
+    ctx.emit(CancellationWithdrawn(request_id=e.request_id, contract_id=contract_id, withdrawn_at=at), key=key)
 
 
 async def complete_due_cancellations(rt: Runtime) -> int:
     """Complete every accepted cancellation whose effective date has come (Tokyo), in one transaction."""
     async with store_transaction(rt, EligibilityStore) as store:
-        completed = await store.complete_due(completion_cutoff(tokyo_date(rt.clock.now())))
+        now = rt.clock.now()
+        completed = await store.complete_due(completion_cutoff(tokyo_date(now)), now)
         for c in completed:
             emit = Emitter(store.outbox, rt.name, correlation_id=c.request_id)
             emit(CancellationCompleted(request_id=c.request_id, contract_id=c.contract_id,
-                                       effective_date=c.effective_date), key=c.contract_id)
+                                       effective_date=c.effective_date, completed_at=now), key=c.contract_id)
     return len(completed)
 
 

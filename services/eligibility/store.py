@@ -37,7 +37,7 @@ _REJECTED = (
 _CANCELLATION = "SELECT contract_id, status, effective_date FROM cancellations WHERE request_id = $1 FOR UPDATE"
 _WITHDRAW = "UPDATE cancellations SET status = 'withdrawn', closed_at = $2 WHERE request_id = $1"
 _COMPLETE_DUE = (
-    "UPDATE cancellations SET status = 'completed', closed_at = now() WHERE request_id IN ("
+    "UPDATE cancellations SET status = 'completed', closed_at = $3 WHERE request_id IN ("
     " SELECT request_id FROM cancellations WHERE status = 'accepted' AND effective_date <= $1"
     " ORDER BY effective_date LIMIT $2 FOR UPDATE SKIP LOCKED)"
     " RETURNING request_id, contract_id, effective_date")
@@ -140,10 +140,10 @@ class EligibilityStore(Store):
     async def withdraw(self, request_id: str, at: datetime) -> None:
         await self.conn.execute(_WITHDRAW, request_id, at)
 
-    async def complete_due(self, through: date, limit: int = 500) -> list[Cancellation]:
+    async def complete_due(self, through: date, at: datetime, limit: int = 500) -> list[Cancellation]:
         """Complete (and lock) up to `limit` pending cancellations effective on or before `through`; their
         contracts end on the effective date."""
-        rows = await self.conn.fetch(_COMPLETE_DUE, through, limit)
+        rows = await self.conn.fetch(_COMPLETE_DUE, through, limit, at)
         for row in rows:
             self.conn.defer(_END_CONTRACT, row["contract_id"], row["effective_date"])
         return [Cancellation(r["request_id"], r["contract_id"], r["effective_date"]) for r in rows]

@@ -209,7 +209,8 @@ class BatchConsumer:
     async def _fast(self, conn: BatchConnection, outbox: Outbox, store: Store, decoded: list[_Decoded]) -> list[str]:
         """The whole batch without savepoints; any record failing raises _RecordFailed. Returns the topics of
         the duplicates skipped (counted once the transaction committed)."""
-        first_time = await inbox.record_all(conn, [(d.envelope, d.record) for d in decoded if d.envelope])
+        first_time = await inbox.record_all(conn, [(d.envelope, d.record) for d in decoded if d.envelope],
+                                            self.resources.clock.now())
         fresh, taken = [], set()
         for item in decoded:
             if item.envelope is not None and item.envelope.event_id in first_time \
@@ -253,7 +254,7 @@ class BatchConsumer:
         await conn.flush()
         try:
             async with conn.transaction():  # a savepoint; the record's deferred writes are sent inside it
-                if not await inbox.record(conn, envelope, record):
+                if not await inbox.record(conn, envelope, record, self.resources.clock.now()):
                     metrics.DUPLICATES.labels(self.name, record.topic).inc()
                     return
                 if handler is not None:

@@ -38,9 +38,28 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 # ---------------------------------------------------------------- helpers
 
 
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value, environ: dict[str, str]):
+    """Compose's ${VAR:-default} and ${VAR}, through every string of the loaded file."""
+    if isinstance(value, str):
+        return VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ) for v in value]
+    return value
+
+
+def load_compose(name: str = "docker-compose.yml", environ: dict[str, str] | None = None) -> dict:
+    """A compose file as `docker compose config` reads it: with the variables' defaults unless given."""
+    return interpolate(yaml.safe_load((ROOT / name).read_text()), environ or {})
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    return load_compose()
 
 
 def settings_class(service: str):
@@ -206,8 +225,10 @@ def test_topics_is_a_one_shot_cancelflow_topics_after_kafka(compose):
     assert env.get("KAFKA_BOOTSTRAP_SERVERS") == "kafka:9092"
     from shared.settings import ServiceSettings
 
-    unknown = set(env) - set(env_names(ServiceSettings))
+    # `cancelflow topics` reads the retention of the business topics (SPEC section 8) besides the Kafka settings.
+    unknown = set(env) - set(env_names(ServiceSettings)) - {"CANCELFLOW_TOPIC_RETENTION_DAYS"}
     assert not unknown, f"topics sets variables nothing reads: {sorted(unknown)}"
+    assert int(env["CANCELFLOW_TOPIC_RETENTION_DAYS"]) >= 400
     assert topics.get("restart", "no") == "no"
 
 
@@ -303,12 +324,12 @@ def test_service_settings_load_from_the_compose_env(compose, service, monkeypatc
 def test_sasl_overlay_turns_on_scram_for_every_client():
     """docker-compose.sasl.yml: the broker gets a SASL listener, every client uses it with SCRAM settings
     whose names the settings classes read."""
-    overlay = yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text())
+    overlay = load_compose("docker-compose.sasl.yml")
     kafka_env = overlay["services"]["kafka"]["environment"]
     assert "SASL://:9094" in kafka_env["KAFKA_LISTENERS"]
     assert "SASL:SASL_PLAINTEXT" in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
     assert kafka_env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
-    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    base = load_compose()
     assert overlay["services"]["kafka-scram"]["image"] == base["services"]["kafka"]["image"]
     from shared.settings import ServiceSettings
 
@@ -620,7 +641,7 @@ def test_kafka_ui_points_at_the_in_network_kafka_listener(compose):
 
 @pytest.mark.parametrize("compose_file", ["docker-compose.yml", "docker-compose.sasl.yml"])
 def test_images_are_pinned(compose_file):
-    services = yaml.safe_load((ROOT / compose_file).read_text())["services"]
+    services = load_compose(compose_file)["services"]
     for name, definition in services.items():
         if "image" not in definition:
             continue

@@ -1,0 +1,31 @@
+"""A service's state as a projection of the log (SPEC section 8, `cancelflow rebuild`): the topics to read,
+in order, and for each event type what it writes. A projection writes state only: it emits nothing and
+sends nothing. It reads the service's inputs it merely records (contracts) and the service's own outputs,
+which carry what it decided, so a rebuild records the decisions taken, never takes them again."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.events import Envelope, EventData
+
+Apply = Callable[[Any, Envelope, Any], Awaitable[None]]  # (connection, envelope, event data)
+
+
+@dataclass(frozen=True)
+class Projection:
+    service: str
+    topics: tuple[str, ...]  # read one after another, each partition in offset order
+    apply: Mapping[str, Apply]
+    # The service's own outputs: applied only when the service itself published them (another producer's
+    # copy on the same topic is nothing the service decided).
+    own: frozenset[str] = frozenset()
+    # Columns that are bookkeeping (when a row was last written), not state: left out of comparisons.
+    bookkeeping: Mapping[str, tuple[str, ...]] = ()  # type: ignore[assignment]
+
+    async def __call__(self, conn: Any, envelope: Envelope, data: EventData) -> None:
+        apply = self.apply.get(envelope.event_type)
+        if apply is not None and (envelope.event_type not in self.own or envelope.producer == self.service):
+            await apply(conn, envelope, data)
