@@ -38,13 +38,26 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 # ---------------------------------------------------------------- helpers
 
 
-VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
+# What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
+REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
+            "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
+                                                ("intake", "eligibility", "billing", "notifier")}}
+
+
+def _substitute(match: re.Match, environ: dict[str, str]) -> str:
+    name, kind, rest = match.groups()
+    if kind == "?":
+        value = environ.get(name) or REQUIRED.get(name)
+        assert value, f"${{{name}}} is required ({rest}) and the test gives it no value"
+        return value
+    return environ.get(name) or (rest or "")
 
 
 def interpolate(value, environ: dict[str, str]):
-    """Compose's ${VAR:-default} and ${VAR}, through every string of the loaded file."""
+    """Compose's ${VAR:-default}, ${VAR:?required} and ${VAR}, through every string of the loaded file."""
     if isinstance(value, str):
-        return VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+        return VARIABLE.sub(lambda m: _substitute(m, environ), value)
     if isinstance(value, dict):
         return {k: interpolate(v, environ) for k, v in value.items()}
     if isinstance(value, list):
@@ -191,16 +204,22 @@ def test_kafka_and_postgres_have_healthchecks(compose):
 
 
 def test_postgres_matches_the_service_database_url(compose):
+    """Each service connects as its own role (made by the one-shot db-roles as the admin role)."""
     postgres = compose["services"]["postgres"]
     assert postgres["image"] == "postgres:18"
     env = env_of(postgres)
     assert published(postgres).get(5432) == 15432
+    admin = urlsplit(env_of(compose["services"]["db-roles"])["DATABASE_URL"])
+    assert (admin.username, admin.password) == (env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"])
+    assert command_of(compose["services"]["db-roles"]) == ["cancelflow", "db-roles", "--password-from-env"]
     for service in SERVICES:
-        url = urlsplit(env_of(compose["services"][service])["DATABASE_URL"])
+        service_env = env_of(compose["services"][service])
+        assert "DATABASE_URL" not in service_env, f"{service} must not fall back to the admin role"
+        url = urlsplit(service_env[f"{service.upper()}_DATABASE_URL"])
         assert (url.hostname, url.port) == ("postgres", 5432), service
         assert url.path.lstrip("/") == env["POSTGRES_DB"] == "cancelflow", service
-        assert url.username == env.get("POSTGRES_USER", "postgres"), service
-        assert url.password == env["POSTGRES_PASSWORD"], service
+        assert url.username == service, service
+        assert url.password == env_of(compose["services"]["db-roles"])[f"{service.upper()}_DATABASE_PASSWORD"]
 
 
 def test_mailsink_runs_from_the_project_image_and_mounts_the_mail_dir(compose):
@@ -287,7 +306,7 @@ def test_service_env_names_are_read_by_its_settings_class(compose, service):
 def test_service_env_sets_everything_without_a_container_safe_default(compose, service):
     cls = settings_class(service)
     prefix = cls.model_config["env_prefix"]
-    must_set = {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", f"{prefix}HTTP_HOST"} | MUST_SET_EXTRA.get(service, set())
+    must_set = {"KAFKA_BOOTSTRAP_SERVERS", f"{prefix}DATABASE_URL", f"{prefix}HTTP_HOST"} | MUST_SET_EXTRA.get(service, set())
     env = {name.upper(): value for name, value in env_of(compose["services"][service]).items()}
     names_of: dict[str, list[str]] = {}
     for name, field_name in env_names(cls).items():
@@ -318,7 +337,19 @@ def test_service_settings_load_from_the_compose_env(compose, service, monkeypatc
     settings = cls(_env_file=None)
     assert settings.http_host == "0.0.0.0"
     assert settings.kafka_bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
-    assert settings.database_url == env["DATABASE_URL"]
+    assert settings.database_url == env[f"{cls.model_config['env_prefix']}DATABASE_URL"]
+
+
+def test_secrets_come_from_the_environment_and_none_is_committed():
+    """INTAKE_API_KEYS and INTAKE_WEBHOOK_SECRET are ${VAR:?...}: compose refuses to start without them, and
+    .env.example names them without a value."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["intake"]["environment"]
+    for name in ("INTAKE_API_KEYS", "INTAKE_WEBHOOK_SECRET"):
+        assert raw[name].startswith(f"${{{name}:?"), raw[name]
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {"INTAKE_API_KEYS", "INTAKE_WEBHOOK_SECRET"} <= set(example) and not any(example.values())
+    assert "dev-key" not in COMPOSE_FILE.read_text() and "dev-key" not in (ROOT / "README.md").read_text()
 
 
 def test_sasl_overlay_turns_on_scram_for_every_client():
