@@ -58,7 +58,7 @@ async def _built_equal(infra, service: str) -> dict:
 async def after_demo(infra):
     if infra.stack is None or infra.clock is None:
         pytest.skip("the demo needs the test's own stack and clock")
-    await demo._demo(infra.stack, infra.intake_url, "test-key", Console(file=io.StringIO()))
+    await demo._demo(infra.stack, infra.intake_url, infra.api_key, Console(file=io.StringIO()))
     return infra
 
 
