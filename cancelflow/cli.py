@@ -33,16 +33,21 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _stack(clock_file: Path | None = None, security: str = "plaintext", *, recorded: bool = False) -> Stack:
-    """The stack in CANCELFLOW_STACK_DIR; `recorded`: as it was started (its ports and security)."""
-    config = StackConfig(ports=Ports.from_env(), security=security)
+def _stack(clock_file: Path | None = None, security: str = "plaintext", *, recorded: bool = False,
+           brokers: int = 1, instances: int = 1) -> Stack:
+    """The stack in CANCELFLOW_STACK_DIR; `recorded`: as it was started (its ports, security and layout)."""
+    config = StackConfig(ports=Ports.from_env(), security=security, brokers=brokers, instances=instances)
     if recorded:
         running = Stack(config)
         config.ports = running.recorded_ports() or config.ports
         config.security = running.recorded_security() or security
+        config.brokers, scaled_to = running.recorded_layout() or (brokers, {})
     # The demo moves the clock to show reminders and completion: every `up` gets a clock file.
     config.clock_file = clock_file or config.root / "clock"
-    return Stack(config)
+    stack = Stack(config)
+    if recorded:
+        stack.scaled_to = dict(scaled_to)
+    return stack
 
 
 @app.command()
@@ -66,11 +71,23 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
        security: Security = typer.Option(Security.plaintext, "--security", case_sensitive=False,
                                     help="The broker's one client listener: plaintext, scram (SASL/SCRAM-SHA-512, "
                                          "a generated user) or tls (a generated CA). The client settings are "
-                                         "printed after the endpoints.")) -> None:
+                                         "printed after the endpoints."),
+       brokers: int = typer.Option(1, "--brokers", help="Kafka nodes: 1 (development) or 3 and more, each broker "
+                                   "and controller; topics replicated on 3, min.insync.replicas=2."),
+       instances: int = typer.Option(1, "--instances", help="Processes of each service, in its consumer group, "
+                                     "each on its own HTTP port (INTAKE_URL, INTAKE_URL_2, ...).")) -> None:
     """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy.
 
     Standard output is KEY=value lines only (the endpoints, then the Kafka client settings)."""
-    stack = _stack(clock_file.resolve() if clock_file else None, security.value)
+    from .stack_cluster import check_brokers, check_instances
+
+    try:
+        check_brokers(brokers)
+        check_instances(instances)
+    except InfraError as exc:
+        _fail(str(exc))
+    stack = _stack(clock_file.resolve() if clock_file else None, security.value, brokers=brokers,
+                   instances=instances)
     if stack.alive():
         _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
     try:
@@ -112,17 +129,42 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
+def scale(service: str = typer.Argument(..., help="intake, eligibility, billing or notifier"),
+          count: int = typer.Argument(..., help="How many processes of it should run.")) -> None:
+    """Run COUNT instances of SERVICE on the running stack (new ones waited for until healthy; the
+    highest-numbered ones stopped cleanly)."""
+    from shared.vocabulary import SERVICES
+
+    if service not in SERVICES:
+        _fail(f"SERVICE: {service!r} is not one of {', '.join(SERVICES)}")
+    stack = _stack(recorded=True)
+    try:
+        stack.adopt()
+        started, stopped = stack.scale(service, count)
+    except InfraError as exc:
+        _fail(str(exc))
+    what = [f"started {', '.join(started)}"] * bool(started) + [f"stopped {', '.join(stopped)}"] * bool(stopped)
+    console.print(f"{service}: {count} running" + (f" ({'; '.join(what)})" if what else ""), highlight=False)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Every process as JSON: kind, name, pid, port, "
+                                        "running, healthy, role (and service, instance).")) -> None:
     """What runs, where, healthy or not."""
     stack = _stack(recorded=True)
     rows = stack.status()
+    if as_json:
+        from .stack_cluster import dumps
+
+        print(dumps(rows))
+        raise typer.Exit(0 if rows else 3)
     if not rows:
         console.print("not running")
         raise typer.Exit(3)
-    table = Table("component", "pid", "port", "running", "healthy")
+    table = Table("component", "pid", "port", "running", "healthy", "role")
     for r in rows:
         table.add_row(r["name"], str(r["pid"]), str(r["port"]), "yes" if r["running"] else "[red]no[/red]",
-                      {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r["healthy"]])
+                      {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r["healthy"]], r["role"])
     console.print(table)
     console.print(f"Kafka security: {stack.kafka_connection.describe()}", highlight=False)
     for key, value in (stack.endpoints() | stack.client_settings()).items():
@@ -132,6 +174,8 @@ def status() -> None:
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
            partitions: int = typer.Option(4),
+           brokers: int = typer.Option(1, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
+                                       "replicated on 3, min.insync.replicas=2)."),
            retention_days: int = typer.Option(
                400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
                help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
@@ -153,11 +197,11 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     wanted = t.all_with_dlq()
 
     async def run() -> tuple[list[str], list]:
-        await kafka.wait_ready(bootstrap, 120, **options)
-        created = await topic_admin.create_topics(bootstrap, wanted, partitions,
+        await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
+        created = await topic_admin.create_topics(bootstrap, wanted, partitions, brokers=brokers,
                                                   business_retention_days=retention_days, **options)
         drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
-                                                 **options)
+                                                 brokers=brokers, **options)
         if fix:
             await topic_admin.fix_topics(bootstrap, drifted, **options)
         return created, drifted
@@ -316,6 +360,23 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
         run_demo(stack, intake_url=intake_url, api_key=api_key or stack.api_key, console=console)
     except InfraError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def link(contract_id: str = typer.Argument(..., help="The contract whose customer gets the link."),
+         ttl_days: int = typer.Option(None, "--ttl-days", min=1, max=90,
+                                      help="Validity in days (intake's INTAKE_LINK_TTL_DAYS, 7, when absent)."),
+         intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
+         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+    """Print a signed link to the customer's cancel page (/cancel/{token}) for CONTRACT_ID."""
+    from .client import request_cancel_link
+
+    try:
+        issued = asyncio.run(request_cancel_link(intake_url, api_key, contract_id, ttl_days))
+    except InfraError as exc:
+        _fail(str(exc))
+    print(issued["url"])
+    console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
 
 
 from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi

@@ -25,6 +25,21 @@ from .infra.mailsink import StoredMail, read_mail
 from .kafka_clients import Target, read_topic  # noqa: F401 - the tests' and the demo's topic reader
 
 
+async def request_cancel_link(intake_url: str, api_key: str, contract_id: str, ttl_days: int | None = None) -> dict:
+    """{url, expires_at} from intake's POST /v1/cancel-links; InfraError with intake's reason otherwise."""
+    from .infra.errors import InfraError
+
+    body = {"contract_id": contract_id} | ({"ttl_days": ttl_days} if ttl_days else {})
+    try:
+        async with httpx.AsyncClient(base_url=intake_url, headers={"X-API-Key": api_key}, timeout=10) as http:
+            r = await http.post("/v1/cancel-links", json=body)
+    except httpx.HTTPError as exc:
+        raise InfraError(f"intake at {intake_url} did not answer: {exc}") from None
+    if r.status_code != 200:
+        raise InfraError(f"intake refused the link ({r.status_code}): {r.text}")
+    return r.json()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -70,20 +85,21 @@ class PipelineClient:
         return meta.partition, meta.offset
 
     async def sign_contract(self, *, start_date: date, monthly_fee_jpy: int = 10_000, plan: str = "standard",
-                            contract_id: str | None = None, wait: bool = True) -> str:
+                            contract_id: str | None = None, wait: bool = True, who: int | str | None = None) -> str:
+        """Publish `contract.signed` (with the customer `who`, if given) and wait until every projection has it."""
         contract_id = contract_id or unique("C")
         where = await self.publish(ContractSigned(
             contract_id=contract_id, account_id="@" + contract_id.lower(), plan=plan, monthly_fee_jpy=monthly_fee_jpy,
-            start_date=start_date), key=contract_id)
+            start_date=start_date, customer=customer(who) if who is not None else None), key=contract_id)
         if wait:
-            await self.wait_consumed(("eligibility", "billing"), topics.CONTRACTS, *where)
+            await self.wait_consumed(("eligibility", "billing", "intake"), topics.CONTRACTS, *where)
         return contract_id
 
     async def record_payment(self, contract_id: str, billing_date: date, amount_jpy: int, wait: bool = True) -> None:
         where = await self.publish(PaymentRecorded(contract_id=contract_id, billing_date=billing_date,
                                                    amount_jpy=amount_jpy), key=contract_id)
         if wait:
-            await self.wait_consumed(("billing",), topics.CONTRACTS, *where)
+            await self.wait_consumed(("billing", "intake"), topics.CONTRACTS, *where)
 
     async def wait_consumed(self, groups: tuple[str, ...], topic: str, partition: int, offset: int,
                             timeout: float = 30) -> None:
@@ -119,6 +135,15 @@ class PipelineClient:
         await self.publish(CancellationSubmitted(**form, submission_id=submission_id), key=form["contract_id"],
                            correlation_id=submission_id)
         return submission_id
+
+    async def quote(self, contract_id: str, *, desired: date | None = None, reason: str | None = None) -> httpx.Response:
+        params = {k: v for k, v in {"desired_effective_date": desired.isoformat() if desired else None,
+                                    "reason": reason}.items() if v}
+        return await self.http.get(f"/v1/contracts/{contract_id}/cancellation-quote", params=params)
+
+    async def cancel_link(self, contract_id: str, *, ttl_days: int | None = None) -> dict:
+        """A signed link to the customer's cancel page: {url, expires_at}."""
+        return await request_cancel_link(self.intake_url, self.api_key, contract_id, ttl_days)
 
     async def status(self, request_id: str) -> dict:
         r = await self.http.get(f"/v1/cancellations/{request_id}")

@@ -3,7 +3,7 @@
 It signs contracts, submits cancellations over HTTP and Kafka, records a payment, withdraws one,
 then moves the stack's clock (the demo stack shares a clock file) to show the reminders 14 days
 before, the completion on the effective date and a request for the ended contract. The clock is put
-back at the end.
+back at the end. Last, it prints a signed link to the customer's cancel page for a fresh contract.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import datetime, time, timedelta, timezone
 from rich.console import Console
 from rich.table import Table
 
-from shared.contract_calendar import TOKYO, tokyo_date
+from shared.contract_calendar import TOKYO, billing_dates_between, tokyo_date
 from shared.clock import FileClock
 
 from .client import PipelineClient
@@ -113,6 +113,14 @@ async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -
                 subject = m.subject.split(" / ")[-1].split(" [")[0]
                 mails.add_row(rid[:8], m.headers.get("X-Cancelflow-Kind", ""), masked, subject)
         console.print(mails)
+        # A contract of its own for the customer's page, with the customer's details to prefill the form.
+        on_page = await c.sign_contract(start_date=old, monthly_fee_jpy=9_800, plan="standard", who="page")
+        await c.record_payment(on_page, billing_dates_between(old, today, today + timedelta(days=40))[0], 9_800)
+        link = await c.cancel_link(on_page)
+        console.rule("the customer's cancel page")
+        print(link["url"], flush=True)  # on one line, whatever the terminal's width, to copy it
+        console.print(f"(contract {on_page}; valid until {link['expires_at']}; `cancelflow link CONTRACT_ID` "
+                      "makes another)", highlight=False)
         console.print(f"\nnext: [bold].venv/bin/cancelflow trace {cases[0][1]}[/bold]  (every event of the first request)\n"
                       "      [bold].venv/bin/cancelflow report --html .stack/report.html[/bold]  (reasons, save rate, "
                       "time to first answer)\n      [bold].venv/bin/cancelflow top[/bold]  (rates, lag, dead letters); "

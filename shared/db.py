@@ -15,6 +15,15 @@ log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
+def is_lost(conn: asyncpg.Connection) -> bool:
+    """True when a pooled connection is closed, or was taken back by its pool: asyncpg does that when the
+    server closes it (a PostgreSQL restart), and a kept proxy then refuses every call. Acquire a new one."""
+    try:
+        return conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:
+        return True
+
+
 # Errors after which the same work can succeed later: the database restarting, a dropped
 # connection, a serialization conflict. Anything else is a property of the message.
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (

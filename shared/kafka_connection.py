@@ -36,6 +36,11 @@ class KafkaConnection(BaseSettings):
                                    description="CA bundle for SSL / SASL_SSL.")
 
     @property
+    def servers(self) -> list[str]:
+        """The bootstrap servers as a list (FastStream takes a string as one address; aiokafka splits it)."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    @property
     def uses_sasl(self) -> bool:
         return self.security_protocol.startswith("SASL")
 

@@ -121,7 +121,7 @@ class ServiceApp(AsgiFastStream):
         async def connect_kafka() -> None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=True, acks="all",
-                linger_ms=2, max_request_size=MAX_REQUEST_BYTES, client_id=f"{rt.name}-outbox",
+                linger_ms=2, max_request_size=MAX_REQUEST_BYTES, client_id=f"{s.client_id or rt.name}-outbox",
                 **s.kafka_client_options())
             try:
                 await producer.start()
@@ -219,8 +219,10 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
                       group=settings.consumer_group or name)
     # FastStream's "Received"/"Processed" line per batch only at DEBUG: two log writes per batch add up
     # at low rates (one record per batch), and the metrics say the same.
-    broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name, logger=logging.getLogger(f"{name}.kafka"),
-                         log_level=logging.DEBUG,
+    # Nothing is published through FastStream (the outbox relay publishes); its producer is as safe anyway.
+    broker = KafkaBroker(settings.kafka.servers, client_id=settings.client_id or name,
+                         logger=logging.getLogger(f"{name}.kafka"), log_level=logging.DEBUG,
+                         acks="all", enable_idempotence=True,
                          **settings.kafka.broker_kwargs())
     for sub in subscriptions(runtime):
         runtime.topics += tuple(sub.topics)

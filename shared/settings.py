@@ -83,6 +83,8 @@ class ServiceSettings(BaseSettings):
     inbox_prune_interval_s: float = Field(60, gt=0, description="How often the inbox is pruned.")
     inbox_prune_batch: int = Field(1000, ge=1, description="Ids deleted per pruning transaction.")
     consumer_group: str | None = Field(None, description="Kafka consumer group; the service's name when unset.")
+    client_id: str | None = Field(None, description="Kafka client id of this process's clients (one instance of "
+                                                    "several: `intake-2`); the service's name when unset.")
 
     @property
     def kafka(self) -> KafkaConnection:

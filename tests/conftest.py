@@ -45,6 +45,7 @@ class Infra:
     clock: FileClock | None
     api_key: str
     webhook_secret: str | None
+    link_secret: str | None = None  # signs the cancel links (INTAKE_LINK_SECRET)
 
     def admin_url(self, database: str = "postgres") -> str:
         return self.database_url.rsplit("/", 1)[0] + "/" + database
@@ -140,7 +141,8 @@ def infra(infra_choice: Choice):
                     os.environ.get("INTAKE_URL", "http://localhost:8001"),
                     Path(os.environ.get("MAIL_DIR", REPO / ".stack" / "compose-mail")), None,
                     FileClock(Path(clock_path)) if clock_path else None, os.environ["INTAKE_API_KEY"],
-                    os.environ.get("INTAKE_WEBHOOK_SECRET"))
+                    os.environ.get("INTAKE_WEBHOOK_SECRET"),
+                    os.environ.get("INTAKE_LINK_SECRET"))
         return
     root = Path(tempfile.mkdtemp(prefix="cancelflow-test-"))
     clock_file = root / "clock"
@@ -158,7 +160,8 @@ def infra(infra_choice: Choice):
         mode = "testcontainers" if containers else "local"
         stack.start(SERVICES, new_ports=_local_ports)  # new ports if another process takes one first
         yield Infra(mode, stack.bootstrap, stack.database_url, f"http://127.0.0.1:{config.ports.intake}",
-                    stack.mail_dir, stack, FileClock(clock_file), stack.api_key, stack.webhook_secret)
+                    stack.mail_dir, stack, FileClock(clock_file), stack.api_key, stack.webhook_secret,
+                    config.link_secret)
     finally:
         stack.down()
         for c in containers:

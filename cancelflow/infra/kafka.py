@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker in KRaft mode, from Maven Central jars, run with the JDK."""
+"""A real Apache Kafka broker in KRaft mode, from Maven Central jars, run with the JDK: a single node, or one
+node of a cluster whose nodes are each broker and controller (a static controller quorum)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,20 @@ class KafkaNode:
     acls: bool = False
     # (PEM with the PKCS#8 key and the certificate chain, PEM of the CA): the client listener is TLS.
     tls: tuple[Path, Path] | None = None
+    node_id: int = 1
+    # Every node of a cluster as (node id, controller port), this one included; empty: a single node.
+    voters: tuple[tuple[int, int], ...] = ()
+    cluster_id: str | None = None  # the same for every node of a cluster
+
+    @property
+    def replication(self) -> int:
+        """The replication factor of every topic, the internal ones included: one copy per node."""
+        return max(len(self.voters), 1)
+
+    @property
+    def min_insync(self) -> int:
+        """Replicas that must have a write before it is acknowledged (acks=all): two once there are three."""
+        return 2 if self.replication >= 3 else 1
 
     @property
     def protocol(self) -> str:
@@ -129,26 +144,38 @@ class KafkaNode:
             ]
         return lines
 
+    def _quorum_line(self) -> str:
+        if self.voters:
+            return "controller.quorum.voters=" + ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.voters)
+        return f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+
     def server_properties(self) -> str:
+        rf, isr = self.replication, self.min_insync
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
+            f"node.id={self.node_id}",
             *self._listener_lines(),
             "controller.listener.names=CONTROLLER",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+            self._quorum_line(),
             f"log.dirs={self.data_dir / 'log'}",
             f"num.partitions={self.partitions}",
-            # Single node: the internal topics cannot have more than one replica.
-            "offsets.topic.replication.factor=1",
+            # One replica per node, internal topics (offsets, transactions) as much as the business ones;
+            # a write is acknowledged once `isr` replicas have it; an out-of-sync replica never becomes leader.
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            "unclean.leader.election.enable=false",
+            # A node back from a restart leads its preferred partitions again within seconds, not minutes.
+            "leader.imbalance.check.interval.seconds=10",
+            f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=8",
             # A stopped group's offsets are kept as long as the business topics keep records (400 days, not
             # the default 7): with expired offsets a restart would re-read more than the inbox window.
             f"offsets.retention.minutes={OFFSETS_RETENTION_MINUTES}",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
             "transaction.state.log.num.partitions=4",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
             # Consumers join at once instead of waiting 3 s for peers that never come.
             "group.initial.rebalance.delay.ms=0",
             # Topics are created explicitly with their partition count; a typo must not create one.
@@ -181,12 +208,14 @@ class KafkaNode:
         props.write_text(self.server_properties())
         if (self.data_dir / "log" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.cluster_id or new_cluster_id()
         users = (self.scram_user, *self.client_users) if self.scram_user else ()
         scram = [arg for name, password in users
                  for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
+        # A static quorum (controller.quorum.voters) is formatted as it is; a single node as its own quorum.
+        quorum = [] if self.voters else ["--standalone"]
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone",
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), *quorum,
                        *scram),
             capture_output=True, text=True,
         )
@@ -225,6 +254,10 @@ class KafkaNode:
         raise InfraError(f"Kafka did not listen on {self.port} within {timeout:.0f}s (log: {log_file})")
 
 
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
 def start_node(make: Callable[[int, int], KafkaNode], log_file: Path, attempts: int = 3,
                timeout: float = 90) -> tuple[KafkaNode, subprocess.Popen]:
     """A broker on two fresh ports (`make(port, controller_port)` builds it), listening; started again on
@@ -255,8 +288,8 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait(timeout=10)
 
 
-async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) -> None:
-    """Wait until the broker answers a metadata request."""
+async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **client_options) -> None:
+    """Wait until the cluster answers a metadata request naming at least `brokers` live brokers."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     import logging
@@ -269,7 +302,9 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, **client_options) ->
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **client_options)
         try:
             await admin.start()
-            await admin.describe_cluster()
+            cluster = await admin.describe_cluster()
+            if len(cluster.get("brokers", ())) < brokers:
+                raise InfraError(f"{len(cluster.get('brokers', ()))} of {brokers} brokers registered")
             logging.getLogger("aiokafka").setLevel(logging.NOTSET)
             return
         except Exception as exc:  # the broker is still starting: any error means "not yet"

@@ -46,9 +46,18 @@ def topic_configs(topic: str, *, business_retention_days: int = BUSINESS_RETENTI
         # Time alone bounds a topic: no size limit drops records early.
         "retention.bytes": "-1",
     }
+    # A write is acknowledged (acks=all) once two replicas have it on a cluster; a replica that missed
+    # writes never becomes leader.
+    configs["min.insync.replicas"] = str(min_insync_replicas(brokers))
+    configs["unclean.leader.election.enable"] = "false"
     if topic.endswith(topics.DLQ_SUFFIX):
         configs["max.message.bytes"] = str(DLQ_MAX_MESSAGE_BYTES)
     return configs
+
+
+def min_insync_replicas(brokers: int = 1) -> int:
+    """Replicas that must have a write before it is acknowledged: 2 once there are 3 copies."""
+    return 2 if replication_factor(brokers) >= 3 else 1
 
 
 def replication_factor(brokers: int = 1) -> int:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
 from shared.service import Runtime, ServiceApp, build_app
 from shared.settings import load_settings
 
-from .domain import DEFAULT_OFFER_POLICY, parse_offer_policy
+from .domain import offer_policy_from_json
 from .handlers import complete_due_cancellations, subscriptions
 from .settings import EligibilitySettings
 
@@ -19,8 +18,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
     settings = settings or load_settings(EligibilitySettings)
-    policy = (parse_offer_policy(json.loads(settings.offer_policy_json))
-              if settings.offer_policy_json else DEFAULT_OFFER_POLICY)
+    policy = offer_policy_from_json(settings.offer_policy_json)
 
     async def completion_loop(rt: Runtime) -> None:
         """A durable schedule: the due cancellations are in the table, so a restart loses none."""

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel
 
-from shared.contract_calendar import tokyo_date
-from shared.events import StrictCancellationForm, WithdrawalRequested
-from shared.messaging.consumer import store_transaction
-from shared.messaging.outbox import Emitter
+from shared.events import StrictCancellationForm
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
-from .domain import IdempotencyConflict, withdrawal_refusal
+from .actions import ask_withdrawal, submit_form
+from .auth import authenticator
+from .domain import IdempotencyConflict
 from .problems import FieldError, install_handlers, problem, problem_openapi, responses
 from .settings import IntakeSettings
-from .signatures import SignatureRefused, SignatureReplayed, remembered_until, verify
-from .store import IntakeStore, first_use_of_signature, new_request, request_view, request_view_by_submission
+from .store import request_view, request_view_by_submission
 
 
 # Printable text only: PostgreSQL cannot store NUL, and control characters have no place in an id.
@@ -61,34 +58,11 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
     app.title = "cancelflow intake"
     app.description = "Takes cancellation requests, answers their status, takes withdrawals."
-    keys = [k.encode() for k in settings.api_key_list()]
 
     install_handlers(app)
     problem_openapi(app)
 
-    async def authenticate(request: Request, x_api_key: Annotated[str | None, Header()] = None,
-                           x_signature: Annotated[str | None, Header()] = None) -> None:
-        """X-API-Key (any configured key, compared in constant time) or a signed body (`signatures`)."""
-        if x_api_key is not None:
-            given = x_api_key.encode()
-            # Compare with every key so the time taken does not tell which one nearly matched.
-            if any([hmac.compare_digest(given, k) for k in keys]):
-                return
-        if x_signature is not None and settings.webhook_secret is not None:
-            now, tolerance = runtime.clock.now(), settings.signature_tolerance_s
-            try:
-                signature = verify(settings.webhook_secret.get_secret_value(), x_signature, await request.body(),
-                                   now, tolerance)
-                if not await first_use_of_signature(runtime.pool, signature.digests[0],
-                                                    remembered_until(signature, tolerance), now):
-                    raise SignatureReplayed
-            except SignatureRefused as exc:
-                raise HTTPException(401, detail=str(exc), headers={"WWW-Authenticate": "ApiKey"}) from None
-            return
-        raise HTTPException(401, detail="missing or invalid X-API-Key (or X-Signature)",
-                            headers={"WWW-Authenticate": "ApiKey"})
-
-    auth = [Depends(authenticate)]
+    auth = [Depends(authenticator(runtime))]
 
     def status_url(request_id: str) -> str:
         return f"{settings.public_url.rstrip('/')}/v1/cancellations/{request_id}"
@@ -100,13 +74,8 @@ def install(runtime: Runtime, app: FastAPI) -> None:
                                   "Idempotency-Key, `type` idempotency_conflict)"))
     async def submit(form: StrictCancellationForm,
                      idempotency_key: Annotated[str | None, Header(max_length=200, pattern=PRINTABLE)] = None) -> Any:
-        new = new_request(form, source="http", submission_id=idempotency_key, received_at=runtime.clock.now())
         try:
-            async with store_transaction(runtime, IntakeStore) as store:
-                recorded = await store.record(new)
-                if recorded.created:
-                    Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(
-                        new.requested(), key=form.contract_id)
+            recorded = await submit_form(runtime, form, submission_id=idempotency_key)
         except IdempotencyConflict as exc:
             return _error("Idempotency-Key", str(exc).split(": ", 1)[1], "idempotency_conflict")
         return Received(request_id=recorded.request_id, status=RequestStatus.received,
@@ -133,19 +102,12 @@ def install(runtime: Runtime, app: FastAPI) -> None:
               dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
               responses=responses(401, 404, 409, 422))
     async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        now = runtime.clock.now()
-        async with store_transaction(runtime, IntakeStore) as store:
-            row = await store.for_withdrawal(request_id)
-            if row is None:
-                raise HTTPException(404, detail=f"request {request_id} not found")
-            refused = withdrawal_refusal(row.status, row.effective_date, today=tokyo_date(now))
-            if refused is not None:
-                return problem(409, refused)
-            if row.withdrawal_requested_at is None:  # asking twice is one withdrawal
-                await store.withdrawal_requested(request_id, now)
-                Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
-                    request_id=request_id, contract_id=row.contract_id, requested_at=now), key=row.contract_id)
-        return Received(request_id=request_id, status=row.status, status_url=status_url(request_id))
+        asked = await ask_withdrawal(runtime, request_id)
+        if not asked.found:
+            raise HTTPException(404, detail=f"request {request_id} not found")
+        if asked.refused is not None:
+            return problem(409, asked.refused)
+        return Received(request_id=request_id, status=asked.status, status_url=status_url(request_id))
 
 
 def _view(row) -> StatusView:

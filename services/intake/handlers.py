@@ -1,4 +1,5 @@
-"""intake's consumers: Kafka submissions (same validation as HTTP) and the status view."""
+"""intake's consumers: Kafka submissions (same validation as HTTP), the status view, and the contracts
+(what the quote and the cancel page read)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import logging
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationSubmitted, CancellationWithdrawn, NotificationSent, PoisonMessage,
-                           SettlementIssued, SettlementVoided, WithdrawalRefused)
+                           CancellationSubmitted, CancellationWithdrawn, ContractSigned, NotificationSent,
+                           PaymentRecorded, PoisonMessage, SettlementIssued, SettlementVoided, WithdrawalRefused)
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
@@ -64,6 +65,14 @@ async def on_notification_sent(ctx: Ctx, e: NotificationSent) -> None:
     ctx.store.notification_sent(e)
 
 
+async def on_contract_signed(ctx: Ctx, e: ContractSigned) -> None:
+    ctx.store.contract_signed(e)
+
+
+async def on_payment_recorded(ctx: Ctx, e: PaymentRecorded) -> None:
+    ctx.store.payment_recorded(e)
+
+
 def subscriptions(rt: Runtime) -> list[Subscription]:
     def submissions_store(conn, outbox) -> IntakeStore:
         store = IntakeStore(conn, outbox)
@@ -86,4 +95,7 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
             SettlementIssued.event_type: on_settlement_issued,
             SettlementVoided.event_type: on_settlement_voided,
             NotificationSent.event_type: on_notification_sent,
-        })]
+        }),
+            Subscription(topics=(topics.CONTRACTS,), store=IntakeStore,
+                         handlers={ContractSigned.event_type: on_contract_signed,
+                                   PaymentRecorded.event_type: on_payment_recorded})]

@@ -43,6 +43,7 @@ MEANING = {
     405: "Method not allowed (the Allow header lists the methods of the path)",
     409: "The request cannot be withdrawn in its state",
     422: "Invalid input: `errors` names each field",
+    503: "The service cannot do this as configured",
 }
 
 

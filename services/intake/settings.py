@@ -1,4 +1,4 @@
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, database_url_field
@@ -24,6 +24,15 @@ class IntakeSettings(ServiceSettings):
     status_collect_ms: int = Field(
         100, ge=0, le=5000, description="The status view's events (decisions, settlements, notifications) are "
                                         "collected this long into one transaction; the status lags by as much.")
+
+    link_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 secret of the customers' signed cancel links (/cancel/{token}); "
+                          "unset: no links are issued and every link shows the error page.")
+    link_ttl_days: int = Field(7, ge=1, le=90, description="How long a signed cancel link is valid by default.")
+    offer_policy_json: str | None = Field(
+        None, validation_alias=AliasChoices("ELIGIBILITY_OFFER_POLICY_JSON"),
+        description="The quote's offers: the same setting as eligibility's (ELIGIBILITY_OFFER_POLICY_JSON), "
+                    "read by both so a quote shows the offers the decision carries.")
 
     @field_validator("api_keys")
     @classmethod

@@ -11,8 +11,10 @@ import asyncpg
 
 from shared.clock import Clock
 from shared.contract_calendar import tokyo_date
+from shared.contract_rules import ContractTerms
 from shared.events import (CancellationAccepted, CancellationForm, CancellationRejected, CancellationRequested,
-                           CancellationSubmitted, NotificationSent, SettlementIssued)
+                           CancellationSubmitted, ContractSigned, Customer, NotificationSent, PaymentRecorded,
+                           SettlementIssued)
 from shared.messaging.consumer import Store
 from shared.vocabulary import RequestStatus
 
@@ -107,6 +109,39 @@ _NOTIFICATION = ("UPDATE requests SET notifications = notifications || $2::jsonb
 _MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status in RequestStatus}
 
 
+# The contracts (contracts.events), for the quote and the cancel page.
+_CONTRACT_SIGNED = (
+    "INSERT INTO contracts (contract_id, account_id, plan, monthly_fee_jpy, start_date, customer)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (contract_id) DO UPDATE SET account_id = excluded.account_id,"
+    " plan = excluded.plan, monthly_fee_jpy = excluded.monthly_fee_jpy, start_date = excluded.start_date,"
+    " customer = coalesce(excluded.customer, contracts.customer), updated_at = now()")
+# Keyed by billing date, as billing keys them: the same payment recorded twice is one payment.
+_PAYMENT = "INSERT INTO payments (contract_id, billing_date) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+# Pending: an accepted cancellation not withdrawn nor completed; ended: one completed (the status view).
+_CONTRACT_STATE = (
+    "SELECT c.*, ARRAY(SELECT p.billing_date FROM payments p WHERE p.contract_id = c.contract_id) AS paid,"
+    " (SELECT r.request_id FROM requests r WHERE r.contract_id = c.contract_id AND r.status = 'accepted'"
+    " LIMIT 1) AS pending,"
+    " EXISTS (SELECT 1 FROM requests r WHERE r.contract_id = c.contract_id AND r.status = 'completed') AS ended"
+    " FROM contracts c WHERE c.contract_id = $1")
+
+
+@dataclass(frozen=True)
+class ContractState:
+    """A contract as the quote sees it: its terms, its paid billing dates, and its pending cancellation."""
+
+    terms: ContractTerms
+    account_id: str
+    plan: str
+    customer: Customer | None
+    paid_billing_dates: frozenset[date]
+    pending_request_id: str | None
+
+    @property
+    def has_pending(self) -> bool:
+        return self.pending_request_id is not None
+
+
 def _from(status: RequestStatus) -> list[str]:
     return _MAY_MOVE_FROM[status]
 
@@ -180,6 +215,14 @@ class IntakeStore(Store):
 
     def notification_sent(self, e: NotificationSent) -> None:
         self.conn.defer(_NOTIFICATION, e.request_id, [e.model_dump(mode="json", exclude={"request_id"})])
+    # --- the contracts ------------------------------------------------------------------------------
+    def contract_signed(self, e: ContractSigned) -> None:
+        self.conn.defer(_CONTRACT_SIGNED, e.contract_id, e.account_id, e.plan.value, e.monthly_fee_jpy, e.start_date,
+                        e.customer.model_dump(mode="json") if e.customer else None)
+
+    def payment_recorded(self, e: PaymentRecorded) -> None:
+        self.conn.defer(_PAYMENT, e.contract_id, e.billing_date)
+
 
 
 async def request_view(pool: asyncpg.Pool, request_id: str) -> Any:
@@ -188,6 +231,25 @@ async def request_view(pool: asyncpg.Pool, request_id: str) -> Any:
 
 async def request_view_by_submission(pool: asyncpg.Pool, submission_id: str) -> Any:
     return await pool.fetchrow(_VIEW_BY_SUBMISSION, submission_id)
+
+
+async def contract_state(pool: asyncpg.Pool, contract_id: str) -> ContractState | None:
+    row = await pool.fetchrow(_CONTRACT_STATE, contract_id)
+    if row is None:
+        return None
+    ended = row["ended"]
+    return ContractState(
+        terms=ContractTerms(contract_id=row["contract_id"], start_date=row["start_date"],
+                            monthly_fee_jpy=row["monthly_fee_jpy"], ended=ended),
+        account_id=row["account_id"], plan=row["plan"],
+        customer=Customer.model_validate(row["customer"]) if row["customer"] else None,
+        paid_billing_dates=frozenset(row["paid"]), pending_request_id=None if ended else row["pending"])
+
+
+async def request_of_contract(pool: asyncpg.Pool, request_id: str, contract_id: str) -> Any:
+    """The request's status view, if it is one of the contract's (the cancel page shows only its own)."""
+    return await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1 AND contract_id = $2",
+                               request_id, contract_id)
 
 
 async def first_use_of_signature(pool: asyncpg.Pool, digest: str, expires_at: datetime, now: datetime) -> bool:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 
 from shared import metrics
+from shared.db import is_lost
 from shared.events import NotificationSent
 from shared.messaging.outbox import Emitter, Outbox
 from shared.service import Runtime
@@ -167,7 +168,7 @@ def dispatch_loop(settings: NotifierSettings):
         async def send_due() -> None:
             nonlocal listener
             try:
-                if listener is None or listener.is_closed():
+                if listener is None or is_lost(listener):
                     if listener is not None:
                         await rt.pool.release(listener, timeout=5)
                         listener = None
@@ -201,7 +202,7 @@ def dispatch_loop(settings: NotifierSettings):
                     mailer.close()
             if listener is not None:
                 try:
-                    if not listener.is_closed():
+                    if not is_lost(listener):
                         await listener.remove_listener(DUE_CHANNEL, on_notify)
                     await rt.pool.release(listener, timeout=5)
                 except Exception:  # noqa: BLE001 - shutting down

@@ -32,7 +32,7 @@ import asyncpg
 
 from shared import metrics
 from shared.clock import Clock
-from shared.db import TRANSIENT_DB_ERRORS
+from shared.db import TRANSIENT_DB_ERRORS, is_lost
 from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.messaging import inbox
 from shared.messaging.deferral import BatchConnection
@@ -135,7 +135,7 @@ class BatchConsumer:
         time). Handing it back to the pool after each batch would cost a reset round trip per batch; it
         goes back, and is reset or closed by the pool, only after a batch failed."""
         pool = self.resources.pool
-        if self._conn is None or self._conn.is_closed():
+        if self._conn is None or is_lost(self._conn):
             self._conn = await pool.acquire()
         try:
             yield self._conn

@@ -16,6 +16,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import metrics
+from shared.db import is_lost
 from shared.messaging.outbox import OutboxRow, channel
 from shared.retry import backing_off
 
@@ -100,7 +101,7 @@ class OutboxRelay:
                 await self._loop(listen_conn)
             finally:
                 self.active = False
-                if not listen_conn.is_closed():
+                if not is_lost(listen_conn):
                     await listen_conn.remove_listener(channel(self.schema), on_notify)
                     await listen_conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
         finally:
@@ -140,7 +141,7 @@ class OutboxRelay:
                     await self._delete(conn)
                 else:
                     self._scan = True  # the poll: rows whose NOTIFY was missed (a reconnect)
-            if conn.is_closed():
+            if is_lost(conn):
                 raise ConnectionError("listen connection closed")
 
     async def _delete(self, conn: asyncpg.Connection) -> None:

@@ -149,7 +149,8 @@ async def test_top_shows_offsets_lag_and_dead_letters(client, infra):
     assert {r.topic for r in view.topics} == set(topics.all_with_dlq())
     lag = {(r.service, r.topic): r.lag for r in view.lags}
     assert set(lag) == {("intake", topics.SUBMISSIONS), ("intake", topics.DECISIONS), ("intake", topics.SETTLEMENTS),
-                        ("intake", topics.NOTIFICATIONS), ("eligibility", topics.CONTRACTS),
+                        ("intake", topics.NOTIFICATIONS), ("intake", topics.CONTRACTS),
+                        ("eligibility", topics.CONTRACTS),
                         ("eligibility", topics.REQUESTS), ("billing", topics.CONTRACTS), ("billing", topics.DECISIONS),
                         ("notifier", topics.REQUESTS), ("notifier", topics.DECISIONS), ("notifier", topics.SETTLEMENTS)}
     assert lag[("eligibility", topics.CONTRACTS)] == 0 and lag[("billing", topics.CONTRACTS)] == 0

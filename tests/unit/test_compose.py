@@ -41,6 +41,7 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
 # What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
 REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
+            "INTAKE_LINK_SECRET": "link-secret-from-env",
             "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
                                                 ("intake", "eligibility", "billing", "notifier")}}
 
@@ -693,3 +694,59 @@ def test_header_comment_lists_every_published_host_port(compose):
     for name, definition in compose["services"].items():
         for host_port in published(definition).values():
             assert re.search(rf"\b{host_port}\b", text), f"the header does not mention {name}'s port {host_port}"
+
+
+# ---------------------------------------------------------------- the cluster overlay
+
+
+def merged(base: dict, overlay: dict) -> dict:
+    """`docker compose -f base -f overlay`: maps merged key by key, anything else (lists, commands) replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def test_the_single_node_file_says_it_is_for_development():
+    head = COMPOSE_FILE.read_text().split("\nname:", 1)[0].lower()
+    assert "development" in head and "docker-compose.cluster.yml" in head
+
+
+def test_cluster_overlay_runs_three_nodes_with_the_settings_of_cancelflow_up_brokers_3(tmp_path):
+    from cancelflow.stack import Ports, Stack, StackConfig
+
+    base = load_compose()
+    stack = merged(base, load_compose("docker-compose.cluster.yml"))["services"]
+    nodes = {name: stack[name] for name in ("kafka", "kafka-2", "kafka-3")}
+    local = {k: v for k, v in (line.split("=", 1) for line in Stack(StackConfig(
+        root=tmp_path, ports=Ports.from_base(30000), brokers=3)).kafka_nodes["kafka-1"].server_properties().splitlines()
+        if line) }
+    host_ports = set()
+    for k, (name, node) in enumerate(nodes.items(), start=1):
+        env = env_of(node)
+        assert set(env_of(base["services"]["kafka"])) <= set(env), f"{name} has every setting of the single node"
+        assert node["image"] == base["services"]["kafka"]["image"], "the same Kafka for every node"
+        assert env["KAFKA_NODE_ID"] == str(k)
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        for key in ("default.replication.factor", "min.insync.replicas", "unclean.leader.election.enable",
+                    "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                    "transaction.state.log.min.isr", "share.coordinator.state.topic.replication.factor",
+                    "share.coordinator.state.topic.min.isr", "auto.create.topics.enable"):
+            assert env["KAFKA_" + key.upper().replace(".", "_")] == local[key], (name, key)
+        assert f"PLAINTEXT://{name}:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        host = published(node)
+        assert f"HOST://localhost:{host[19092]}" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+        host_ports.add(host[19092])
+        assert has_healthcheck(node)
+    assert len(host_ports) == 3
+    assert len({env_of(n)["CLUSTER_ID"] for n in nodes.values()}) == 1
+    bootstrap = "kafka:9092,kafka-2:9092,kafka-3:9092"
+    for name in ("topics", *SERVICES):
+        assert env_of(stack[name])["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap, name
+    for name in SERVICES:
+        database = f"{name.upper()}_DATABASE_URL"  # each service's own role
+        assert env_of(stack[name])[database] == env_of(base["services"][name])[database], \
+            "the overlay adds to the base environment"
+    assert option(command_of(stack["topics"]), "--brokers") == "3"
+    assert {"kafka", "kafka-2", "kafka-3"} <= set(depends_on(stack["topics"]))
