@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared import db_roles
 from shared.db import create_pool, migrate
 from shared.events import PoisonMessage, decode
 from shared.kafka_connection import KafkaConnection
@@ -87,6 +88,8 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
             result.inbox = await _fill_inbox(conn, caused_by, now)
             for table in await _tables(conn, schema):
                 result.rows[table] = await conn.fetchval(f"SELECT count(*) FROM {_q(schema)}.{_q(table)}")
+            # Built by the admin, run by the service: its own role owns it, as it owns the schema it replaces.
+            await db_roles.hand_over(conn, schema, service)
     except BaseException:
         await pool.close()
         await drop(database_url, schema)

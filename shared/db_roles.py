@@ -44,16 +44,30 @@ async def provision(admin_url: str, passwords: dict[str, str], database: str | N
             await conn.execute(statement)
             await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{role}" AUTHORIZATION "{role}"')
-            await conn.execute(f'ALTER SCHEMA "{role}" OWNER TO "{role}"')
-            await conn.execute(_REOWN.format(schema=_literal(role), role=_literal(role)))
+            await hand_over(conn, role, role)
     finally:
         await conn.close()
 
 
-def _literal(name: str) -> str:
+async def hand_over(conn: asyncpg.Connection, schema: str, role: str) -> bool:
+    """Make `role` the owner of `schema` and of everything in it (a schema the admin built, e.g. by
+    `cancelflow rebuild`, or one made before the roles existed). False, and nothing changed, when there is no
+    such role (a database where every service still runs as the admin)."""
+    if not await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
+        return False
+    await conn.execute(f'ALTER SCHEMA "{_identifier(schema)}" OWNER TO "{_identifier(role)}"')
+    await conn.execute(_REOWN.format(schema=_literal(schema), role=_literal(role)))
+    return True
+
+
+def _identifier(name: str) -> str:
     if not name.isidentifier():
-        raise ValueError(f"not a role name: {name!r}")
-    return f"'{name}'"
+        raise ValueError(f"not a role or schema name: {name!r}")
+    return name
+
+
+def _literal(name: str) -> str:
+    return f"'{_identifier(name)}'"
 
 
 def role_url(url: str, role: str, password: str) -> str:

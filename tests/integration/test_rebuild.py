@@ -98,6 +98,7 @@ async def test_billing_switched_to_its_rebuilt_schema_keeps_working(after_demo, 
         replaced = await rebuild.switch(infra.database_url, "billing", schema, suffix="test")
         assert replaced == "billing_replaced_test"
         assert await rebuild.compare(infra.database_url, "billing", "billing", replaced) == {}
+        await _only_billing_may_use_its_schema(infra)
     finally:
         stack.start_service("billing")
         await asyncio.to_thread(stack.wait_healthy, ["billing"])
@@ -116,6 +117,31 @@ async def test_billing_switched_to_its_rebuilt_schema_keeps_working(after_demo, 
             await conn.close()
     finally:
         await rebuild.drop(infra.database_url, "billing_replaced_test")
+
+
+async def _only_billing_may_use_its_schema(infra) -> None:
+    """Least privilege holds after a rebuild: the rebuilt schema and all in it are billing's role's, which
+    reads and writes them; another service's role is refused them."""
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        assert await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'billing'") \
+            == "billing"
+        owners = await conn.fetch("SELECT c.relname, pg_get_userbyid(c.relowner) AS owner FROM pg_class c"
+                                  " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'billing'")
+        assert owners and {r["owner"] for r in owners} == {"billing"}, owners
+    finally:
+        await conn.close()
+    billing = await asyncpg.connect(infra.stack.service_database_url("billing"))
+    intruder = await asyncpg.connect(infra.stack.service_database_url("eligibility"))
+    try:
+        async with billing.transaction():
+            await billing.fetchval("SELECT count(*) FROM billing.settlements")
+            await billing.execute("DELETE FROM billing.processed_events WHERE false")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await intruder.fetchval("SELECT count(*) FROM billing.settlements")
+    finally:
+        await billing.close()
+        await intruder.close()
 
 
 def test_a_service_without_a_projection_is_refused():
