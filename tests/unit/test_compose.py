@@ -41,7 +41,9 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
 # What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
 REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
-            "INTAKE_LINK_SECRET": "link-secret-from-env",
+            "INTAKE_LINK_SECRET": "link-secret-from-env", "INTAKE_KEYRING_TOKEN": "keyring-from-env",
+            **{f"KAFKA_{p.upper()}_PASSWORD": f"{p}-kafka-pw" for p in
+               ("broker", "intake", "eligibility", "billing", "notifier", "upstream", "operator")},
             "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
                                                 ("intake", "eligibility", "billing", "notifier")}}
 
@@ -353,27 +355,74 @@ def test_secrets_come_from_the_environment_and_none_is_committed():
     assert "dev-key" not in COMPOSE_FILE.read_text() and "dev-key" not in (ROOT / "README.md").read_text()
 
 
-def test_sasl_overlay_turns_on_scram_for_every_client():
-    """docker-compose.sasl.yml: the broker gets a SASL listener, every client uses it with SCRAM settings
-    whose names the settings classes read."""
-    overlay = load_compose("docker-compose.sasl.yml")
-    kafka_env = overlay["services"]["kafka"]["environment"]
-    assert "SASL://:9094" in kafka_env["KAFKA_LISTENERS"]
-    assert "SASL:SASL_PLAINTEXT" in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
-    assert kafka_env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
-    base = load_compose()
-    assert overlay["services"]["kafka-scram"]["image"] == base["services"]["kafka"]["image"]
+def _properties(env: dict[str, str]) -> dict[str, str]:
+    """The apache/kafka image's KAFKA_* variables as the server properties it writes (___ is "-", _ is ".")."""
+    return {k[len("KAFKA_"):].lower().replace("___", "-").replace("_", "."): v for k, v in env.items()
+            if k.startswith("KAFKA_")}
+
+
+def test_sasl_overlay_has_the_principals_and_acls_of_the_local_scram_stack(tmp_path):
+    """docker-compose.sasl.yml and `cancelflow up --security scram` agree: the same SCRAM principals, each
+    service as itself, the same ACLs (made by the same code), the same authorizer and super user, and no
+    listener left without authentication."""
+    from cancelflow import stack_security
+    from cancelflow.stack import Ports, Stack, StackConfig
     from shared.settings import ServiceSettings
+
+    overlay = load_compose("docker-compose.sasl.yml")["services"]
+    stack = merged(load_compose(), load_compose("docker-compose.sasl.yml"))["services"]
+    node = Stack(StackConfig(root=tmp_path, ports=Ports.from_base(30000), security="scram")).kafka_node
+    local = dict(line.split("=", 1) for line in node.server_properties().splitlines() if "=" in line)
+    super_user = local["super.users"].removeprefix("User:")
+    assert super_user == stack_security.BROKER
+
+    # The broker: the local node's authorizer settings, every listener SASL, the controller's too.
+    props = _properties(env_of(stack["kafka"]))
+    for key in ("authorizer.class.name", "allow.everyone.if.no.acl.found", "super.users",
+                "sasl.mechanism.controller.protocol", "listener.name.controller.sasl.enabled.mechanisms"):
+        assert props[key] == local[key], key
+    protocols = dict(item.split(":") for item in props["listener.security.protocol.map"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, protocols
+    assert set(protocols) == {item.split("://")[0] for item in props["listeners"].split(",")}
+    assert props["inter.broker.listener.name"] in protocols
+    assert "SCRAM-SHA-512" in props["sasl.enabled.mechanisms"].split(",")
+    for listener in protocols:
+        jaas = props[f"listener.name.{listener.lower()}.plain.sasl.jaas.config"]
+        assert f'username="{super_user}"' in jaas and f"user_{super_user}=" in jaas, listener
+
+    # The users: exactly the local stack's principals, each with a password of its own from the environment.
+    [script] = command_of(overlay["kafka-users"])
+    users = set(re.search(r"for user in ([a-z ]+); do", script).group(1).split())
+    assert users == set(stack_security.CLIENT_PRINCIPALS)
+    raw = yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text())["services"]
+    for user in users:
+        assert raw["kafka-users"]["environment"][f"{user.upper()}_PASSWORD"].startswith(
+            f"${{KAFKA_{user.upper()}_PASSWORD:?")
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {f"KAFKA_{u.upper()}_PASSWORD" for u in users | {super_user}} <= set(example)
+
+    # The ACLs: `cancelflow kafka-acls` (stack_security.access_policy, as `up` makes them) as the super user,
+    # after the topics and before any service; the policy names no principal that has no user here.
+    acls = stack["kafka-acls"]
+    assert command_of(acls) == ["cancelflow", "kafka-acls"]
+    assert env_of(acls)["KAFKA_SASL_USERNAME"] == super_user
+    assert depends_on(acls).get("topics") == "service_completed_successfully"
+    assert {acl.principal for acl in stack_security.access_policy()} <= {f"User:{u}" for u in users}
 
     accepted = {alias for f in ServiceSettings.model_fields.values() if f.validation_alias
                 for alias in f.validation_alias.choices}
-    for name in ("topics", "intake", "eligibility", "billing", "notifier"):
-        env = overlay["services"][name]["environment"]
-        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094"
-        assert set(env) <= accepted, set(env) - accepted
-        settings = ServiceSettings(**{k: v.replace("${KAFKA_SASL_PASSWORD:-cancelflow-secret}", "x")
-                                      for k, v in env.items()})
+    for name in SERVICES:
+        env = env_of(stack[name])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["KAFKA_SASL_USERNAME"] == name, "each service connects as itself"
+        assert raw[name]["environment"]["KAFKA_SASL_PASSWORD"].startswith(f"${{KAFKA_{name.upper()}_PASSWORD:?")
+        assert depends_on(stack[name]).get("kafka-acls") == "service_completed_successfully"
+        kafka_env = {k: v for k, v in env.items() if k.startswith("KAFKA_")}
+        assert set(kafka_env) <= accepted, set(kafka_env) - accepted
+        settings = ServiceSettings(**kafka_env)
         assert settings.kafka_client_options()["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "cancelflow-secret" not in (ROOT / "docker-compose.sasl.yml").read_text()
 
 
 # ---------------------------------------------------------------- watching it: Prometheus, Grafana, Kafka UI
