@@ -36,7 +36,7 @@ DOC_BOOTSTRAP = "127.0.0.1:19092"
 # Who publishes what (SPEC section 4): the producer and the event types it writes to each topic.
 PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {
     "upstream": {
-        topics.CONTRACTS: (events.ContractSigned, events.PaymentRecorded),
+        topics.CONTRACTS: (events.ContractSigned, events.PaymentRecorded, events.CustomerErasureRequested),
         topics.SUBMISSIONS: (events.CancellationSubmitted,),
     },
     "intake": {

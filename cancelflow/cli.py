@@ -379,6 +379,24 @@ def link(contract_id: str = typer.Argument(..., help="The contract whose custome
     console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
 
 
+@app.command()
+def erase(contract_id: str = typer.Argument(..., help="The contract whose customer asked to be forgotten."),
+          wait_s: float = typer.Option(60, "--wait", help="Seconds to wait until intake and notifier have erased "
+                                       "(0: publish only).")) -> None:
+    """Erase a customer's personal data (APPI, GDPR): publish `customer.erasure_requested` {CONTRACT_ID} on
+    contracts.events. Intake deletes the contract's data key (every sealed copy in the topics is unreadable
+    from then on) and its customer; notifier its recipient and what it had still to send. Ids, dates,
+    decisions and settlement amounts stay."""
+    from .client import erase_customer
+
+    try:
+        partition, offset, done = asyncio.run(erase_customer(None, contract_id, wait_s))
+    except InfraError as exc:
+        _fail(str(exc))
+    console.print(f"customer.erasure_requested for {contract_id} at contracts.events[{partition}]@{offset}"
+                  + ("; erased by intake and notifier" if done else ""), highlight=False)
+
+
 from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi
 ops.register(app)
 

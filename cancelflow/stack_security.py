@@ -44,6 +44,11 @@ def intake_secrets(security_dir: Path) -> tuple[str, str]:
     return data["api_key"], data["webhook_secret"]
 
 
+def keyring_token(security_dir: Path) -> str:
+    """What notifier shows intake to get the contracts' data keys, generated once per stack."""
+    return generated(security_dir / "keyring.json", lambda: {"token": secrets.token_urlsafe(32)})["token"]
+
+
 def principals(security_dir: Path) -> dict[str, str]:
     """Every SCRAM principal of a `--security scram` stack and its password, generated once."""
     return generated(security_dir / "principals.json",

@@ -61,6 +61,15 @@ class Customer(WireModel):
     phone: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9\- ()]{6,22}$")]
 
 
+class SealedCustomer(WireModel):
+    """The `Customer` as AES-256-GCM ciphertext under its contract's data key (`shared.sealing`): readable
+    while the key exists, never after the contract's personal data was erased."""
+
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    nonce: Annotated[str, StringConstraints(min_length=1, max_length=64)]  # base64
+    ciphertext: Annotated[str, StringConstraints(min_length=1, max_length=8000)]  # base64
+
+
 class CancellationForm(WireModel):
     """The cancellation form (SPEC section 2)."""
 
@@ -115,8 +124,14 @@ class CancellationSubmitted(CancellationForm, EventData):
 
 
 class CancellationRequested(CancellationForm, EventData):
+    """Version 2: the customer is sealed (`customer_sealed`) and `customer` is absent; a version-1 event
+    carries it in clear."""
+
     event_type = "cancellation.requested"
     topic = topics.REQUESTS
+    schema_version = 2
+    customer: Customer | None = None
+    customer_sealed: SealedCustomer | None = None
     request_id: Id
     source: Literal["http", "kafka"]
     submission_id: str | None = None
@@ -227,9 +242,19 @@ class NotificationSent(EventData):
         return value
 
 
+class CustomerErasureRequested(EventData):
+    """The customer of a contract asked to have their personal data erased (APPI, GDPR): every service
+    anonymizes its rows for the contract and intake deletes its data key."""
+
+    event_type = "customer.erasure_requested"
+    topic = topics.CONTRACTS
+    contract_id: Id
+    requested_at: AwareDatetime | None = None
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     m.event_type: m for m in (
-        ContractSigned, PaymentRecorded, CancellationSubmitted, CancellationRequested, WithdrawalRequested,
+        ContractSigned, PaymentRecorded, CustomerErasureRequested, CancellationSubmitted, CancellationRequested, WithdrawalRequested,
         CancellationAccepted, CancellationRejected, CancellationWithdrawn, WithdrawalRefused,
         CancellationCompleted, SettlementIssued, SettlementVoided, NotificationSent)
 }

@@ -20,8 +20,14 @@ DUE_CHANNEL = "notifier_due"
 
 _ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
-_RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email) VALUES ($1, $2, $3, $4)"
-              " ON CONFLICT (request_id) DO NOTHING")
+_RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email, customer_sealed)"
+              " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING")
+_ERASE = (
+    "UPDATE notifications SET status = 'erased' WHERE status = 'pending'"
+    " AND request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)",
+    "UPDATE recipients SET customer_name = NULL, email = NULL, customer_sealed = NULL, erased_at = $2"
+    " WHERE contract_id = $1",
+)
 
 # The acknowledgement states the effective date, the final charge and the offers: it waits for both the
 # acceptance and the settlement, whichever comes last (two topics, maybe two processes), and is due at the
@@ -66,7 +72,16 @@ _CANCEL_PENDING = ("UPDATE notifications SET status = 'cancelled' WHERE request_
 
 class NotifierStore(Store):
     def save_recipient(self, e: CancellationRequested) -> None:
-        self.conn.defer(_RECIPIENT, e.request_id, e.contract_id, e.customer.name, str(e.customer.email))
+        """Sealed as it came (opened at send time); a version-1 event's customer in clear."""
+        clear = e.customer if e.customer_sealed is None else None
+        self.conn.defer(_RECIPIENT, e.request_id, e.contract_id, clear.name if clear else None,
+                        str(clear.email) if clear else None,
+                        e.customer_sealed.model_dump(mode="json") if e.customer_sealed else None)
+
+    def erase(self, contract_id: str, at: datetime) -> None:
+        """What notifier holds of the contract's customer, gone; what was still to be sent, never sent."""
+        for statement in _ERASE:
+            self.conn.defer(statement, contract_id, at)
 
     def accepted(self, e: CancellationAccepted, accepted_at: datetime,
                  reminders: Sequence[ScheduledNotification]) -> None:

@@ -28,12 +28,13 @@ from shared.vocabulary import SERVICES
 pytestmark = pytest.mark.integration
 
 DLQ = t.dlq
-# SPEC section 4: who reads (consumes) and who writes each topic.
+# SPEC section 4: who reads (consumes) and who writes each topic. intake reads contracts.events for the
+# quote and the cancel page; notifier for customer.erasure_requested (docs/security.md).
 READS = {
-    "intake": {t.SUBMISSIONS, t.DECISIONS, t.SETTLEMENTS, t.NOTIFICATIONS},
+    "intake": {t.CONTRACTS, t.SUBMISSIONS, t.DECISIONS, t.SETTLEMENTS, t.NOTIFICATIONS},
     "eligibility": {t.CONTRACTS, t.REQUESTS},
     "billing": {t.CONTRACTS, t.DECISIONS},
-    "notifier": {t.REQUESTS, t.DECISIONS, t.SETTLEMENTS},
+    "notifier": {t.CONTRACTS, t.REQUESTS, t.DECISIONS, t.SETTLEMENTS},
     "upstream": set(),
     "operator": set(t.all_with_dlq()),
 }
