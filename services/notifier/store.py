@@ -22,12 +22,10 @@ _ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before) VALUE
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
 _RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email, customer_sealed)"
               " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING")
-_ERASE = (
-    "UPDATE notifications SET status = 'erased' WHERE status = 'pending'"
-    " AND request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)",
-    "UPDATE recipients SET customer_name = NULL, email = NULL, customer_sealed = NULL, erased_at = $2"
-    " WHERE contract_id = $1",
-)
+_ERASE_PENDING = ("UPDATE notifications SET status = 'erased' WHERE status = 'pending'"
+                  " AND request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)")
+_ERASE_RECIPIENTS = ("UPDATE recipients SET customer_name = NULL, email = NULL, customer_sealed = NULL,"
+                     " erased_at = $2 WHERE contract_id = $1")
 
 # The acknowledgement states the effective date, the final charge and the offers: it waits for both the
 # acceptance and the settlement, whichever comes last (two topics, maybe two processes), and is due at the
@@ -80,8 +78,8 @@ class NotifierStore(Store):
 
     def erase(self, contract_id: str, at: datetime) -> None:
         """What notifier holds of the contract's customer, gone; what was still to be sent, never sent."""
-        for statement in _ERASE:
-            self.conn.defer(statement, contract_id, at)
+        self.conn.defer(_ERASE_PENDING, contract_id)
+        self.conn.defer(_ERASE_RECIPIENTS, contract_id, at)
 
     def accepted(self, e: CancellationAccepted, accepted_at: datetime,
                  reminders: Sequence[ScheduledNotification]) -> None:
