@@ -37,7 +37,7 @@ DOC_BOOTSTRAP = "127.0.0.1:19092"
 PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {
     "upstream": {
         topics.CONTRACTS: (events.ContractSigned, events.PaymentRecorded, events.CustomerErasureRequested),
-        topics.SUBMISSIONS: (events.CancellationSubmitted,),
+        topics.SUBMISSIONS: (events.CancellationSubmitted, events.WithdrawalSubmitted),
     },
     "intake": {
         topics.REQUESTS: (events.CancellationRequested, events.WithdrawalRequested),
@@ -45,6 +45,7 @@ PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {
     "eligibility": {
         topics.DECISIONS: (events.CancellationAccepted, events.CancellationRejected, events.CancellationWithdrawn,
                            events.WithdrawalRefused, events.CancellationCompleted),
+        topics.RETENTION: (events.OfferTaken,),
     },
     "billing": {
         topics.SETTLEMENTS: (events.SettlementIssued, events.SettlementVoided),
@@ -52,6 +53,11 @@ PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {
     "notifier": {
         topics.NOTIFICATIONS: (events.NotificationSent,),
     },
+}
+
+# Topics the pipeline writes for systems outside it, and who reads them there (documented as their subscriber).
+EXTERNAL_CONSUMERS: dict[str, str] = {
+    topics.RETENTION: "contract-system",  # applies the offer taken: the discount, the downgrade, the session
 }
 
 DLQ_HEADERS = {
@@ -160,6 +166,16 @@ def documentation_broker() -> KafkaBroker:
                 description=(f"Published by {via}: {names}. Key: `contract_id`. "
                              f"Read by {', '.join(consumers_of.get(topic, ())) or 'nobody yet'}."),
             )
+    for topic, reader in EXTERNAL_CONSUMERS.items():
+        models = tuple(m for by_topic in PUBLISHED.values() for m in by_topic.get(topic, ()))
+
+        async def documented(body: Any) -> None:  # never called: the subscriber is documentation
+            return None
+
+        documented.__annotations__ = {"body": topic_schema(models), "return": None}
+        broker.subscriber(topic, group_id=reader, title=f"{reader}:{topic}", description=(
+            f"Outside the pipeline: the {reader.replace('-', ' ')} reads this topic and applies what it says; "
+            f"what it cannot handle it writes to `{topics.dlq(topic)}`."))(documented)
     header_doc = "; ".join(f"`{k}`: {v}" for k, v in DLQ_HEADERS.items())
     for topic in topics.ALL:
         readers = consumers_of.get(topic)
@@ -179,6 +195,8 @@ def _consumers_of() -> dict[str, tuple[str, ...]]:
         for sub in subs:
             for topic in sub.topics:
                 out.setdefault(topic, []).append(service)
+    for topic, reader in EXTERNAL_CONSUMERS.items():
+        out.setdefault(topic, []).append(reader)
     return {t: tuple(s) for t, s in out.items()}
 
 

@@ -75,7 +75,10 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
        brokers: int = typer.Option(1, "--brokers", help="Kafka nodes: 1 (development) or 3 and more, each broker "
                                    "and controller; topics replicated on 3, min.insync.replicas=2."),
        instances: int = typer.Option(1, "--instances", help="Processes of each service, in its consumer group, "
-                                     "each on its own HTTP port (INTAKE_URL, INTAKE_URL_2, ...).")) -> None:
+                                     "each on its own HTTP port (INTAKE_URL, INTAKE_URL_2, ...)."),
+       offer_holdout_percent: int = typer.Option(
+           10, min=0, max=50, help="Share (%) of accepted cancellations shown no offers, to measure the offers' "
+                                   "lift against (ELIGIBILITY_OFFER_HOLDOUT_PERCENT; the service's default is 0).")) -> None:
     """Start Kafka, PostgreSQL, the SMTP sink and the four services; wait until each is healthy.
 
     Standard output is KEY=value lines only (the endpoints, then the Kafka client settings)."""
@@ -88,6 +91,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         _fail(str(exc))
     stack = _stack(clock_file.resolve() if clock_file else None, security.value, brokers=brokers,
                    instances=instances)
+    stack.config.offer_holdout_percent = offer_holdout_percent
     if stack.alive():
         _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
     try:
@@ -96,7 +100,8 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         _fail(str(exc))
     for key, value in (stack.endpoints() | stack.client_settings()).items():
         print(f"{key}={value}", flush=True)
-    notes.print(f"[green]healthy in {took:.1f}s[/green] (Kafka: {stack.kafka_connection.describe()})",
+    notes.print(f"[green]healthy in {took:.1f}s[/green] (Kafka: {stack.kafka_connection.describe()}; "
+                f"offer holdout {offer_holdout_percent}%)",
                 highlight=False)
     if demo:
         from .demo import run_demo

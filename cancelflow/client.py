@@ -18,7 +18,8 @@ import httpx
 from aiokafka.structs import TopicPartition
 
 from shared import topics
-from shared.events import CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, new_envelope
+from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, WithdrawalSubmitted,
+                           new_envelope)
 from shared.events import CustomerErasureRequested as ErasureRequested
 
 from . import kafka_clients
@@ -121,6 +122,17 @@ class PipelineClient:
         meta = await self.producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
         return meta.partition, meta.offset
 
+    async def redeliver(self, topic: str, contract_id: str, event_type: str, times: int,
+                        consumers: tuple[str, ...]) -> None:
+        """Publish the very bytes (and headers) of the contract's one `event_type` record on `topic` again, `times`
+        times, as a broker redelivers it; wait until `consumers` have read past the last copy."""
+        found = await read_topic(self.bootstrap, topic,
+                                 lambda r: r.key == contract_id.encode() and event_type.encode() in r.value)
+        assert len(found) == 1, f"{len(found)} {event_type} records for {contract_id}"
+        for _ in range(times):
+            where = await self.publish_raw(topic, found[0].value, key=contract_id, headers=list(found[0].headers))
+        await self.wait_consumed(consumers, topic, *where)
+
     async def sign_contract(self, *, start_date: date, monthly_fee_jpy: int = 10_000, plan: str = "standard",
                             contract_id: str | None = None, wait: bool = True, who: int | str | None = None) -> str:
         """Publish `contract.signed` (with the customer `who`, if given) and wait until every projection has it."""
@@ -189,6 +201,17 @@ class PipelineClient:
 
     async def withdraw(self, request_id: str) -> httpx.Response:
         return await self.http.post(f"/v1/cancellations/{request_id}/withdraw")
+
+    async def take_offer(self, request_id: str, offer: str) -> httpx.Response:
+        return await self.http.post(f"/v1/cancellations/{request_id}/offers/{offer}/take")
+
+    async def withdraw_kafka(self, request_id: str, contract_id: str, *, taken_offer: str | None = None,
+                             submission_id: str | None = None) -> str:
+        """What the call centre does: withdraw (taking an offer, or not) on `cancellation.submissions`."""
+        submission_id = submission_id or unique("W")
+        await self.publish(WithdrawalSubmitted(submission_id=submission_id, request_id=request_id,
+                                               taken_offer=taken_offer), key=contract_id, correlation_id=submission_id)
+        return submission_id
 
     async def wait_status(self, request_id: str, until: Callable[[dict], bool], timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout

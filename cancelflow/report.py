@@ -29,7 +29,9 @@ from shared import topics
 from shared.contract_calendar import tokyo_date
 from shared.vocabulary import Offer, Reason
 
-REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS)
+from .retention_report import RetentionBuilder, RetentionFigures, retention_json, retention_tables
+
+REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION)
 REASON_WORDING = {
     "INITIAL_SETUP_FAILED": "could not complete the initial setup",
     "TOO_DIFFICULT": "the tool was hard to use",
@@ -72,6 +74,7 @@ class Figures:
     settlements_total_jpy: int
     notifications_by_kind: dict[str, int] = field(default_factory=dict)
     generated_at: str = ""
+    retention: RetentionFigures | None = None  # the retention loop: see cancelflow.retention_report
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float | None:
@@ -109,9 +112,11 @@ class ReportBuilder:
         self.issued: dict[str, int] = {}
         self.voided: set[str] = set()
         self.kinds: Counter[str] = Counter()
+        self.retention = RetentionBuilder()
 
     def add(self, env: Any) -> None:
         """One envelope (decoded JSON), in any order; a duplicate (same event_id) counts once."""
+        self.retention.add(env)
         (seen, received_at, requested_reason, decided, accepted, rejected_codes, rejected, withdrawn, completed,
          issued, voided, kinds) = self._state()
         if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
@@ -198,6 +203,7 @@ class ReportBuilder:
             settlements_total_jpy=sum(v for rid, v in issued.items() if rid not in voided),
             notifications_by_kind=dict(sorted(kinds.items())),
             generated_at=(generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+            retention=self.retention.figures(),
         )
 
 
@@ -208,6 +214,25 @@ def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetim
     for env in envelopes:
         builder.add(env)
     return builder.figures(generated_at)
+
+
+def report_json(f: Figures) -> dict[str, Any]:
+    """The report's figures as JSON-ready values (`cancelflow report --json`); rates are fractions, null when
+    there is nothing to divide by."""
+    def rate(r: Rate) -> dict[str, Any]:
+        return {"accepted": r.accepted, "withdrawn": r.withdrawn, "save_rate": r.rate}
+
+    return {
+        "generated_at": f.generated_at, "accepted": f.accepted, "rejected": f.rejected, "withdrawn": f.withdrawn,
+        "completed": f.completed, "save_rate": rate(f.save_rate), "by_reason": f.by_reason,
+        "by_day_reason": f.by_day_reason, "save_rate_by_offer": {o: rate(r) for o, r in f.save_rate_by_offer.items()},
+        "save_rate_by_day": {d: rate(r) for d, r in f.save_rate_by_day.items()},
+        "time_to_first_answer_s": {"count": len(f.answer_seconds), "p50": f.answer_p50_s, "p95": f.answer_p95_s},
+        "pending_by_effective_date": f.pending_by_effective_date, "rejected_by_code": f.rejected_by_code,
+        "settlements": {"issued": f.settlements_issued, "total_jpy": f.settlements_total_jpy},
+        "notifications_by_kind": f.notifications_by_kind,
+        "retention": retention_json(f.retention) if f.retention is not None else None,
+    }
 
 
 async def stream_figures(target: Any = None, since: datetime | None = None,
@@ -310,4 +335,4 @@ def report_tables(f: Figures) -> list[Table]:
     pending.add_column("pending", justify="right")
     for day, n in f.pending_by_effective_date.items():
         pending.add_row(day, str(n))
-    return [summary, *by_days, offers, pending]
+    return [summary, *by_days, offers, pending, *(retention_tables(f.retention) if f.retention else ())]

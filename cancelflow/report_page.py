@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .report import REASON_WORDING, Figures, duration, percent, reason_day_blocks
+from .retention_report import retention_html
 
 # Days per table of "cancellations by reason per day": a week of columns next to the reason fits any window.
 DAYS_PER_TABLE = 7
@@ -138,7 +139,7 @@ def render_html(f: Figures) -> str:
 <body>
 <h1>Cancellations report</h1>
 <div class="muted">generated {_e(f.generated_at)} from the event log (cancellation.requests, cancellation.decisions,
-billing.settlements, notifications.sent); days are Tokyo dates.</div>
+billing.settlements, notifications.sent, retention.offers); days are Tokyo dates.</div>
 <div class="cards">{cards}</div>
 <h2>Cancellations by reason</h2>
 <div class="muted">accepted cancellations, all days</div>
@@ -153,6 +154,7 @@ billing.settlements, notifications.sent); days are Tokyo dates.</div>
 <div class="muted">among the accepted cancellations that carried the offer; overall {percent(f.save_rate.rate)}
 ({f.withdrawn} of {f.accepted})</div>
 {offers}
+{retention_html(f.retention) if f.retention else ""}
 <h2>Time from request to first answer</h2>
 <p>{len(f.answer_seconds)} answered requests: p50 {_e(duration(f.answer_p50_s))}, p95 {_e(duration(f.answer_p95_s))}
 (nearest rank).</p>

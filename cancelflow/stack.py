@@ -83,6 +83,8 @@ class StackConfig:
     # Signs the customers' cancel links; one per stack unless given.
     link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # eligibility's holdout (SPEC section 6); recorded in stack.json so the demo knows which contracts it holds out.
+    offer_holdout_percent: int = 0
     # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
     kafka_bootstrap: str | None = None
     database_url: str | None = None
@@ -251,6 +253,8 @@ class Stack:
         }
         if self.config.clock_file:
             env["CANCELFLOW_CLOCK_FILE"] = str(self.config.clock_file)
+        if self.config.offer_holdout_percent:
+            env["ELIGIBILITY_OFFER_HOLDOUT_PERCENT"] = str(self.config.offer_holdout_percent)
         env |= self.config.extra_env
         return env
 
@@ -265,7 +269,8 @@ class Stack:
         state = {"pids": self.adopted | {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
                  "endpoints": self.endpoints(), "security": self.config.security,
                  "brokers": self.config.brokers, "instances": {s: self.instances_of(s) for s in SERVICES},
-                 "client": self.kafka_connection.env(), "started_at": time.time()}
+                 "client": self.kafka_connection.env(), "started_at": time.time(),
+                 "offer_holdout_percent": self.config.offer_holdout_percent}
         # 0600 from its creation: it holds the intake key, the webhook secret and the operator's password.
         with os.fdopen(os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(json.dumps(state, indent=2))
@@ -303,7 +308,15 @@ class Stack:
             raise InfraError(f"no stack runs from {self.root} (`cancelflow up` first)")
         self.config.brokers, instances = layout
         self.scaled_to = dict(instances)
+        # An eligibility instance added by `scale` holds out what the running ones do.
+        self.config.offer_holdout_percent = self.recorded_holdout_percent()
         self.adopted = self.alive()
+
+    def recorded_holdout_percent(self) -> int:
+        """The holdout the running stack's eligibility was started with (0 when unknown)."""
+        if not self.state_file.exists():
+            return 0
+        return int(json.loads(self.state_file.read_text()).get("offer_holdout_percent") or 0)
 
     def recorded_pids(self) -> dict[str, int]:
         if not self.state_file.exists():

@@ -14,9 +14,10 @@ Pure functions: frozen values in, a decision, a settlement or a quote out; no I/
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from types import MappingProxyType
 
@@ -25,6 +26,7 @@ from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
     "DEFAULT_OFFER_POLICY",
+    "HOLDOUT_MAX_PERCENT",
     "MINIMUM_TERM_MONTHS",
     "NOTICE_PERIOD",
     "Accepted",
@@ -38,6 +40,8 @@ __all__ = [
     "can_withdraw",
     "decide",
     "earliest_effective_date",
+    "hold_out",
+    "in_holdout",
     "offer_policy_from_json",
     "offers_for",
     "parse_offer_policy",
@@ -135,6 +139,7 @@ class Accepted:
     effective_date: date
     first_anniversary: date
     offers: tuple[Offer, ...]
+    holdout: bool = False  # in the holdout group: the offers that fit were withheld (see hold_out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,30 @@ def decide(
 def can_withdraw(*, effective_date: date, today: date) -> bool:
     """A request can be withdrawn until its effective date, when it completes."""
     return today < effective_date
+
+
+# --- the holdout (SPEC section 6) ------------------------------------------------------------------
+
+HOLDOUT_MAX_PERCENT = 50
+
+
+def in_holdout(contract_id: str, percent: int) -> bool:
+    """Is the contract in the holdout group of `percent` % (0-50)? Deterministic: the contract's bucket
+    (0-99) is the first 8 bytes of SHA-256 of its id, so a contract stays in its group across requests,
+    restarts and services, and the buckets are uniform whatever the ids look like."""
+    if not 0 <= percent <= HOLDOUT_MAX_PERCENT:
+        raise ValueError(f"holdout percent must be 0-{HOLDOUT_MAX_PERCENT}, got {percent}")
+    bucket = int.from_bytes(hashlib.sha256(contract_id.encode()).digest()[:8], "big") % 100
+    return bucket < percent
+
+
+def hold_out(decision: Decision, *, contract_id: str, percent: int) -> Decision:
+    """An acceptance in the holdout group carries no offers and says so. Only an acceptance that had offers
+    to withhold is held out: a reason with none (a closed business) would otherwise dilute the holdout's save
+    rate with customers no offer could keep, and the lift would be overstated."""
+    if isinstance(decision, Accepted) and decision.offers and in_holdout(contract_id, percent):
+        return replace(decision, offers=(), holdout=True)
+    return decision
 
 
 # --- the settlement --------------------------------------------------------------------------------
@@ -260,6 +289,7 @@ class Quote:
     first_anniversary: date
     offers: tuple[Offer, ...]
     settlement: Settlement | None
+    holdout: bool = False  # the contract is in the holdout group: the offers that fit are withheld (hold_out)
 
     @property
     def access_ends_on(self) -> date | None:
@@ -276,10 +306,14 @@ def quote(
     reason: Reason | None,
     paid_billing_dates: frozenset[date],
     offer_policy: OfferPolicy = DEFAULT_OFFER_POLICY,
+    holdout_percent: int = 0,
 ) -> Quote:
-    """The decision (decide) and the settlement (settle) a submission with these inputs gets."""
-    decision = decide(contract=contract, received_on=received_on, desired_effective_date=desired_effective_date,
-                      has_pending=has_pending, reason=reason, offer_policy=offer_policy)
+    """The decision (decide, then hold_out, as eligibility decides) and the settlement (settle) a submission
+    with these inputs gets: a contract in the holdout group is quoted no offers, as it will be given none."""
+    decision = hold_out(decide(contract=contract, received_on=received_on,
+                               desired_effective_date=desired_effective_date, has_pending=has_pending, reason=reason,
+                               offer_policy=offer_policy),
+                        contract_id=contract.contract_id, percent=holdout_percent)
     anniversary = first_anniversary(contract.start_date)
     if isinstance(decision, Rejected):
         return Quote(received_on=received_on, earliest_effective_date=decision.earliest_effective_date,
@@ -291,4 +325,4 @@ def quote(
     return Quote(received_on=received_on, earliest_effective_date=earliest_effective_date(contract.start_date,
                                                                                           received_on),
                  effective_date=decision.effective_date, codes=(), first_anniversary=decision.first_anniversary,
-                 offers=decision.offers, settlement=settlement)
+                 offers=decision.offers, settlement=settlement, holdout=decision.holdout)

@@ -139,12 +139,24 @@ class CancellationRequested(CancellationForm, EventData):
     received_on: date
 
 
+class WithdrawalSubmitted(EventData):
+    """An upstream system (the call centre) withdraws a request, with the offer the customer took if any
+    (SPEC section 6). Validated like a form; the same submission_id never acts twice."""
+
+    event_type = "cancellation.withdrawal_submitted"
+    topic = topics.SUBMISSIONS
+    submission_id: Id
+    request_id: Id
+    taken_offer: Offer | None = None
+
+
 class WithdrawalRequested(EventData):
     event_type = "cancellation.withdrawal_requested"
     topic = topics.REQUESTS
     request_id: Id
     contract_id: Id | None = None
     requested_at: AwareDatetime | None = None
+    taken_offer: Offer | None = Field(None, description="Added field: the offer taken (withdrawn for it).")
 
 
 class CancellationAccepted(EventData):
@@ -158,6 +170,7 @@ class CancellationAccepted(EventData):
     received_on: date | None = Field(None, description="Added field: billing charges from this date.")
     reason: Reason | None = None
     decided_at: AwareDatetime | None = None
+    holdout: bool = Field(False, description="Added field: in the holdout group, shown no offers.")
 
 
 class CancellationRejected(EventData):
@@ -178,6 +191,8 @@ class CancellationWithdrawn(EventData):
     request_id: Id
     contract_id: Id | None = None
     withdrawn_at: AwareDatetime | None = None
+    taken_offer: Offer | None = Field(None, description="Added field: the offer taken; null when withdrawn "
+                                                        "without one.")
 
 
 class WithdrawalRefused(EventData):
@@ -198,6 +213,21 @@ class CancellationCompleted(EventData):
     contract_id: Id | None = None
     effective_date: date
     completed_at: AwareDatetime | None = Field(None, description="Added field: when eligibility completed it.")
+
+
+class OfferTaken(EventData):
+    """A customer took a retention offer and withdrew: for the contract system to apply (a discount, a
+    downgrade, a support session). Exactly once per take (SPEC section 6)."""
+
+    event_type = "retention.offer_taken"
+    topic = topics.RETENTION
+    request_id: Id
+    contract_id: Id
+    account_id: AccountId
+    offer: Offer
+    reason: Reason
+    plan: Plan
+    taken_at: AwareDatetime
 
 
 class ChargeLine(WireModel):
@@ -254,9 +284,9 @@ class CustomerErasureRequested(EventData):
 
 EVENT_TYPES: dict[str, type[EventData]] = {
     m.event_type: m for m in (
-        ContractSigned, PaymentRecorded, CustomerErasureRequested, CancellationSubmitted, CancellationRequested, WithdrawalRequested,
-        CancellationAccepted, CancellationRejected, CancellationWithdrawn, WithdrawalRefused,
-        CancellationCompleted, SettlementIssued, SettlementVoided, NotificationSent)
+        ContractSigned, PaymentRecorded, CustomerErasureRequested, CancellationSubmitted, WithdrawalSubmitted,
+        CancellationRequested, WithdrawalRequested, CancellationAccepted, CancellationRejected, CancellationWithdrawn,
+        WithdrawalRefused, CancellationCompleted, OfferTaken, SettlementIssued, SettlementVoided, NotificationSent)
 }
 
 

@@ -10,8 +10,10 @@ __all__ = ["mask_email", "mask_phone", "mask_pii"]
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # Phone numbers: a leading 0 (domestic) or +country code, then 9-13 digits in groups. Dates, times,
 # offsets and uuids never start that way, so they stay readable. A number may end a sentence (a "." not
-# followed by a digit).
-_PHONE = re.compile(r"(?<![\w.:/+-])(?:\+\d{1,3}[\s-]?|0)\d{1,4}(?:[\s-]?\d{1,4}){1,3}(?![\w:/-]|\.\d)")
+# followed by a digit). The boundaries are ASCII: Japanese text runs straight into a number
+# ("090-1234-5678まで"), and its letters count as \w.
+_PHONE = re.compile(r"(?<![A-Za-z0-9_.:/+-])(?:\+\d{1,3}[\s-]?|0)\d{1,4}(?:[\s-]?\d{1,4}){1,3}"
+                    r"(?![A-Za-z0-9_:/-]|\.\d)")
 
 
 def mask_email(email: str) -> str:

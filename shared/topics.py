@@ -6,8 +6,10 @@ REQUESTS = "cancellation.requests"
 DECISIONS = "cancellation.decisions"
 SETTLEMENTS = "billing.settlements"
 NOTIFICATIONS = "notifications.sent"
+# Offers taken, for the contract system to apply (SPEC section 6).
+RETENTION = "retention.offers"
 
-ALL = (CONTRACTS, SUBMISSIONS, REQUESTS, DECISIONS, SETTLEMENTS, NOTIFICATIONS)
+ALL = (CONTRACTS, SUBMISSIONS, REQUESTS, DECISIONS, SETTLEMENTS, NOTIFICATIONS, RETENTION)
 DLQ_SUFFIX = ".dlq"
 
 

@@ -46,6 +46,7 @@ class NotificationKind(StrEnum):
     data_export_reminder = "data_export_reminder"
     rich_menu_reminder = "rich_menu_reminder"
     withdrawal_confirmation = "withdrawal_confirmation"
+    offer_confirmation = "offer_confirmation"
 
 
 class RequestStatus(StrEnum):

@@ -32,4 +32,4 @@ def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
             await asyncio.sleep(settings.completion_interval_s)
 
     return build_app(name="eligibility", settings=settings, service_dir=Path(__file__).parent,
-                     subscriptions=subscriptions(policy), background=[completion_loop])
+                     subscriptions=subscriptions(policy, settings.offer_holdout_percent), background=[completion_loop])

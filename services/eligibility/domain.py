@@ -10,17 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from shared.contract_rules import (DEFAULT_OFFER_POLICY, MINIMUM_TERM_MONTHS, NOTICE_PERIOD, Accepted, ContractTerms,
-                                   Decision, OfferPolicy, Rejected, can_withdraw, decide, earliest_effective_date,
-                                   offer_policy_from_json, offers_for, parse_offer_policy)
+from shared.contract_rules import (DEFAULT_OFFER_POLICY, HOLDOUT_MAX_PERCENT, MINIMUM_TERM_MONTHS, NOTICE_PERIOD,
+                                   Accepted, ContractTerms, Decision, OfferPolicy, Rejected, can_withdraw, decide,
+                                   earliest_effective_date, hold_out, in_holdout, offer_policy_from_json, offers_for,
+                                   parse_offer_policy)
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 __all__ = [
     "DEFAULT_OFFER_POLICY",
+    "HOLDOUT_MAX_PERCENT",
     "MINIMUM_TERM_MONTHS",
     "NOTICE_PERIOD",
     "Accepted",
+    "AlreadyWithdrawn",
     "CancellationState",
+    "CannotWithdraw",
     "ContractTerms",
     "Decision",
     "Offer",
@@ -28,11 +32,16 @@ __all__ = [
     "Reason",
     "Rejected",
     "RejectionCode",
+    "WithdrawNow",
+    "WithdrawalDecision",
     "can_withdraw",
     "completion_cutoff",
     "contract_is_live",
     "decide",
+    "decide_withdrawal",
     "earliest_effective_date",
+    "hold_out",
+    "in_holdout",
     "is_due_for_completion",
     "offer_policy_from_json",
     "offers_for",
@@ -62,10 +71,14 @@ class CancellationState:
 
     status: str  # accepted, rejected, withdrawn, completed
     effective_date: date | None
+    offers: tuple[str, ...] = ()  # what the acceptance carried
+    taken_offer: str | None = None  # what it was withdrawn with, once withdrawn
 
 
-def withdrawal_refusal(cancellation: CancellationState | None, *, today: date) -> str | None:
-    """Why a withdrawal cannot be done, or None: only a pending (accepted) cancellation, before its date."""
+def withdrawal_refusal(cancellation: CancellationState | None, *, today: date,
+                       taken_offer: str | None = None) -> str | None:
+    """Why a withdrawal (taking `taken_offer` if given) cannot be done, or None: only a pending (accepted)
+    cancellation, before its date, and a taken offer must be one the request carried (SPEC section 6)."""
     if cancellation is None:
         return "unknown request"
     if cancellation.status != "accepted":
@@ -73,4 +86,41 @@ def withdrawal_refusal(cancellation: CancellationState | None, *, today: date) -
     if cancellation.effective_date is None or not can_withdraw(effective_date=cancellation.effective_date,
                                                                today=today):
         return f"the effective date {cancellation.effective_date} has come: the contract has ended"
+    if taken_offer is not None and taken_offer not in cancellation.offers:
+        carried = ", ".join(str(o) for o in cancellation.offers) or "none"
+        return f"offer {taken_offer} is not among the request's offers ({carried})"
     return None
+
+
+# --- withdrawals, with or without an offer taken (SPEC section 6) ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WithdrawNow:
+    """Withdraw the request, recording the offer taken (None: withdrawn without one)."""
+
+    taken_offer: Offer | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyWithdrawn:
+    """The same withdrawal (the same offer, or none) again: it was made once, nothing more to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class CannotWithdraw:
+    why: str
+
+
+WithdrawalDecision = WithdrawNow | AlreadyWithdrawn | CannotWithdraw
+
+
+def decide_withdrawal(cancellation: CancellationState | None, *, today: date,
+                      taken_offer: str | None) -> WithdrawalDecision:
+    """Withdraw, or not: taking the offer the request was already withdrawn with (or withdrawing again
+    without one) is the same withdrawal, not a second one and not an error (SPEC section 6)."""
+    if cancellation is not None and cancellation.status == "withdrawn" and taken_offer == cancellation.taken_offer:
+        return AlreadyWithdrawn()
+    why = withdrawal_refusal(cancellation, today=today, taken_offer=taken_offer)
+    if why is not None:
+        return CannotWithdraw(why)
+    return WithdrawNow(None if taken_offer is None else Offer(taken_offer))

@@ -22,7 +22,7 @@ async def _signed(conn, envelope, e: ContractSigned) -> None:
 async def _accepted(conn, envelope, e: CancellationAccepted) -> None:
     await conn.execute(s._ACCEPTED + _ONCE, e.request_id, e.contract_id, e.reason.value if e.reason else None,
                        e.received_on, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
-                       e.decided_at or envelope.occurred_at)
+                       e.decided_at or envelope.occurred_at, e.holdout)
 
 
 async def _rejected(conn, envelope, e: CancellationRejected) -> None:
@@ -32,7 +32,8 @@ async def _rejected(conn, envelope, e: CancellationRejected) -> None:
 
 
 async def _withdrawn(conn, envelope, e: CancellationWithdrawn) -> None:
-    await conn.execute(s._WITHDRAW, e.request_id, e.withdrawn_at or envelope.occurred_at)
+    await conn.execute(s._WITHDRAW, e.request_id, e.withdrawn_at or envelope.occurred_at,
+                       e.taken_offer.value if e.taken_offer else None)
 
 
 async def _completed(conn, envelope, e: CancellationCompleted) -> None:

@@ -30,12 +30,14 @@ _SEEN = ("SELECT contract_id, request_id, status FROM cancellations"
          " WHERE contract_id = ANY($1::text[]) OR request_id = ANY($2::text[])")
 _ACCEPTED = (
     "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, effective_date,"
-    " first_anniversary, offers, decided_at) VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8)")
+    " first_anniversary, offers, decided_at, holdout) VALUES ($1, $2, 'accepted', $3, $4, $5, $6, $7, $8, $9)")
 _REJECTED = (
     "INSERT INTO cancellations (request_id, contract_id, status, reason, received_on, codes,"
     " earliest_effective_date, decided_at) VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7)")
-_CANCELLATION = "SELECT contract_id, status, effective_date FROM cancellations WHERE request_id = $1 FOR UPDATE"
-_WITHDRAW = "UPDATE cancellations SET status = 'withdrawn', closed_at = $2 WHERE request_id = $1"
+_CANCELLATION = ("SELECT c.contract_id, c.status, c.effective_date, c.offers, c.taken_offer, c.reason, k.account_id,"
+                 " k.plan FROM cancellations c LEFT JOIN contracts k USING (contract_id) WHERE c.request_id = $1"
+                 " FOR UPDATE OF c")
+_WITHDRAW = "UPDATE cancellations SET status = 'withdrawn', closed_at = $2, taken_offer = $3 WHERE request_id = $1"
 _COMPLETE_DUE = (
     "UPDATE cancellations SET status = 'completed', closed_at = $3 WHERE request_id IN ("
     " SELECT request_id FROM cancellations WHERE status = 'accepted' AND effective_date <= $1"
@@ -70,6 +72,18 @@ class Cancellation:
     request_id: str
     contract_id: str
     effective_date: date
+
+
+@dataclass(frozen=True)
+class Withdrawable:
+    """A decided request as a withdrawal reads it: its contract, its state, and what an offer taken tells the
+    contract system (the reason asked with, the account and plan)."""
+
+    contract_id: str
+    state: CancellationState
+    reason: str
+    account_id: str | None
+    plan: str | None
 
 
 def _terms(row: Any) -> ContractTerms | None:
@@ -125,20 +139,22 @@ class EligibilityStore(Store):
         if isinstance(decision, Accepted):
             self.conn.defer(_ACCEPTED, e.request_id, e.contract_id, e.reason.value, e.received_on,
                             decision.effective_date, decision.first_anniversary,
-                            [o.value for o in decision.offers], decided_at)
+                            [o.value for o in decision.offers], decided_at, decision.holdout)
         else:
             self.conn.defer(_REJECTED, e.request_id, e.contract_id, e.reason.value, e.received_on,
                             [c.value for c in decision.codes], decision.earliest_effective_date, decided_at)
 
-    async def cancellation(self, request_id: str) -> tuple[str | None, CancellationState | None]:
-        """The request's contract and state, locked for a withdrawal; (None, None) when unknown."""
+    async def cancellation(self, request_id: str) -> Withdrawable | None:
+        """The request's contract and state, locked for a withdrawal; None when unknown."""
         row = await self.conn.fetchrow(_CANCELLATION, request_id)
         if row is None:
-            return None, None
-        return row["contract_id"], CancellationState(row["status"], row["effective_date"])
+            return None
+        return Withdrawable(row["contract_id"], CancellationState(row["status"], row["effective_date"],
+                                                                  tuple(row["offers"]), row["taken_offer"]),
+                            row["reason"], row["account_id"], row["plan"])
 
-    async def withdraw(self, request_id: str, at: datetime) -> None:
-        await self.conn.execute(_WITHDRAW, request_id, at)
+    async def withdraw(self, request_id: str, at: datetime, taken_offer: str | None = None) -> None:
+        await self.conn.execute(_WITHDRAW, request_id, at, taken_offer)
 
     async def complete_due(self, through: date, at: datetime, limit: int = 500) -> list[Cancellation]:
         """Complete (and lock) up to `limit` pending cancellations effective on or before `through`; their

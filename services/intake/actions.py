@@ -13,7 +13,7 @@ from shared.messaging.outbox import Emitter
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
-from .domain import withdrawal_refusal
+from .domain import AskWithdrawal, Refusal, RefuseWithdrawal, answer_withdrawal
 from .store import IntakeStore, Recorded, new_request
 
 
@@ -31,24 +31,29 @@ async def submit_form(runtime: Runtime, form: CancellationForm, *, submission_id
 
 @dataclass(frozen=True)
 class WithdrawalAsked:
-    """found=False: no such request. refused: why it cannot be withdrawn (the API's 409), else None."""
+    """found=False: no such request. refused: why it cannot be withdrawn (the API's 409), else None; refusal:
+    its kind (what the customer's page says)."""
 
     found: bool
     status: RequestStatus | None = None
     refused: str | None = None
+    refusal: Refusal | None = None
 
 
-async def ask_withdrawal(runtime: Runtime, request_id: str) -> WithdrawalAsked:
+async def ask_withdrawal(runtime: Runtime, request_id: str, taken_offer: str | None = None) -> WithdrawalAsked:
+    """A withdrawal, taking `taken_offer` or none (SPEC sections 2 and 6): asked now, asked before (the same
+    withdrawal again is one withdrawal, one take), or refused."""
     now = runtime.clock.now()
     async with store_transaction(runtime, IntakeStore) as store:
-        row = await store.for_withdrawal(request_id)
-        if row is None:
+        state = await store.for_withdrawal(request_id)
+        if state is None:
             return WithdrawalAsked(found=False)
-        refused = withdrawal_refusal(row.status, row.effective_date, today=tokyo_date(now))
-        if refused is not None:
-            return WithdrawalAsked(True, row.status, refused)
-        if row.withdrawal_requested_at is None:  # asking twice is one withdrawal
-            await store.withdrawal_requested(request_id, now)
+        answer = answer_withdrawal(**state.facts(), today=tokyo_date(now), taken_offer=taken_offer)
+        if isinstance(answer, RefuseWithdrawal):
+            return WithdrawalAsked(True, state.status, answer.why, answer.refusal)
+        if isinstance(answer, AskWithdrawal):
+            await store.withdrawal_requested(request_id, now, answer.taken_offer)
             Emitter(store.outbox, runtime.name, correlation_id=request_id)(WithdrawalRequested(
-                request_id=request_id, contract_id=row.contract_id, requested_at=now), key=row.contract_id)
-    return WithdrawalAsked(True, row.status)
+                request_id=request_id, contract_id=state.contract_id, requested_at=now,
+                taken_offer=answer.taken_offer), key=state.contract_id)
+    return WithdrawalAsked(True, state.status)

@@ -6,7 +6,7 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.events import StrictCancellationForm
 from shared.service import Runtime
@@ -52,6 +52,7 @@ class StatusView(BaseModel):
     notifications: list[NotificationView]
     withdrawal_requested_at: datetime | None = None
     withdrawal_refused: str | None = None
+    taken_offer: str | None = Field(None, description="The offer the request was withdrawn with (SPEC section 6).")
 
 
 def install(runtime: Runtime, app: FastAPI) -> None:
@@ -98,16 +99,30 @@ def install(runtime: Runtime, app: FastAPI) -> None:
             raise HTTPException(404, detail=f"request {request_id} not found")
         return _view(row)
 
-    @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
-              dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
-              responses=responses(401, 404, 409, 422))
-    async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
-        asked = await ask_withdrawal(runtime, request_id)
+    async def ask(request_id: str, taken_offer: str | None) -> Any:
+        """A withdrawal, taking `taken_offer` or none: 404, 409 with the reason, or 202 (asked now or before)."""
+        asked = await ask_withdrawal(runtime, request_id, taken_offer)
         if not asked.found:
             raise HTTPException(404, detail=f"request {request_id} not found")
         if asked.refused is not None:
             return problem(409, asked.refused)
         return Received(request_id=request_id, status=asked.status, status_url=status_url(request_id))
+
+    @app.post("/v1/cancellations/{request_id}/withdraw", status_code=202, response_model=Received,
+              dependencies=auth, tags=["cancellations"], summary="Withdraw a request before its effective date",
+              responses=responses(401, 404, 409, 422))
+    async def withdraw(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)]) -> Any:
+        return await ask(request_id, None)
+
+    @app.post("/v1/cancellations/{request_id}/offers/{offer}/take", status_code=202, response_model=Received,
+              dependencies=auth, tags=["cancellations"], summary="Take a retention offer: the request is withdrawn "
+              "with that offer recorded", responses=responses(401, 404, 409, 422),
+              description="`409` when the offer is not among the request's offers, the request is not `accepted`, "
+                          "or its effective date has come. Taking the same offer twice is one take.")
+    async def take_offer(request_id: Annotated[str, Path(max_length=100, pattern=PRINTABLE)],
+                         offer: Annotated[str, Path(max_length=64, pattern=PRINTABLE,
+                                                    description="One of the request's `offers`.")]) -> Any:
+        return await ask(request_id, offer)
 
 
 def _view(row) -> StatusView:

@@ -1,4 +1,5 @@
-"""intake's rules: a submission key acts once, who may still withdraw, and how a request's status moves.
+"""intake's rules: a submission key acts once, who may still withdraw (and take an offer), and how a request's
+status moves.
 
 Pure functions: values in, a decision out, no I/O.
 """
@@ -6,16 +7,20 @@ Pure functions: values in, a decision out, no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from types import MappingProxyType
 
 import orjson
 
-from services.eligibility.domain import can_withdraw
+from services.eligibility.domain import CancellationState, can_withdraw
+from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
 from shared.vocabulary import RequestStatus
 
-__all__ = ["ENDED", "IdempotencyConflict", "may_become", "replayed_request", "submission_digest",
+__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "RefuseWithdrawal", "Refusal",
+           "WithdrawalAnswer", "answer_withdrawal", "may_become", "replayed_request", "submission_digest",
            "withdrawal_refusal"]
 
 S = RequestStatus
@@ -47,6 +52,74 @@ def withdrawal_refusal(status: RequestStatus, effective_date: date | None, *, to
     if effective_date is not None and not can_withdraw(effective_date=effective_date, today=today):
         return "the effective date has come: the contract has ended"
     return None
+
+
+# --- a withdrawal asked over HTTP or Kafka, with an offer taken or not (SPEC sections 2 and 6) -------------
+
+@dataclass(frozen=True, slots=True)
+class AskWithdrawal:
+    """Publish `cancellation.withdrawal_requested` with this offer taken (None: without one)."""
+
+    taken_offer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AskedBefore:
+    """The same withdrawal was asked before: one withdrawal, one take; the same answer again."""
+
+
+class Refusal(StrEnum):
+    """What kind of 409 a withdrawal (or a take) gets: what the customer's page words, what a dead letter names."""
+
+    ended = "ended"  # the request is rejected, completed or withdrawn
+    undecided = "undecided"  # an offer asked for before the request was accepted
+    date_come = "date_come"  # the effective date has come: the contract has ended
+    not_offered = "not_offered"  # the offer is not among the request's offers
+    already_withdrawing = "already_withdrawing"  # asked before, with another offer or none
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseWithdrawal:
+    why: str
+    refusal: Refusal
+
+    @property
+    def field(self) -> str:
+        """What the refusal is about, for a submission's dead-letter reason."""
+        return "taken_offer" if self.refusal in (Refusal.not_offered, Refusal.already_withdrawing) else "request_id"
+
+
+WithdrawalAnswer = AskWithdrawal | AskedBefore | RefuseWithdrawal
+
+
+def answer_withdrawal(*, status: str, effective_date: date | None, today: date, offers: Sequence[str],
+                      asked: bool, asked_with: str | None, taken_offer: str | None) -> WithdrawalAnswer:
+    """`asked`: a withdrawal was asked for this request before, with the offer `asked_with` (or none).
+
+    Without an offer (SPEC section 2): refused once the request is completed, rejected or withdrawn, or its
+    effective date has come; asked twice is one withdrawal. It may be asked before the decision (eligibility
+    handles the two in order). Taking an offer (SPEC section 6): the request must be accepted, its effective
+    date not come and the offer among its offers; taking the same offer twice is one take, and a request
+    already being withdrawn (without an offer, or with another) cannot take one.
+    """
+    if taken_offer is None:
+        why = withdrawal_refusal(RequestStatus(status), effective_date, today=today)
+        if why is not None:
+            return RefuseWithdrawal(why, Refusal.ended if RequestStatus(status) in ENDED else Refusal.date_come)
+        return AskedBefore() if asked else AskWithdrawal(None)
+    if asked or status == "withdrawn":
+        if asked_with == taken_offer:
+            return AskedBefore()
+        before = f"with offer {asked_with}" if asked_with else "without an offer"
+        return RefuseWithdrawal(f"the request is already being withdrawn {before}", Refusal.already_withdrawing)
+    why = eligibility_refusal(CancellationState(str(status), effective_date, tuple(offers)), today=today,
+                              taken_offer=taken_offer)
+    if why is not None:
+        in_time = effective_date is not None and can_withdraw(effective_date=effective_date, today=today)
+        refusal = (Refusal.undecided if status == "received" else Refusal.ended if status != "accepted"
+                   else Refusal.not_offered if in_time else Refusal.date_come)
+        return RefuseWithdrawal(why, refusal)
+    return AskWithdrawal(taken_offer)
 
 
 # Status changes only move forward: an answer never goes back to "received", an end is final.

@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 
 from shared import topics
+from shared.contract_calendar import tokyo_date
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
                            CancellationSubmitted, CancellationWithdrawn, ContractSigned, CustomerErasureRequested,
-                           NotificationSent, PaymentRecorded, PoisonMessage, SettlementIssued, SettlementVoided, WithdrawalRefused)
+                           NotificationSent, PaymentRecorded, PoisonMessage, SettlementIssued, SettlementVoided,
+                           WithdrawalRefused, WithdrawalRequested, WithdrawalSubmitted)
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
 
-from .domain import IdempotencyConflict
+from .domain import AskWithdrawal, IdempotencyConflict, RefuseWithdrawal, answer_withdrawal
 from .store import IntakeStore
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,26 @@ async def on_submitted(ctx: Ctx, e: CancellationSubmitted) -> None:
         ctx.emit(recorded.new.requested(await ctx.store.data_key(e.contract_id)), key=e.contract_id)
 
 
+async def on_withdrawal_submitted(ctx: Ctx, e: WithdrawalSubmitted) -> None:
+    """An upstream withdrawal (maybe taking an offer), checked as the HTTP API checks it: what the API would
+    answer 404 or 409 is dead-lettered with the reason; a submission_id acts once."""
+    try:
+        if not await ctx.store.withdrawal_submission(e.submission_id, e.request_id, e.taken_offer):
+            return
+    except IdempotencyConflict as exc:
+        raise PoisonMessage(str(exc)) from None
+    state = await ctx.store.for_withdrawal(e.request_id)
+    if state is None:
+        raise PoisonMessage(f"request_id: unknown request {e.request_id}")
+    answer = answer_withdrawal(**state.facts(), today=tokyo_date(ctx.now()), taken_offer=e.taken_offer)
+    if isinstance(answer, RefuseWithdrawal):
+        raise PoisonMessage(f"{answer.field}: {answer.why}")
+    if isinstance(answer, AskWithdrawal):
+        await ctx.store.withdrawal_requested(e.request_id, ctx.now(), answer.taken_offer)
+        ctx.emit(WithdrawalRequested(request_id=e.request_id, contract_id=state.contract_id, requested_at=ctx.now(),
+                                     taken_offer=answer.taken_offer), key=state.contract_id)
+
+
 # The status view. An answer's time is when it was decided (older producers: when it was published).
 async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
     ctx.store.accepted(e, e.decided_at or ctx.envelope.occurred_at)
@@ -40,7 +62,7 @@ async def on_rejected(ctx: Ctx, e: CancellationRejected) -> None:
 
 
 async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
-    ctx.store.moved(e.request_id, RequestStatus.withdrawn)
+    ctx.store.withdrawn(e.request_id, e.taken_offer)
 
 
 async def on_withdrawal_refused(ctx: Ctx, e: WithdrawalRefused) -> None:
@@ -83,7 +105,8 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         store.clock = rt.clock  # the batch insert stamps received_at
         return store
 
-    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted},
+    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted,
+                                   WithdrawalSubmitted.event_type: on_withdrawal_submitted},
                          store=submissions_store),
             # The status view: five events per request, none on the way to the customer's e-mails, so they
             # are collected for up to status_collect_ms and written a batch at a time.

@@ -56,11 +56,13 @@ def quote_view(contract_id: str, q: Quote) -> QuoteView:
 
 
 class Quoter:
-    """Quotes for intake's view of a contract, with the offer policy eligibility decides with."""
+    """Quotes for intake's view of a contract, with the offer policy and holdout eligibility decides with."""
 
     def __init__(self, runtime: Runtime) -> None:
+        settings: IntakeSettings = runtime.settings  # type: ignore[assignment]
         self.runtime = runtime
-        self.policy = offer_policy_from_json(runtime.settings.offer_policy_json)  # type: ignore[attr-defined]
+        self.policy = offer_policy_from_json(settings.offer_policy_json)
+        self.holdout_percent = settings.offer_holdout_percent
 
     async def contract(self, contract_id: str) -> ContractState | None:
         return await contract_state(self.runtime.pool, contract_id)
@@ -68,7 +70,8 @@ class Quoter:
     def quote(self, state: ContractState, *, desired_effective_date: date | None, reason: Reason | None) -> Quote:
         return quote(contract=state.terms, received_on=tokyo_date(self.runtime.clock.now()),
                      desired_effective_date=desired_effective_date, has_pending=state.has_pending, reason=reason,
-                     paid_billing_dates=state.paid_billing_dates, offer_policy=self.policy)
+                     paid_billing_dates=state.paid_billing_dates, offer_policy=self.policy,
+                     holdout_percent=self.holdout_percent)
 
 
 class LinkAsked(BaseModel):

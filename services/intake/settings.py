@@ -36,6 +36,10 @@ class IntakeSettings(ServiceSettings):
         None, validation_alias=AliasChoices("ELIGIBILITY_OFFER_POLICY_JSON"),
         description="The quote's offers: the same setting as eligibility's (ELIGIBILITY_OFFER_POLICY_JSON), "
                     "read by both so a quote shows the offers the decision carries.")
+    offer_holdout_percent: int = Field(
+        0, ge=0, le=50, validation_alias=AliasChoices("ELIGIBILITY_OFFER_HOLDOUT_PERCENT"),
+        description="The quote's holdout: the same setting as eligibility's (ELIGIBILITY_OFFER_HOLDOUT_PERCENT), "
+                    "read by both so a contract in the holdout group is quoted no offers, as it gets none.")
 
     @field_validator("api_keys")
     @classmethod

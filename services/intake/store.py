@@ -19,7 +19,7 @@ from shared.messaging.consumer import Store
 from shared.sealing import DataKey, new_key, seal
 from shared.vocabulary import RequestStatus
 
-from .domain import may_become, replayed_request, submission_digest
+from .domain import IdempotencyConflict, may_become, replayed_request, submission_digest
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,13 @@ class WithdrawalState:
     status: RequestStatus
     effective_date: date | None
     withdrawal_requested_at: datetime | None
+    offers: tuple[str, ...] = ()
+    withdrawal_offer: str | None = None  # the offer the withdrawal was asked for
+
+    def facts(self) -> dict[str, Any]:
+        """What `domain.answer_withdrawal` decides on, besides today and the offer taken."""
+        return {"status": self.status, "effective_date": self.effective_date, "offers": self.offers,
+                "asked": self.withdrawal_requested_at is not None, "asked_with": self.withdrawal_offer}
 
 
 _INSERT = ("INSERT INTO requests (request_id, contract_id, source, submission_id, body_hash, form, received_at,"
@@ -87,9 +94,15 @@ _INSERT_MANY = ("INSERT INTO requests (request_id, contract_id, source, submissi
                 " $7::timestamptz[], $8::date[], $9::text[])"
                 " ON CONFLICT (source, submission_id) DO NOTHING RETURNING request_id")
 _EXISTING = "SELECT request_id, body_hash FROM requests WHERE source = $1 AND submission_id = $2"
-_FOR_WITHDRAWAL = ("SELECT contract_id, status, effective_date, withdrawal_requested_at FROM requests"
-                   " WHERE request_id = $1 FOR UPDATE")
-_WITHDRAWAL_REQUESTED = "UPDATE requests SET withdrawal_requested_at = $2, updated_at = now() WHERE request_id = $1"
+_FOR_WITHDRAWAL = ("SELECT contract_id, status, effective_date, withdrawal_requested_at, offers, withdrawal_offer"
+                   " FROM requests WHERE request_id = $1 FOR UPDATE")
+_WITHDRAWAL_REQUESTED = ("UPDATE requests SET withdrawal_requested_at = $2, withdrawal_offer = $3, updated_at = now()"
+                         " WHERE request_id = $1")
+_WITHDRAWAL_SUBMISSION = ("INSERT INTO withdrawal_submissions (submission_id, request_id, taken_offer)"
+                          " VALUES ($1, $2, $3) ON CONFLICT (submission_id) DO NOTHING RETURNING true")
+_WITHDRAWAL_SUBMITTED_BEFORE = "SELECT request_id, taken_offer FROM withdrawal_submissions WHERE submission_id = $1"
+_WITHDRAWN = ("UPDATE requests SET status = 'withdrawn', taken_offer = $2, updated_at = now()"
+              " WHERE request_id = $1 AND status = ANY($3::text[])")
 _VIEW = "SELECT * FROM requests WHERE request_id = $1"
 _VIEW_BY_SUBMISSION = "SELECT * FROM requests WHERE submission_id = $1 ORDER BY source = 'kafka' DESC LIMIT 1"
 
@@ -203,11 +216,23 @@ class IntakeStore(Store):
 
     async def for_withdrawal(self, request_id: str) -> WithdrawalState | None:
         row = await self.conn.fetchrow(_FOR_WITHDRAWAL, request_id)
-        return None if row is None else WithdrawalState(row["contract_id"], RequestStatus(row["status"]),
-                                                        row["effective_date"], row["withdrawal_requested_at"])
+        return None if row is None else WithdrawalState(
+            row["contract_id"], RequestStatus(row["status"]), row["effective_date"], row["withdrawal_requested_at"],
+            tuple(row["offers"]), row["withdrawal_offer"])
 
-    async def withdrawal_requested(self, request_id: str, at: datetime) -> None:
-        await self.conn.execute(_WITHDRAWAL_REQUESTED, request_id, at)
+    async def withdrawal_requested(self, request_id: str, at: datetime, taken_offer: str | None = None) -> None:
+        await self.conn.execute(_WITHDRAWAL_REQUESTED, request_id, at, taken_offer)
+
+    async def withdrawal_submission(self, submission_id: str, request_id: str, taken_offer: str | None) -> bool:
+        """Whether this upstream withdrawal's submission_id is new (it then acts); IdempotencyConflict if it
+        was used before for another request or another offer."""
+        if await self.conn.fetchval(_WITHDRAWAL_SUBMISSION, submission_id, request_id, taken_offer):
+            return True
+        before = await self.conn.fetchrow(_WITHDRAWAL_SUBMITTED_BEFORE, submission_id)
+        if (before["request_id"], before["taken_offer"]) != (request_id, taken_offer):
+            raise IdempotencyConflict(f"submission_id: already used for a withdrawal of request "
+                                      f"{before['request_id']} with offer {before['taken_offer'] or 'none'}")
+        return False
 
     # --- the status view ---------------------------------------------------------------------------
     def accepted(self, e: CancellationAccepted, answered_at: datetime) -> None:
@@ -220,6 +245,9 @@ class IntakeStore(Store):
 
     def moved(self, request_id: str, status: RequestStatus) -> None:
         self.conn.defer(_STATUS, request_id, status.value, _from(status))
+
+    def withdrawn(self, request_id: str, taken_offer: str | None) -> None:
+        self.conn.defer(_WITHDRAWN, request_id, taken_offer, _from(RequestStatus.withdrawn))
 
     def withdrawal_refused(self, request_id: str, why: str) -> None:
         self.conn.defer(_REFUSED, request_id, why)

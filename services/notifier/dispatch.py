@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DUE = """
 SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, r.contract_id, r.customer_name, r.email,
        r.customer_sealed,
-       q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy, q.paid_through
+       q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy, q.paid_through, q.taken_offer
 FROM notifications n
 JOIN recipients r USING (request_id)
 LEFT JOIN requests q USING (request_id)
@@ -110,7 +110,8 @@ async def send_batch(rt: Runtime, mailers: list[Mailer], keyring: Keyring) -> in
                     contract_id=row["contract_id"], effective_date=row["effective_date"],
                     total_jpy=row["total_jpy"], paid_through=row["paid_through"],
                     offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
-                    earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"])
+                    earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"],
+                    taken_offer=row["taken_offer"])
                 messages.append(mailers[len(messages)].compose(recipient.email, content.subject, content.body, msg_id, {
                     "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
                     "X-Cancelflow-Due-At": row["due_at"].isoformat()}))

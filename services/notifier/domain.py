@@ -22,6 +22,7 @@ __all__ = [
     "cancelled_by_withdrawal",
     "days_before",
     "reminder_schedule",
+    "withdrawal_notice",
 ]
 
 REMINDER_KINDS: tuple[NotificationKind, ...] = (
@@ -82,3 +83,9 @@ def cancelled_by_withdrawal() -> tuple[NotificationKind, ...]:
 def cancelled_by_completion() -> tuple[NotificationKind, ...]:
     """On completion the reminders not sent yet have nothing left to remind of."""
     return REMINDER_KINDS
+
+
+def withdrawal_notice(taken_offer: str | None) -> NotificationKind:
+    """What a withdrawal tells the customer: what they get when they took an offer (SPEC section 6), else
+    the plain confirmation. One or the other, never both."""
+    return NotificationKind.withdrawal_confirmation if taken_offer is None else NotificationKind.offer_confirmation

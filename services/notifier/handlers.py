@@ -10,7 +10,7 @@ from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import cancelled_by_completion, cancelled_by_withdrawal, reminder_schedule
+from .domain import cancelled_by_completion, cancelled_by_withdrawal, reminder_schedule, withdrawal_notice
 from .store import NotifierStore
 
 Ctx = Context[NotifierStore]
@@ -39,9 +39,9 @@ async def on_rejected(ctx: Ctx, e: CancellationRejected) -> None:
 
 
 async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
-    ctx.store.withdrawn(e.request_id, e.contract_id or "")
+    ctx.store.withdrawn(e.request_id, e.contract_id or "", e.taken_offer)
     ctx.store.cancel_pending(e.request_id, cancelled_by_withdrawal())
-    ctx.store.schedule(e.request_id, NotificationKind.withdrawal_confirmation, e.withdrawn_at or ctx.envelope.occurred_at)
+    ctx.store.schedule(e.request_id, withdrawal_notice(e.taken_offer), e.withdrawn_at or ctx.envelope.occurred_at)
 
 
 async def on_completed(ctx: Ctx, e: CancellationCompleted) -> None:

@@ -61,6 +61,8 @@ _VOIDED = "UPDATE requests SET settlement_status = 'voided' WHERE request_id = $
 _REJECTED = ("INSERT INTO requests (request_id, contract_id, status, codes, earliest_effective_date)"
              " VALUES ($1, $2, 'rejected', $3, $4) ON CONFLICT (request_id) DO UPDATE SET status = 'rejected',"
              " codes = excluded.codes, earliest_effective_date = excluded.earliest_effective_date")
+_WITHDRAWN = ("INSERT INTO requests (request_id, contract_id, status, taken_offer) VALUES ($1, $2, 'withdrawn', $3)"
+              " ON CONFLICT (request_id) DO UPDATE SET status = 'withdrawn', taken_offer = excluded.taken_offer")
 _STATUS = ("INSERT INTO requests (request_id, contract_id, status) VALUES ($1, $2, $3)"
            " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status")
 _COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1"
@@ -102,8 +104,8 @@ class NotifierStore(Store):
         self.conn.defer(_REJECTED, e.request_id, e.contract_id or "", [c.value for c in e.codes],
                         e.earliest_effective_date)
 
-    def withdrawn(self, request_id: str, contract_id: str) -> None:
-        self.conn.defer(_STATUS, request_id, contract_id, "withdrawn")
+    def withdrawn(self, request_id: str, contract_id: str, taken_offer: str | None = None) -> None:
+        self.conn.defer(_WITHDRAWN, request_id, contract_id, taken_offer)
 
     def completed(self, request_id: str) -> None:
         self.conn.defer(_COMPLETED, request_id)

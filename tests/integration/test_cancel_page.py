@@ -349,3 +349,54 @@ async def test_the_forms_work_without_javascript(client, infra, visit):
     assert status["status"] == "accepted" and status["offers"] == ["downgrade"]
     assert not [u for u in visit.requests if "/live" in u], "no script ran, so nothing polled"
     visit.check_clean()
+
+
+# --- saved: an offer taken from the status page -----------------------------------------------------
+
+@pytest.mark.parametrize("visit", [(375, False)], indirect=True)
+async def test_an_offer_taken_from_the_status_page_withdraws_with_it(client, infra, visit):
+    """Without JavaScript, as the plainest browser does it: the status page's "take this offer" button is the
+    API's take (one retention.offer_taken, the offer confirmation); a second, stale tab that then takes the
+    other offer is told, in the customer's words, why it cannot."""
+    who = "page-offer"
+    contract = await client.sign_contract(start_date=OLD_START, plan="pro", who=who)
+    rid = (await client.submit(client.form(contract, reason="SWITCHING_TOOL", who=who, plan="pro"))).json()[
+        "request_id"]
+    await client.wait_status(rid, lambda s: s["status"] == "accepted" and s["settlement"] is not None)
+    page = visit.page
+    status_path = f"{await open_link(client, visit, contract)}/requests/{rid}"
+    await page.goto(status_path)
+    stale = await page.context.new_page()  # the same customer's second tab, opened before the take
+    await stale.goto(status_path)
+
+    offers = page.locator(".withdraw .offer")
+    await expect(offers).to_have_count(2)
+    await visit.shot("offer-5-status")
+    await offers.filter(has_text="継続割引").get_by_role("button", name="このご提案を受けて、解約を撤回する").click()
+    await page.wait_for_url(re.compile(rf"/requests/{rid}$"))
+    heading = page.get_by_role("heading", name="解約のお申し込みを撤回しました")
+    for _ in range(100):  # no script: the customer follows the link to see the news
+        if await heading.count() and await page.locator(".mails").get_by_text("ご提案のお申し込みのお知らせ").count():
+            break
+        await page.get_by_role("link", name="最新の状態に更新").click()
+        await page.wait_for_timeout(200)
+    await expect(heading).to_be_visible(timeout=1)
+    await expect(page.locator(".taken-offer")).to_contain_text("継続割引")
+    await expect(page.get_by_role("heading", name="ご精算（撤回により取り消し）")).to_be_visible()
+    await expect(page.get_by_role("button", name="このご提案を受けて、解約を撤回する")).to_have_count(0)
+    await visit.shot("offer-6-taken")
+
+    # The stale tab still shows both offers; taking the other one is the API's 409, said plainly.
+    await stale.locator(".withdraw .offer").filter(has_text="個別の活用相談").get_by_role("button").click()
+    await expect(stale.get_by_role("alert")).to_contain_text("ご提案をお受けできませんでした")
+    await expect(stale.get_by_role("alert")).to_contain_text("すでに「継続割引」のご利用で")
+    await stale.screenshot(path=str(SHOTS / "offer-7-refused-375.png"), full_page=True)
+
+    s = await client.status(rid)
+    assert (s["status"], s["taken_offer"], s["settlement"]["status"]) == ("withdrawn", "discount", "voided")
+    kinds = [n["kind"] for n in s["notifications"]]
+    assert kinds.count("offer_confirmation") == 1 and "withdrawal_confirmation" not in kinds, kinds
+    taken = [orjson.loads(r.value) for r in await read_topic(infra.bootstrap, topics.RETENTION,
+                                                              lambda r: r.key == contract.encode())]
+    assert [(t["data"]["request_id"], t["data"]["offer"]) for t in taken] == [(rid, "discount")]
+    visit.check_clean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -197,3 +198,21 @@ async def test_the_page_of_a_contract_with_a_pending_cancellation_leads_to_it(cl
         assert 'action="' not in page.text  # no second form to send
         status = await browser.get(f"{path}/requests/{rid}")
         assert status.status_code == 200 and "解約を受け付けました" in status.text
+
+
+async def test_taking_an_offer_on_the_page_needs_the_csrf_field_and_an_offer_of_the_request(client, infra, db):
+    contract = await client.sign_contract(start_date=OLD_START, who=12)
+    rid = (await client.submit(client.form(contract, reason="SWITCHING_TOOL", who=12))).json()["request_id"]
+    await client.wait_status(rid, lambda s: s["status"] == "accepted")
+    path = (await client.cancel_link(contract))["url"][len(infra.intake_url):] + f"/requests/{rid}"
+    async with httpx.AsyncClient(base_url=infra.intake_url, timeout=10) as browser:
+        page = await browser.get(path)
+        assert f'action="{path}/offers/discount/take"' in page.text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text).group(1)
+        for form in ({}, {"csrf": "0" * 64}):  # forged: nothing taken
+            assert (await browser.post(f"{path}/offers/discount/take", data=form)).status_code == 403
+        other = await browser.post(f"{path}/offers/downgrade/take", data={"csrf": csrf})  # not this request's
+        assert other.status_code == 409 and "「プランの変更」は、このお申し込みでご利用いただけるご提案ではありません" in other.text
+        assert "Content-Security-Policy" in other.headers
+    row = await db.fetchrow("SELECT status, withdrawal_requested_at FROM intake.requests WHERE request_id = $1", rid)
+    assert (row["status"], row["withdrawal_requested_at"]) == ("accepted", None)

@@ -65,13 +65,7 @@ async def test_a_redelivered_decision_has_no_second_effect(client, infra, db):
     contract = await client.sign_contract(start_date=OLD_START)
     rid = (await client.submit(client.form(contract))).json()["request_id"]
     await client.wait_status(rid, lambda s: s["settlement"] is not None and len(s["notifications"]) >= 3)
-    accepted = await read_topic(infra.bootstrap, topics.DECISIONS,
-                                lambda r: r.key == contract.encode() and b"cancellation.accepted" in r.value)
-    assert len(accepted) == 1
-    for _ in range(3):
-        where = await client.publish_raw(topics.DECISIONS, accepted[0].value, key=contract,
-                                         headers=list(accepted[0].headers))
-    await client.wait_consumed(("billing", "notifier", "intake"), topics.DECISIONS, *where)
+    await client.redeliver(topics.DECISIONS, contract, "cancellation.accepted", 3, ("billing", "notifier", "intake"))
     await asyncio.sleep(1.0)
     settlements = await read_topic(infra.bootstrap, topics.SETTLEMENTS, lambda r: r.key == contract.encode())
     assert len(settlements) == 1

@@ -92,6 +92,6 @@ async def test_the_business_retention_is_a_setting(infra):
     assert f"{topics.CONTRACTS} " not in out.replace(f"{topics.CONTRACTS}.dlq", "")
     drifted = await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), business_retention_days=500)
     assert {d.topic for d in drifted} == {topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS,
-                                          topics.SETTLEMENTS, topics.NOTIFICATIONS}
+                                          topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION}
     code, out = await _cli(infra, "--retention-days", "0")
     assert code == 1 and "--retention-days" in out, out

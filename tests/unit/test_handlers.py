@@ -4,6 +4,7 @@ handlers run on real Kafka and PostgreSQL in tests/integration/test_handlers.py.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import date, datetime, timezone
 
 import orjson
@@ -12,7 +13,7 @@ from services.billing import handlers as billing
 from services.billing.store import Terms
 from services.eligibility import handlers as eligibility
 from services.eligibility.domain import DEFAULT_OFFER_POLICY, CancellationState, ContractTerms
-from services.eligibility.store import DecisionInputs
+from services.eligibility.store import DecisionInputs, Withdrawable
 from shared.events import (CancellationAccepted, CancellationRequested, CancellationWithdrawn, WithdrawalRequested,
                            new_envelope)
 from shared.messaging.consumer import Context
@@ -43,11 +44,16 @@ class FakeEligibilityStore:
         status = "accepted" if hasattr(decision, "offers") else "rejected"
         self.cancellations[e.request_id] = (e.contract_id, CancellationState(status, getattr(decision, "effective_date", None)))
 
-    async def cancellation(self, request_id: str):
-        return self.cancellations.get(request_id, (None, None))
+    async def cancellation(self, request_id: str) -> Withdrawable | None:
+        if request_id not in self.cancellations:
+            return None
+        contract_id, state = self.cancellations[request_id]
+        return Withdrawable(contract_id, state, "SWITCHING_TOOL", "@" + contract_id.lower(), "pro")
 
-    async def withdraw(self, request_id: str, at: datetime) -> None:
+    async def withdraw(self, request_id: str, at: datetime, taken_offer: str | None = None) -> None:
         self.withdrawn.append(request_id)
+        contract_id, state = self.cancellations[request_id]
+        self.cancellations[request_id] = (contract_id, replace(state, status="withdrawn", taken_offer=taken_offer))
 
 
 def _context(store, data) -> tuple[Context, Outbox]:
@@ -104,6 +110,27 @@ async def test_a_withdrawal_before_the_date_withdraws_after_it_is_refused() -> N
         ("cancellation.withdrawn", None),
         ("cancellation.withdrawal_refused", "the effective date 2026-05-01 has come: the contract has ended"),
         ("cancellation.withdrawal_refused", "unknown request")]
+
+
+async def test_taking_an_offer_withdraws_and_tells_the_contract_system_once() -> None:
+    offers = ("consultation", "discount")
+    store = FakeEligibilityStore({}, {"R-1": ("C-1", CancellationState("accepted", date(2026, 6, 30), offers))})
+    events = []
+    for offer in ("downgrade", "discount", "discount", "consultation"):  # not offered, taken, again, another
+        e = WithdrawalRequested(request_id="R-1", taken_offer=offer)
+        ctx, outbox = _context(store, e)
+        await eligibility.on_withdrawal_requested(ctx, e)
+        events += _emitted(outbox)
+    assert store.withdrawn == ["R-1"]
+    assert [(x["event_type"], x["data"].get("taken_offer") or x["data"].get("offer") or x["data"].get("why"))
+            for x in events] == [
+        ("cancellation.withdrawal_refused", "offer downgrade is not among the request's offers (consultation, discount)"),
+        ("cancellation.withdrawn", "discount"),
+        ("retention.offer_taken", "discount"),
+        ("cancellation.withdrawal_refused", "the request is withdrawn")]
+    taken = events[2]["data"]
+    assert (taken["contract_id"], taken["account_id"], taken["reason"], taken["plan"]) == (
+        "C-1", "@c-1", "SWITCHING_TOOL", "pro")
 
 
 class FakeBillingStore:

@@ -9,9 +9,11 @@ from services.notifier.domain import (
     NotificationKind,
     ScheduledNotification,
     reminder_schedule,
+    withdrawal_notice,
 )
 from services.notifier.texts import EmailContent, render
 from shared.contract_calendar import TOKYO
+from shared.vocabulary import Offer
 
 K = NotificationKind
 UTC = timezone.utc
@@ -188,7 +190,7 @@ def test_withdrawal_confirmation() -> None:
 def test_every_kind_renders_without_personal_contact_data(kind: NotificationKind) -> None:
     mail = render(
         kind, **COMMON, effective_date=date(2026, 6, 30), total_jpy=0, paid_through=date(2026, 7, 1),
-        codes=("NOTICE_PERIOD",), earliest_effective_date=date(2026, 7, 15), days_before=3,
+        codes=("NOTICE_PERIOD",), earliest_effective_date=date(2026, 7, 15), days_before=3, taken_offer="discount",
     )
     assert mail.subject and mail.body
     assert "REQ-123" in mail.subject
@@ -216,3 +218,9 @@ def test_what_a_withdrawal_and_a_completion_cancel() -> None:
     assert set(cancelled_by_withdrawal()) == {*REMINDER_KINDS, K.acknowledgement}
     assert set(cancelled_by_completion()) == set(REMINDER_KINDS)
     assert K.withdrawal_confirmation not in cancelled_by_withdrawal(), "the confirmation is what it sends"
+
+
+@pytest.mark.parametrize(("taken_offer", "kind"), [(None, NotificationKind.withdrawal_confirmation),
+                                                    *((o.value, NotificationKind.offer_confirmation) for o in Offer)])
+def test_a_withdrawal_tells_what_was_taken_or_confirms_it_plainly(taken_offer, kind) -> None:
+    assert withdrawal_notice(taken_offer) is kind

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.billing.domain import settle
-from services.eligibility.domain import DEFAULT_OFFER_POLICY, Accepted, ContractTerms, decide, parse_offer_policy
+from services.eligibility.domain import (DEFAULT_OFFER_POLICY, Accepted, ContractTerms, decide, hold_out, in_holdout,
+                                        parse_offer_policy)
 from services.intake.quote import quote_view
 from shared.contract_calendar import add_months
 from shared.contract_rules import quote
@@ -35,19 +36,23 @@ def cases(draw):
     billing = [add_months(start, n) for n in range(0, 80)]
     paid = frozenset(draw(st.lists(st.sampled_from(billing), max_size=8))) | frozenset(
         draw(st.lists(st.dates(start, start + timedelta(days=2500)), max_size=2)))
-    return dict(contract=ContractTerms(contract_id="C-1", start_date=start, monthly_fee_jpy=fee,
+    contract_id = draw(st.text("ABCDEF0123456789-", min_size=1, max_size=12).map(lambda t: "C-" + t))
+    return dict(contract=ContractTerms(contract_id=contract_id, start_date=start, monthly_fee_jpy=fee,
                                        ended=draw(st.booleans())),
                 received_on=received_on, desired_effective_date=desired, has_pending=draw(st.booleans()),
-                reason=draw(st.sampled_from(list(Reason))), paid_billing_dates=paid, offer_policy=draw(policies))
+                reason=draw(st.sampled_from(list(Reason))), paid_billing_dates=paid, offer_policy=draw(policies),
+                holdout_percent=draw(st.sampled_from([0, 0, 5, 50])))
 
 
 @settings(max_examples=400, deadline=None)
 @given(cases())
 def test_the_quote_is_the_decision_and_the_settlement_that_follow(case) -> None:
     view = quote_view("C-1", quote(**case)).model_dump(mode="json")
-    decision = decide(contract=case["contract"], received_on=case["received_on"],
-                      desired_effective_date=case["desired_effective_date"], has_pending=case["has_pending"],
-                      reason=case["reason"], offer_policy=case["offer_policy"])
+    # As eligibility's handler decides: decide, then the holdout.
+    decision = hold_out(decide(contract=case["contract"], received_on=case["received_on"],
+                               desired_effective_date=case["desired_effective_date"], has_pending=case["has_pending"],
+                               reason=case["reason"], offer_policy=case["offer_policy"]),
+                        contract_id=case["contract"].contract_id, percent=case["holdout_percent"])
     if isinstance(decision, Accepted):
         # What billing then issues for that acceptance, on the wire.
         s = settle(start_date=case["contract"].start_date, monthly_fee_jpy=case["contract"].monthly_fee_jpy,
@@ -120,3 +125,34 @@ def test_intake_quotes_with_the_offer_policy_eligibility_decides_with(monkeypatc
     monkeypatch.setenv("INTAKE_API_KEYS", "a-key")
     assert IntakeSettings().offer_policy_json == EligibilitySettings().offer_policy_json == \
         '{"TOO_DIFFICULT": ["discount"]}'
+
+
+def _contracts(percent: int) -> tuple[ContractTerms, ContractTerms]:
+    """A contract in the holdout group of `percent` and one outside it."""
+    ids = [f"C-{n}" for n in range(200)]
+    held = next(c for c in ids if in_holdout(c, percent))
+    kept = next(c for c in ids if not in_holdout(c, percent))
+    return tuple(ContractTerms(contract_id=c, start_date=START, monthly_fee_jpy=12_000) for c in (held, kept))
+
+
+def test_a_contract_in_the_holdout_is_quoted_no_offers() -> None:
+    held, kept = _contracts(50)
+    q = _quote(contract=held, holdout_percent=50)
+    assert q.offers == () and q.holdout is True
+    assert quote_view(held.contract_id, q).offers == []
+    # Everything else is quoted as for anyone: only the offers are withheld.
+    assert q.settlement == _quote(contract=held).settlement and q.codes == ()
+    assert _quote(contract=held).offers == (Offer.consultation, Offer.discount)  # holdout 0: nobody held out
+    assert _quote(contract=kept, holdout_percent=50).offers == (Offer.consultation, Offer.discount)
+    assert not _quote(contract=kept, holdout_percent=50).holdout
+    # A reason with no offers has nothing to withhold: not held out, as eligibility decides.
+    assert not _quote(contract=held, holdout_percent=50, reason=Reason.BUSINESS_CLOSED).holdout
+
+
+def test_intake_quotes_with_the_holdout_eligibility_decides_with(monkeypatch) -> None:
+    from services.eligibility.settings import EligibilitySettings
+    from services.intake.settings import IntakeSettings
+
+    assert IntakeSettings().offer_holdout_percent == EligibilitySettings().offer_holdout_percent == 0
+    monkeypatch.setenv("ELIGIBILITY_OFFER_HOLDOUT_PERCENT", "20")
+    assert IntakeSettings().offer_holdout_percent == EligibilitySettings().offer_holdout_percent == 20

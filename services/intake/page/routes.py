@@ -2,8 +2,10 @@
 
 Four steps, each a plain form post (no JavaScript needed): 1. reason and contact, 2. the offers for the
 reason, 3. the quote with a date picker limited to valid dates, 4. confirm. The submission is recorded
-exactly as the API records one (store.record_request), and the request's status page follows it; its
-script only refreshes the status part. What the steps carry so far travels in hidden fields.
+exactly as the API records one (actions.submit_form), and the request's status page follows it; its
+script only refreshes the status part. From the status page the customer withdraws, or takes one of the
+request's offers, as the API does it (actions.ask_withdrawal). What the steps carry so far travels in hidden
+fields.
 """
 
 from __future__ import annotations
@@ -262,12 +264,30 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
         context, _ = base(request, token, state)
         return page("_status.html", **context, **status_context(row, context["today"]))
 
-    @app.post("/cancel/{token}/requests/{request_id}/withdraw", include_in_schema=False)
-    async def withdraw(request: Request, token: str, request_id: str) -> Response:
+    async def ask(request: Request, token: str, request_id: str, offer: str | None) -> Response:
+        """A withdrawal, taking `offer` or none, asked as the API asks it (actions.ask_withdrawal): the status
+        page follows it; what the API answers 409 is that page again, saying why in the customer's words."""
         got = await posted(request, token)
         if isinstance(got, Response):
             return got
         if await request_row(token, request_id) is None:
             return invalid_link()
-        await ask_withdrawal(runtime, request_id)
-        return RedirectResponse(f"/cancel/{token}/requests/{request_id}", status_code=303)
+        asked = await ask_withdrawal(runtime, request_id, offer)
+        if asked.refusal is None:
+            return RedirectResponse(f"/cancel/{token}/requests/{request_id}", status_code=303)
+        found = await request_row(token, request_id)
+        assert found is not None  # a request is never deleted
+        state, row = found
+        context, _ = base(request, token, state)
+        refused = wording.refusal(asked.refusal, status=RequestStatus(row["status"]), taking=offer,
+                                  withdrawing_with=row["withdrawal_offer"], effective_date=row["effective_date"])
+        return page("status.html", status_code=409, step=5, refused=refused, **context,
+                    **status_context(row, context["today"]))
+
+    @app.post("/cancel/{token}/requests/{request_id}/withdraw", include_in_schema=False)
+    async def withdraw(request: Request, token: str, request_id: str) -> Response:
+        return await ask(request, token, request_id, None)
+
+    @app.post("/cancel/{token}/requests/{request_id}/offers/{offer}/take", include_in_schema=False)
+    async def take_offer(request: Request, token: str, request_id: str, offer: str) -> Response:
+        return await ask(request, token, request_id, offer)

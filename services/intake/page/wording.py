@@ -5,6 +5,8 @@ from datetime import date, datetime
 from shared.contract_calendar import TOKYO
 from shared.vocabulary import NotificationKind, Offer, Reason, RejectionCode, RequestStatus
 
+from ..domain import Refusal
+
 # The seven reasons exactly as the vendor's form lists them.
 REASONS: dict[Reason, str] = {
     Reason.INITIAL_SETUP_FAILED: "LIBOTの初期構築ができなかった",
@@ -51,6 +53,35 @@ NOTIFICATIONS: dict[str, str] = {
     NotificationKind.withdrawal_confirmation: "撤回のお知らせ",
     "offer_confirmation": "ご提案のお申し込みのお知らせ",
 }
+
+
+
+def offer_title(offer: str | None) -> str:
+    """An offer's name; a code the page never showed (an altered form) as itself."""
+    return OFFERS[Offer(offer)][0] if offer in Offer.__members__ else str(offer)
+
+
+def refusal(kind: Refusal, *, status: RequestStatus, taking: str | None, withdrawing_with: str | None,
+            effective_date: date | None) -> tuple[str, str]:
+    """(heading, explanation) of a refused withdrawal or take (the API's 409), in the customer's words."""
+    heading = "ご提案をお受けできませんでした" if taking else "撤回できませんでした"
+    if kind is Refusal.ended:
+        why = f"このお申し込みはすでに終了しています（{STATUSES[status]}）。"
+    elif kind is Refusal.undecided:
+        why = "お申し込みの内容を確認中です。確認が終わってから、もう一度お試しください。"
+    elif kind is Refusal.date_come:
+        why = (f"解約日（{jp_date(effective_date)}）を迎えたため、ご契約は終了しています。"
+               "撤回やご提案のご利用はできません。")
+    elif kind is Refusal.not_offered:
+        why = f"「{offer_title(taking)}」は、このお申し込みでご利用いただけるご提案ではありません。"
+    elif withdrawing_with:
+        why = (f"すでに「{offer_title(withdrawing_with)}」のご利用で、解約のお申し込みの撤回を承っています。"
+               "ほかのご提案への変更はできません。")
+    else:
+        why = ("すでにご提案なしで、解約のお申し込みの撤回を承っています。ご提案をご希望の場合は、"
+               "LIBOT導入時の担当者までご連絡ください。")
+    return heading, why
+
 
 PLANS: dict[str, str] = {"lite": "ライト", "standard": "スタンダード", "pro": "プロ", "enterprise": "エンタープライズ"}
 
