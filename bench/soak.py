@@ -1,18 +1,22 @@
 #!/usr/bin/env python
-"""Soak: N cancellations through the whole pipeline at a fixed rate, the stack's clock moved forward as the
-run goes so that reminders, completions and the inbox window all happen. Per tenth of the run: throughput,
-latency (p50/p99), each service's RSS, the rows of every table of every service, the database's and the
-topics' size. A command, not a test (docs/performance.md, "Months of operation").
+"""Soak: N cancellations through the whole pipeline at a fixed rate while the stack's clock runs fast, so a
+year of operation (reminders, completions, the inbox window passing again and again) happens within the run.
+Per tenth of the run: throughput, latency (p50/p99), each service's RSS, the rows of every table of every
+service, the database's and the topics' size. A command, not a test (docs/performance.md, "Months of
+operation").
 
     .venv/bin/python bench/soak.py --n 500000 --rate 150          # the issue's run (about an hour)
-    .venv/bin/python bench/soak.py --n 20000 --rate 40            # what a shared 2-core box finishes in ~10 min
+    .venv/bin/python bench/soak.py --n 150000 --rate 50           # what a shared 2-core box sustains (~55 min)
 
-Input is the bench's own: one `contract.signed` and one `cancellation.submitted` per cancellation (the
-contracts of a tenth are signed just before it, off the clock). A request is complete at its third
-`notification.sent` (acknowledgement and the two immediate reminders) or its rejection mail; latency is from
-the bench's send to the record timestamp of that last notification. The clock moves `--days-per-tenth`
-(4) days at each tenth, so the run spans 40 days: past the 7-day inbox window, the 14- and 3-day reminders
-and the effective dates of the first tenths' requests.
+The load is one open-loop stream: every cancellation's `contract.signed` goes out `--lead-s` seconds ahead
+of its `cancellation.submitted` (the first ones before the run), as an upstream system would send them. The
+clock starts at real time and runs `--days` days over the measured run: a steady pace, not jumps, so
+reminders (10:00 Tokyo, 14 and 3 days before the effective date) and completions (45 days after) fall due
+day by day as they would in production, only faster. A warm-up of `--warmup-days` (default 50: past the
+notice period, so the first measured tenth already carries the reminders and completions of earlier
+requests) runs first at the same rate and pace; it is reported, not counted as a tenth. A request is complete
+at its third `notification.sent` (acknowledgement and the two immediate reminders) or its rejection mail;
+latency is from the bench's send to the record timestamp of that last notification.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -41,23 +46,29 @@ import pipeline as bench  # noqa: E402 - the pipeline bench's messages, collecto
 from cancelflow import kafka_clients  # noqa: E402
 from shared import topics  # noqa: E402
 from shared.clock import FileClock  # noqa: E402
+from shared.events import ContractSigned, new_envelope  # noqa: E402
 from shared.vocabulary import SERVICES  # noqa: E402
 
 
-class MovingClock:
-    """The stack's clock file: real time plus an offset the run moves forward, written every 0.5 s."""
+class FastClock:
+    """The stack's clock file: real time until `start`, then `speed` times faster, written every 0.2 s."""
 
     def __init__(self, path: Path) -> None:
         self.file = FileClock(path)
-        self.offset = timedelta()
+        self.speed = 1.0
+        self.t0 = time.time()
+        self.origin = datetime.now(timezone.utc)
+
+    def start(self, speed: float) -> None:
+        self.origin, self.t0, self.speed = self.now(), time.time(), speed
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return self.origin + timedelta(seconds=(time.time() - self.t0) * self.speed)
 
     async def run(self) -> None:
         while True:
             self.file.set(self.now())
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
 
 
 def rss_mib(pid: int) -> float:
@@ -79,7 +90,36 @@ def topic_bytes(root: Path) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-async def table_rows(url: str) -> tuple[dict[str, int], int]:
+def cpu_s(pid: int) -> float:
+    try:
+        proc = psutil.Process(pid)
+        return round(sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)]), 1)
+    except psutil.Error:
+        return float("nan")
+
+
+async def lag(bootstrap: str) -> dict[str, int]:
+    """Each service's consumer group: records on its topics not yet committed (where a backlog sits)."""
+    admin = kafka_clients.admin(bootstrap)
+    probe = kafka_clients.consumer(bootstrap)
+    await admin.start()
+    await probe.start()
+    try:
+        out = {}
+        for group in SERVICES:
+            committed = await admin.list_consumer_group_offsets(group)
+            tps = [tp for tp, meta in committed.items() if meta.offset >= 0]
+            ends = await probe.end_offsets(tps) if tps else {}
+            out[group] = sum(max(ends[tp] - committed[tp].offset, 0) for tp in tps)
+        return out
+    finally:
+        await probe.stop()
+        await admin.close()
+
+
+async def table_rows(url: str, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:
+    """Rows of every table of every service, the database's bytes, and how many rows of the scheduled work
+    are in which state (reminders pending/sent, cancellations completed)."""
     conn = await asyncpg.connect(url)
     try:
         rows = {}
@@ -87,9 +127,31 @@ async def table_rows(url: str) -> tuple[dict[str, int], int]:
                                   " WHERE table_schema = ANY($1::text[]) AND table_type = 'BASE TABLE'"
                                   " ORDER BY 1, 2", list(SERVICES)):
             rows[f"{r[0]}.{r[1]}"] = await conn.fetchval(f'SELECT count(*) FROM "{r[0]}"."{r[1]}"')
-        return rows, await conn.fetchval("SELECT pg_database_size(current_database())")
+        states = {f"notifications {'reminder' if r[0] else 'immediate'} {r[1]}": r[2] for r in await conn.fetch(
+            "SELECT days_before IS NOT NULL, status, count(*) FROM notifier.notifications GROUP BY 1, 2")}
+        states["notifications due, not sent"] = await conn.fetchval(
+            "SELECT count(*) FROM notifier.notifications WHERE status = 'pending' AND due_at <= $1", now)
+        states |= {f"cancellations {r[0]}": r[1] for r in await conn.fetch(
+            "SELECT status, count(*) FROM eligibility.cancellations GROUP BY 1")}
+        return rows, await conn.fetchval("SELECT pg_database_size(current_database())"), dict(sorted(states.items()))
     finally:
         await conn.close()
+
+
+def contract_message(cid: str) -> bytes:
+    return new_envelope(ContractSigned(contract_id=cid, account_id="@" + cid.lower(), plan="standard",
+                                       monthly_fee_jpy=10_000, start_date=bench.START_DATE),
+                        producer="bench", correlation_id=cid, causation_id=None).to_bytes()
+
+
+async def snapshot(stack, root: Path, clock: FastClock, collector, label: str, t_run: float) -> dict:
+    rows, db_bytes, states = await table_rows(stack.database_url, clock.now())
+    return {"at": label, "clock": clock.now().isoformat(timespec="seconds"), "wall": time.time(),
+            "elapsed_s": round(time.monotonic() - t_run, 1), "load": round(os.getloadavg()[0], 1),
+            "rss_mib": {n: rss_mib(stack.procs[n].pid) for n in (*SERVICES, "kafka", "postgres")},
+            "cpu_s": {n: cpu_s(stack.procs[n].pid) for n in (*SERVICES, "kafka", "postgres")},
+            "lag": await lag(stack.bootstrap), "rows": rows, "states": states, "db_bytes": db_bytes, "topic_bytes": topic_bytes(root),
+            "mails": dict(collector.kinds)}
 
 
 async def run(args) -> dict:
@@ -103,18 +165,26 @@ async def run(args) -> dict:
         ports = Ports(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
     else:
         ports = Ports(*(free_port() for _ in range(8)))
-    env = {f"{s.upper()}_INBOX_PRUNE_INTERVAL_S": "5" for s in SERVICES}
+    per_tenth = args.n // 10
+    n = per_tenth * 10
+    speed = args.days * 86400 / (n / args.rate)  # clock seconds per real second
+    warmup = round(args.warmup_days * 86400 / speed * args.rate)
+    total = warmup + n
+    lead = max(1, round(args.lead_s * args.rate))
+    env = {f"{s.upper()}_INBOX_PRUNE_INTERVAL_S": str(args.prune_interval_s) for s in SERVICES}
     env |= {"ELIGIBILITY_COMPLETION_INTERVAL_S": "1", "NOTIFIER_DISPATCH_INTERVAL_S": "0.5"}
     stack = Stack(StackConfig(root=root, ports=ports, clock_file=root / "clock", extra_env=env))
-    clock = MovingClock(root / "clock")
+    clock = FastClock(root / "clock")
     clock.file.set(clock.now())
-    per_tenth = args.n // 10
-    results: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n": per_tenth * 10,
-                     "rate": args.rate, "days_per_tenth": args.days_per_tenth, "code": bench.git_state(),
+    results: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n": n,
+                     "warmup": warmup, "rate": args.rate, "days": args.days, "warmup_days": args.warmup_days,
+                     "clock_speed": round(speed), "code": bench.git_state(),
                      "machine": {"cpus": psutil.cpu_count(), "load_before": os.getloadavg(),
                                  "calibration_ms": bench.calibrate()},
-                     "tenths": []}
+                     "snapshots": [], "tenths": []}
     ticker = asyncio.create_task(clock.run())
+    print(f"{warmup:,} warm-up + {n:,} cancellations at {args.rate}/s, clock x{speed:,.0f}"
+          f" ({args.warmup_days} + {args.days} days), ~{total / args.rate / 60:.0f} min", flush=True)
     try:
         print(f"starting the stack in {root} ...", flush=True)
         await asyncio.to_thread(stack.start)
@@ -122,53 +192,65 @@ async def run(args) -> dict:
         collector = bench.Collector(bootstrap, (topics.REQUESTS, topics.NOTIFICATIONS))
         collecting = asyncio.create_task(collector.run())
         await collector.ready.wait()
+        contracts = [f"C-S{i:07d}-{uuid.uuid4().hex[:4]}" for i in range(total)]
+        await bench.sign_contracts(bootstrap, contracts[:lead])
         producer = kafka_clients.producer(bootstrap, linger_ms=2)
         await producer.start()
         t_run = time.monotonic()
+        sent: dict[str, float] = {}
+        order: list[str] = []
+        boundaries = [warmup + k * per_tenth for k in range(11)]  # send index where each tenth begins
+        snapshots: list[asyncio.Task] = []
         try:
-            last_tenth_at = datetime.now(timezone.utc)
-            for tenth in range(10):
-                last_tenth_at = datetime.now(timezone.utc)
-                clock.offset = timedelta(days=args.days_per_tenth * tenth)
-                contracts = [f"C-S{tenth}{i:07d}-{uuid.uuid4().hex[:4]}" for i in range(per_tenth)]
-                await bench.sign_contracts(bootstrap, contracts)
-                messages = []
-                for i, cid in enumerate(contracts):
-                    sid, value = bench.submission(cid, tenth * per_tenth + i)
-                    messages.append((sid, cid.encode(), value))
-                t0 = time.monotonic()
-                sent = await bench.drive(producer, topics.SUBMISSIONS, messages, args.rate)
-                offered_s = time.monotonic() - t0
-                deadline = time.monotonic() + args.timeout
-                pending = set(sent)
-                while pending and time.monotonic() < deadline:
-                    pending = {s for s in pending if collector.completed(s) is None}
-                    await asyncio.sleep(0.25)
-                done = {s: collector.completed(s) for s in sent if collector.completed(s) is not None}
-                latencies = sorted((done[s] - sent[s]) * 1000 for s in done)
-                first, last = min(sent.values()), max(done.values()) if done else float("nan")
-                rows, db_bytes = await table_rows(stack.database_url)
-                row = {
-                    "tenth": tenth + 1, "clock": clock.now().isoformat(timespec="seconds"),
-                    "completed": len(done), "unfinished": len(pending),
-                    "throughput": round(len(done) / (last - first), 1) if done else 0.0,
-                    "offered_rate": round(len(sent) / offered_s, 1),
-                    "p50_ms": round(bench.pct(latencies, 50)), "p99_ms": round(bench.pct(latencies, 99)),
-                    "rss_mib": {n: rss_mib(stack.procs[n].pid) for n in (*SERVICES, "kafka", "postgres")},
-                    "rows": rows, "db_bytes": db_bytes, "topic_bytes": topic_bytes(root),
-                    "elapsed_s": round(time.monotonic() - t_run, 1), "load": os.getloadavg()[0],
-                }
-                results["tenths"].append(row)
-                inbox = sum(v for k, v in rows.items() if k.endswith(".processed_events"))
-                print(f"tenth {tenth + 1:2}: {row['throughput']:7.1f}/s  p50 {row['p50_ms']:6} ms"
-                      f"  p99 {row['p99_ms']:6} ms  unfinished {len(pending)}  inbox rows {inbox:,}"
-                      f"  db {db_bytes / 2**20:.0f} MiB  topics {sum(row['topic_bytes'].values()) / 2**20:.0f} MiB"
-                      f"  rss " + " ".join(f"{n[:4]} {v:.0f}" for n, v in row["rss_mib"].items()), flush=True)
+            clock.start(speed)
+            start = time.monotonic()
+            futures = []
+            for i in range(total):
+                if i in boundaries:
+                    snapshots.append(asyncio.create_task(snapshot(
+                        stack, root, clock, collector, "warm-up end" if i == warmup else f"tenth {boundaries.index(i)}",
+                        t_run)))
+                delay = start + i / args.rate - time.monotonic()
+                if delay > 0.001:
+                    await asyncio.sleep(delay)
+                if i + lead < total:
+                    cid = contracts[i + lead]
+                    futures.append(await producer.send(topics.CONTRACTS, contract_message(cid), key=cid.encode()))
+                sid, value = bench.submission(contracts[i], i)
+                sent[sid] = time.time()
+                order.append(sid)
+                futures.append(await producer.send(topics.SUBMISSIONS, value, key=contracts[i].encode()))
+                if len(futures) > 10_000:
+                    await asyncio.gather(*futures)
+                    futures = []
+                if i % (per_tenth // 4 or 1) == 0 and i >= warmup:
+                    print(f"  sent {i:,}/{total:,}, behind by {max(0.0, time.monotonic() - start - i / args.rate):.1f} s,"
+                          f" completed {len(collector.done):,}, clock {clock.now():%Y-%m-%d}", flush=True)
+            await asyncio.gather(*futures)
+            offered_s = time.monotonic() - start
+            deadline = time.monotonic() + args.timeout
+            pending = [s for s in order[warmup:] if collector.completed(s) is None]
+            while pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                pending = [s for s in pending if collector.completed(s) is None]
+            snapshots.append(asyncio.create_task(snapshot(stack, root, clock, collector, "end", t_run)))
+            results["snapshots"] = [await t for t in snapshots]
         finally:
             await producer.stop()
             collecting.cancel()
+        results["offered_rate"] = round(total / offered_s, 1)
+        results["tenths"] = tenths(results["snapshots"], order, sent, collector, boundaries)
+        for row in results["tenths"]:
+            snap = row["snapshot"]
+            inbox = sum(v for k, v in snap["rows"].items() if k.endswith(".processed_events"))
+            print(f"tenth {row['tenth']:2}: {row['throughput']:7.1f}/s  p50 {row['p50_ms']:6} ms"
+                  f"  p99 {row['p99_ms']:6} ms  unfinished {row['unfinished']}  inbox rows {inbox:,}"
+                  f"  db {snap['db_bytes'] / 2**20:.0f} MiB  topics {sum(snap['topic_bytes'].values()) / 2**20:.0f} MiB"
+                  f"  rss " + " ".join(f"{k[:4]} {v:.0f}" for k, v in snap["rss_mib"].items())
+                  + f"  lag {snap['lag']}  cpu {row['cpu_cores']}  due {snap['states'].get('notifications due, not sent')}",
+                  flush=True)
         if args.report:
-            results["report"] = time_report(stack, last_tenth_at)
+            results["report"] = time_report(stack, datetime.fromtimestamp(results["snapshots"][-2]["wall"], timezone.utc))
     finally:
         ticker.cancel()
         await asyncio.to_thread(stack.down)
@@ -178,15 +260,31 @@ async def run(args) -> dict:
     return results
 
 
+def tenths(snaps: list[dict], order: list[str], sent: dict[str, float], collector, boundaries: list[int]) -> list[dict]:
+    """Per tenth (requests by when they were sent): latencies; completions per second over the tenth's own
+    wall time; the state at its end (the next snapshot)."""
+    done_at = sorted(t for t in (collector.completed(s) for s in order) if t is not None)
+    out = []
+    for k in range(10):
+        sids = order[boundaries[k]:boundaries[k + 1]]
+        lat = sorted((collector.completed(s) - sent[s]) * 1000 for s in sids if collector.completed(s) is not None)
+        t_a, t_b = snaps[k]["wall"], snaps[k + 1]["wall"] if k < 9 else sent[sids[-1]]
+        completions = sum(1 for t in done_at if t_a <= t < t_b)
+        out.append({"tenth": k + 1, "requests": len(sids), "completed": len(lat), "unfinished": len(sids) - len(lat),
+                    "throughput": round(completions / (t_b - t_a), 1) if t_b > t_a else 0.0,
+                    "p50_ms": round(bench.pct(lat, 50)), "p99_ms": round(bench.pct(lat, 99)),
+                    "mails": dict(Counter(snaps[k + 1]["mails"]) - Counter(snaps[k]["mails"])),
+                    "cpu_cores": {n: round((snaps[k + 1]["cpu_s"][n] - snaps[k]["cpu_s"][n]) / (t_b - t_a), 2)
+                                  for n in snaps[k]["cpu_s"]} if t_b > t_a else {},
+                    "snapshot": snaps[k + 1]})
+    return out
+
+
 REPORT_PATHS = {
-    # What `cancelflow report` did before: every record of the four topics in memory (`read_records`, whose
-    # 30 s reading limit is lifted here so that it reads them all), then the figures.
-    "before (all records in memory)": (
-        "from cancelflow.ops.records import read_records; from cancelflow.report import REPORT_TOPICS, compute_report;"
-        "rs = asyncio.run(read_records(B, REPORT_TOPICS, 3600));"
-        "f = compute_report([dict(r.envelope) for r in rs if r.envelope is not None])"),
-    "after (streamed)": "from cancelflow.report import stream_figures; f = asyncio.run(stream_figures(B))",
-    "after --since (last tenth)": (
+    # `cancelflow report`: the four topics merged in time order, each request folded into the counters
+    # once closed; then the same from the last tenth's start (--since).
+    "whole log (time order, folded)": "from cancelflow.report import stream_figures; f = asyncio.run(stream_figures(B))",
+    "--since (last tenth)": (
         "from cancelflow.report import stream_figures; f = asyncio.run(stream_figures(B, SINCE))"),
 }
 
@@ -214,32 +312,111 @@ def summarize(results: dict) -> dict:
     if len(t) < 2:
         return {}
     first, last = t[0], t[-1]
-    inbox = [sum(v for k, v in r["rows"].items() if k.endswith(".processed_events")) for r in t]
+    snaps = [r["snapshot"] for r in t]
+    inbox = [sum(v for k, v in s["rows"].items() if k.endswith(".processed_events")) for s in snaps]
     return {
         "throughput_first_last": [first["throughput"], last["throughput"]],
-        "throughput_within_10pct": abs(last["throughput"] - first["throughput"]) <= 0.1 * first["throughput"],
+        "throughput_last_to_first": round(last["throughput"] / first["throughput"], 3) if first["throughput"] else None,
         "p99_first_last_ms": [first["p99_ms"], last["p99_ms"]],
-        "p99_within_10pct": abs(last["p99_ms"] - first["p99_ms"]) <= 0.1 * first["p99_ms"],
-        "rss_growth_mib": {n: round(last["rss_mib"][n] - t[1]["rss_mib"][n], 1) for n in last["rss_mib"]},
+        "p99_last_to_first": round(last["p99_ms"] / first["p99_ms"], 3) if first["p99_ms"] else None,
+        "p50_last_to_first": round(last["p50_ms"] / first["p50_ms"], 3) if first["p50_ms"] else None,
+        "rss_growth_mib": {n: round(snaps[-1]["rss_mib"][n] - snaps[0]["rss_mib"][n], 1) for n in snaps[-1]["rss_mib"]},
         "inbox_rows_per_tenth": inbox,
         "unfinished": sum(r["unfinished"] for r in t),
-        "topic_bytes_per_cancellation": round(sum(last["topic_bytes"].values()) / results["n"]),
-        "db_bytes_per_cancellation": round(last["db_bytes"] / results["n"]),
+        "rejections": results["snapshots"][-1]["mails"].get("rejection", 0),
+        "topic_bytes_per_cancellation": round(sum(snaps[-1]["topic_bytes"].values()) / (results["n"] + results["warmup"])),
+        "db_bytes_per_cancellation": round(snaps[-1]["db_bytes"] / (results["n"] + results["warmup"])),
     }
+
+
+def plot(results: dict, path: Path) -> None:
+    """Four small panels, each as a ratio to the first tenth (or absolute rows): the curves of docs/performance.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = results["tenths"]
+    x = [r["tenth"] for r in t]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), dpi=80)
+    ax = axes[0]
+    for key, label in (("throughput", "throughput"), ("p50_ms", "p50"), ("p99_ms", "p99")):
+        ax.plot(x, [r[key] / t[0][key] for r in t], marker="o", label=label)
+    ax.axhspan(0.9, 1.1, color="0.9")
+    ax.set_title("ratio to the first tenth")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for name in ("intake", "eligibility", "billing", "notifier"):
+        ax.plot(x, [r["snapshot"]["rss_mib"][name] for r in t], label=name)
+    ax.set_title("RSS (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    inbox = [sum(v for k, v in r["snapshot"]["rows"].items() if k.endswith(".processed_events")) / 1000 for r in t]
+    business = [sum(v for k, v in r["snapshot"]["rows"].items() if not k.endswith((".processed_events", ".outbox",
+                ".schema_migrations"))) / 1000 for r in t]
+    ax.plot(x, inbox, label="inbox (4 services)")
+    ax.plot(x, business, label="business tables")
+    ax.plot(x, [r["snapshot"]["db_bytes"] / 2**20 for r in t], label="DB MiB")
+    ax.set_title("rows (thousands), DB size")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("tenth of the run")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def markdown(results: dict) -> str:
+    """The per-tenth table of docs/performance.md, from a results JSON (ratios to the first tenth)."""
+    t = results["tenths"]
+    first = t[0]
+    lines = ["| tenth | clock (end) | req/s (ratio) | p50 / p99 ms (ratio) | RSS MiB: intake / eligibility / billing /"
+             " notifier / Kafka | inbox rows (4 services) | outbox | business rows | mails: immediate + reminders |"
+             " completed | DB MiB | topics MiB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in t:
+        snap = r["snapshot"]
+        rows = snap["rows"]
+        inbox = sum(v for k, v in rows.items() if k.endswith(".processed_events"))
+        outbox = sum(v for k, v in rows.items() if k.endswith(".outbox"))
+        business = sum(v for k, v in rows.items() if not k.endswith((".processed_events", ".outbox", ".schema_migrations")))
+        rss = snap["rss_mib"]
+        reminders = sum(v for k, v in r["mails"].items() if k.endswith("_reminder"))
+        immediate = sum(r["mails"].values()) - reminders
+        lines.append(
+            f"| {r['tenth']} | {snap['clock'][:10]} | {r['throughput']:.1f} ({r['throughput'] / first['throughput']:.2f})"
+            f" | {r['p50_ms']:,} / {r['p99_ms']:,} ({r['p50_ms'] / first['p50_ms']:.2f} / {r['p99_ms'] / first['p99_ms']:.2f})"
+            f" | {rss['intake']:.0f} / {rss['eligibility']:.0f} / {rss['billing']:.0f} / {rss['notifier']:.0f} / {rss['kafka']:.0f}"
+            f" | {inbox:,} | {outbox} | {business:,} | {immediate:,} + {reminders:,}"
+            f" | {snap['states'].get('cancellations completed', 0):,} | {snap['db_bytes'] / 2**20:.0f}"
+            f" | {sum(snap['topic_bytes'].values()) / 2**20:.0f} | {snap['load']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=500_000, help="cancellations (default: the issue's 500,000)")
+    ap.add_argument("--n", type=int, default=500_000, help="measured cancellations (default: the issue's 500,000)")
     ap.add_argument("--rate", type=float, default=150, help="submissions per second, fixed")
-    ap.add_argument("--days-per-tenth", type=float, default=4, help="how far the clock moves per tenth")
-    ap.add_argument("--timeout", type=float, default=120, help="seconds a tenth may take to finish after its last send")
+    ap.add_argument("--days", type=float, default=365, help="how far the clock runs over the measured run")
+    ap.add_argument("--warmup-days", type=float, default=50, help="clock days of warm-up before the first tenth")
+    ap.add_argument("--lead-s", type=float, default=20, help="seconds a contract is signed before its cancellation")
+    ap.add_argument("--prune-interval-s", type=float, default=5, help="each service's inbox pruning interval")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds the run may take to finish after its last send")
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("CANCELFLOW_PORT_BASE", 0)) or None)
     ap.add_argument("--dir", help="the stack's directory (kept)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stack directory")
     ap.add_argument("--report", action="store_true", help="time `cancelflow report` over the topics at the end")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/soak-<time>.json)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="a results JSON (no run): its curves into --png, its table printed as markdown")
+    ap.add_argument("--png", type=Path, default=REPO / "docs" / "soak.png")
     args = ap.parse_args()
+    if args.plot:
+        results = json.loads(args.plot.read_text())
+        plot(results, args.png)
+        print(markdown(results))
+        return
     results = asyncio.run(run(args))
     out = args.out or REPO / "bench" / "results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

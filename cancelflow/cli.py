@@ -292,7 +292,7 @@ def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
 
 
 @app.command()
-def rebuild(service: str = typer.Argument(..., help="eligibility or billing"),
+def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billing or notifier"),
             check: bool = typer.Option(False, "--check", help="Build into a scratch schema, compare it with the "
                                        "service's tables, drop it; the service keeps running."),
             database_url: str = typer.Option(None, envvar="DATABASE_URL",

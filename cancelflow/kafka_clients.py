@@ -26,7 +26,7 @@ Target = KafkaConnection | str | None
 
 def stack_client_env() -> dict[str, str]:
     """The client settings the running local stack recorded (empty when none runs)."""
-    from .stack import StackConfig
+    from .stack_config import StackConfig
 
     try:
         state = json.loads((StackConfig().root / "stack.json").read_text())
@@ -92,7 +92,7 @@ async def topic_partitions(target: Target, names: Iterable[str]) -> dict[str, li
 async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = lambda r: True,
                      timeout: float = 20, partitions: list[int] | None = None) -> list:
     """Every record of `topic` now (from the beginning up to its current end) for which match(record).
-    Raises ValueError when the topic does not exist."""
+    Raises ValueError when the topic does not exist, TimeoutError when its end is not reached in `timeout`."""
     conn = as_connection(target)
     if partitions is None:
         partitions = (await topic_partitions(conn, [topic])).get(topic, [])
@@ -107,10 +107,13 @@ async def read_topic(target: Target, topic: str, match: Callable[[Any], bool] = 
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             positions = [await c.position(tp) for tp in end]
             if all(pos >= end[tp] for pos, tp in zip(positions, end)):
                 break
+            if time.monotonic() >= deadline:  # a partial read passed off as the whole topic would mislead
+                behind = sum(end[tp] - pos for pos, tp in zip(positions, end))
+                raise TimeoutError(f"{topic}: {behind} records not read within {timeout:.0f}s")
             for records in (await c.getmany(timeout_ms=300)).values():
                 found += [r for r in records if match(r)]
     finally:
@@ -159,5 +162,60 @@ async def stream_topic(target: Target, topic: str, *, start_ms: int | None = Non
                 records = [r for r in records if r.offset < end[tp]]
                 if records:
                     yield records
+    finally:
+        await c.stop()
+
+
+async def stream_in_time_order(target: Target, topic_names: Iterable[str], *, start_ms: int | None = None):
+    """The records of several topics from the beginning (or from the first at or after `start_ms`) up to
+    their ends when called, one at a time in record-timestamp order across every partition: a merge of the
+    partitions, one fetch buffered per partition (the others paused). A reader that keeps a request's state
+    only while the request is open then reads a year in the memory of the requests open at once."""
+    import heapq
+    from collections import deque
+
+    conn = as_connection(target)
+    names = list(topic_names)
+    parts = await topic_partitions(conn, names)
+    tps = [TopicPartition(t, p) for t in names for p in parts.get(t, ())]
+    if not tps:
+        return
+    c = consumer(conn, max_partition_fetch_bytes=1024 * 1024)
+    await c.start()
+    try:
+        c.assign(tps)
+        end = await c.end_offsets(tps)
+        start = await c.beginning_offsets(tps)
+        if start_ms is not None:
+            found = await c.offsets_for_times({tp: start_ms for tp in tps})
+            start = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+        for tp in tps:
+            c.seek(tp, start[tp])
+        buffers: dict[TopicPartition, deque] = {tp: deque() for tp in tps}
+        unread = {tp for tp in tps if start[tp] < end[tp]}  # records left to fetch
+        heads: list[tuple[int, int, int, TopicPartition]] = []  # (timestamp, offset, order, partition)
+        order = {tp: i for i, tp in enumerate(tps)}
+        while unread or heads:
+            # The smallest timestamp is known once every partition with records left has one buffered.
+            while waiting := [tp for tp in unread if not buffers[tp]]:
+                c.resume(*waiting)
+                fetched = await c.getmany(*waiting, timeout_ms=1000)
+                for tp, records in fetched.items():
+                    if records and records[-1].offset + 1 >= end[tp]:
+                        unread.discard(tp)
+                    records = [r for r in records if r.offset < end[tp]]
+                    if records:
+                        if not buffers[tp]:
+                            heapq.heappush(heads, (records[0].timestamp, records[0].offset, order[tp], tp))
+                        buffers[tp].extend(records)
+                        c.pause(tp)
+            if not heads:
+                break
+            _, _, _, tp = heapq.heappop(heads)
+            record = buffers[tp].popleft()
+            if buffers[tp]:
+                nxt = buffers[tp][0]
+                heapq.heappush(heads, (nxt.timestamp, nxt.offset, order[tp], tp))
+            yield record
     finally:
         await c.stop()

@@ -2,15 +2,18 @@
 schema, then compared with the service's schema, or put in its place.
 
 Nothing is published and nothing is sent: the service's projection (`services/<name>/rebuild.py`) writes
-state only, no relay runs on the new schema and its outbox stays empty. The new schema's inbox gets the ids
-of the events the service's own recorded events were caused by (their `causation_id`), within the inbox
-window, so a record the service re-reads after the switch is skipped as it would have been.
+state only, no relay runs on the new schema and its outbox stays empty. A record whose event id was read
+before (a relay's republish, a producer's retry) is skipped, as the service's inbox skipped it, within the
+inbox window. The new schema's inbox gets, within the window, the ids of the events applied and of the events
+the service's own recorded events were caused by (their `causation_id`), so a record the service re-reads
+after the switch is skipped as it would have been.
 """
 
 from __future__ import annotations
 
 import importlib
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,12 +24,13 @@ from shared import db_roles
 from shared.db import create_pool, migrate
 from shared.events import PoisonMessage, decode
 from shared.kafka_connection import KafkaConnection
+from shared.messaging.deferral import BatchConnection
 from shared.messaging.projection import Projection
 
 from . import kafka_clients
 
 REPO = Path(__file__).resolve().parents[1]
-REBUILDABLE = ("eligibility", "billing")
+REBUILDABLE = ("intake", "eligibility", "billing", "notifier")
 MESSAGING_TABLES = ("schema_migrations", "processed_events", "outbox")
 CHUNK = 2000  # records per transaction while projecting
 
@@ -41,8 +45,31 @@ class Rebuilt:
     schema: str
     records: dict[str, int] = field(default_factory=dict)  # per topic
     skipped: int = 0  # records that are not events (the service dead-lettered them: no state)
+    duplicates: int = 0  # copies of an event read before (its inbox skipped them)
     inbox: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # per table
+
+
+class SeenWindow:
+    """The event ids read in the last `window` of event time (the newest read so far): what the service's
+    inbox held, bounded like it, so a year of records is read without holding every id."""
+
+    def __init__(self, window: timedelta) -> None:
+        self.window = window
+        self.ids: set[uuid.UUID] = set()
+        self.order: deque[tuple[datetime, uuid.UUID]] = deque()
+        self.newest: datetime | None = None
+
+    def first(self, event_id: uuid.UUID, at: datetime) -> bool:
+        """True the first time `event_id` is read (within the window)."""
+        if event_id in self.ids:
+            return False
+        self.ids.add(event_id)
+        self.order.append((at, event_id))
+        self.newest = at if self.newest is None or at > self.newest else self.newest
+        while self.order and self.order[0][0] < self.newest - self.window:
+            self.ids.discard(self.order.popleft()[1])
+        return True
 
 
 def projection(service: str) -> Projection:
@@ -67,29 +94,40 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
     result = Rebuilt(service, schema)
     pool = await create_pool(database_url, schema, max_size=1)
     try:
-        caused_by: set[str] = set()
+        inbox_ids: set[str] = set()  # within the window
+        seen = SeenWindow(inbox_window)
         since = now - inbox_window
-        async with pool.acquire() as conn:
+        async with pool.acquire() as raw:
+            for table in proj.carried:  # from the service's own schema, when it has one
+                if await raw.fetchval("SELECT to_regclass($1)", f"{_q(service)}.{_q(table)}") is None:
+                    continue
+                await raw.execute(f"INSERT INTO {_q(schema)}.{_q(table)} SELECT * FROM {_q(service)}.{_q(table)}")
+            conn = BatchConnection(raw)  # the stores' deferred writes, flushed once per fetch
             for topic in proj.topics:
                 result.records[topic] = 0
                 async for records in kafka_clients.stream_topic(kafka, topic):
-                    async with conn.transaction():
+                    async with raw.transaction():
                         for record in records:
                             try:
                                 envelope, data = decode(record.value)
                             except PoisonMessage:
                                 result.skipped += 1
                                 continue
+                            if not seen.first(envelope.event_id, envelope.occurred_at):
+                                result.duplicates += 1
+                                continue
                             await proj(conn, envelope, data)
-                            if envelope.producer == service and envelope.causation_id \
-                                    and envelope.occurred_at >= since:
-                                caused_by.add(envelope.causation_id)
+                            if envelope.occurred_at >= since:
+                                inbox_ids.add(str(envelope.event_id))
+                                if envelope.producer == service and envelope.causation_id:
+                                    inbox_ids.add(envelope.causation_id)
+                        await conn.flush()
                     result.records[topic] += len(records)
-            result.inbox = await _fill_inbox(conn, caused_by, now)
-            for table in await _tables(conn, schema):
-                result.rows[table] = await conn.fetchval(f"SELECT count(*) FROM {_q(schema)}.{_q(table)}")
+            result.inbox = await _fill_inbox(raw, inbox_ids, now)
+            for table in await _tables(raw, schema):
+                result.rows[table] = await raw.fetchval(f"SELECT count(*) FROM {_q(schema)}.{_q(table)}")
             # Built by the admin, run by the service: its own role owns it, as it owns the schema it replaces.
-            await db_roles.hand_over(conn, schema, service)
+            await db_roles.hand_over(raw, schema, service)
     except BaseException:
         await pool.close()
         await drop(database_url, schema)
@@ -98,9 +136,9 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
     return result
 
 
-async def _fill_inbox(conn, caused_by: set[str], now: datetime) -> int:
+async def _fill_inbox(conn, inbox_ids: set[str], now: datetime) -> int:
     ids = []
-    for value in caused_by:
+    for value in inbox_ids:
         try:
             ids.append(uuid.UUID(value))
         except ValueError:

@@ -20,7 +20,9 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from array import array
+from collections import deque
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from rich.table import Table
@@ -96,117 +98,188 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-class ReportBuilder:
-    """The report's state, fed one envelope at a time: a year of topics is read through it, never held."""
+class _Seen:
+    """Event ids read within a week of event time of the newest (a relay's republish comes minutes later):
+    the duplicates the report skips, in bounded memory."""
+
+    WINDOW = timedelta(days=7)
 
     def __init__(self) -> None:
-        self.seen: set[Any] = set()
-        self.received_at: dict[str, datetime] = {}
-        self.requested_reason: dict[str, str] = {}
-        self.decided: dict[str, tuple[datetime | None, str]] = {}  # request -> (decided_at, "accepted"/"rejected")
-        self.accepted: dict[str, dict[str, Any]] = {}
+        self.ids: set[Any] = set()
+        self.order: deque[tuple[datetime, Any]] = deque()
+        self.newest: datetime | None = None
+
+    def first(self, key: Any, at: datetime | None) -> bool:
+        if key in self.ids:
+            return False
+        self.ids.add(key)
+        if at is not None:
+            self.order.append((at, key))
+            self.newest = at if self.newest is None or at > self.newest else self.newest
+            while self.order[0][0] < self.newest - self.WINDOW:
+                self.ids.discard(self.order.popleft()[1])
+        return True
+
+
+@dataclass
+class _Open:
+    """An accepted cancellation not yet withdrawn nor completed: what its figures need when it closes."""
+
+    day: str
+    reason: str | None
+    offers: tuple[str, ...]
+    effective_date: str | None
+
+
+class ReportBuilder:
+    """The report's state, fed one envelope at a time. Closed requests are folded into counters at once and
+    forgotten, so read in time order (`stream_figures`) a year costs the memory of the requests open at once
+    (a cancellation is open from its request to its effective date), not of the year. Any other order gives
+    the same figures: what comes early (a decision before its request, a withdrawal before its acceptance)
+    waits for what it belongs to."""
+
+    def __init__(self) -> None:
+        self.seen = _Seen()
+        self.received: dict[str, tuple[datetime | None, str | None]] = {}  # requested, not yet answered
+        self.answered_early: dict[str, datetime] = {}  # first answer read before its request
+        self.answers = array("d")
+        self.open: dict[str, _Open] = {}
+        self.closed_early: dict[str, str] = {}  # withdrawn/completed read before the acceptance
+        self.by_day_reason: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_reason: Counter[str] = Counter()
+        self.by_offer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.counts: Counter[str] = Counter()
         self.rejected_codes: Counter[str] = Counter()
-        self.rejected: set[str] = set()
-        self.withdrawn: set[str] = set()
-        self.completed: set[str] = set()
-        self.issued: dict[str, int] = {}
-        self.voided: set[str] = set()
+        self.issued_open: dict[str, int] = {}  # settlement of a request not completed: may still be voided
+        self.voided_early: set[str] = set()
+        self.settled = [0, 0]  # settlements final (their request completed): count, total yen
         self.kinds: Counter[str] = Counter()
         self.retention = RetentionBuilder()
 
     def add(self, env: Any) -> None:
-        """One envelope (decoded JSON), in any order; a duplicate (same event_id) counts once."""
+        """One envelope (decoded JSON); a duplicate (same event_id, within a week) counts once."""
         self.retention.add(env)
-        (seen, received_at, requested_reason, decided, accepted, rejected_codes, rejected, withdrawn, completed,
-         issued, voided, kinds) = self._state()
         if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
             return
-        key = env.get("event_id") or id(env)
-        if key in seen:  # the outbox may publish an event twice; the log counts it once
-            return
-        seen.add(key)
+        if not self.seen.first(env.get("event_id") or id(env), parse_instant(env.get("occurred_at"))):
+            return  # the outbox may publish an event twice; the log counts it once
         t, d = env.get("event_type"), env["data"]
         rid = d.get("request_id")
         if not isinstance(rid, str):
             return
         when = parse_instant(d.get("decided_at")) or parse_instant(env.get("occurred_at"))
         if t == "cancellation.requested":
-            if (at := parse_instant(d.get("received_at"))) is not None:
-                received_at[rid] = at
-            if d.get("reason"):
-                requested_reason[rid] = d["reason"]
-        elif t == "cancellation.accepted" and rid not in accepted:
-            accepted[rid] = {"at": when, "reason": d.get("reason"), "offers": tuple(d.get("offers") or ()),
-                             "effective_date": d.get("effective_date")}
-            decided.setdefault(rid, (when, "accepted"))
-        elif t == "cancellation.rejected" and rid not in rejected:
-            rejected.add(rid)
-            rejected_codes.update(d.get("codes") or ())
-            decided.setdefault(rid, (when, "rejected"))
-        elif t == "cancellation.withdrawn":
-            withdrawn.add(rid)
-        elif t == "cancellation.completed":
-            completed.add(rid)
+            self._requested(rid, parse_instant(d.get("received_at")), d.get("reason"))
+        elif t == "cancellation.accepted":
+            requested_reason = self._answered(rid, when)
+            reason = d.get("reason") or requested_reason
+            self.counts["accepted"] += 1
+            entry = _Open(tokyo_date(when).isoformat() if when else "(unknown)", reason,
+                          tuple(d.get("offers") or ()), d.get("effective_date"))
+            day = entry.day
+            self.by_day[day][0] += 1
+            for offer in entry.offers or (NO_OFFER,):
+                self.by_offer[offer][0] += 1
+            if reason:
+                self._count_reason(day, reason)
+            self.open[rid] = entry
+            if rid in self.closed_early:
+                self._close(rid, self.closed_early.pop(rid))
+        elif t == "cancellation.rejected":
+            self._answered(rid, when)
+            self.counts["rejected"] += 1
+            self.rejected_codes.update(d.get("codes") or ())
+        elif t in ("cancellation.withdrawn", "cancellation.completed"):
+            how = "withdrawn" if t == "cancellation.withdrawn" else "completed"
+            if rid in self.open:
+                self._close(rid, how)
+            else:
+                self.closed_early.setdefault(rid, how)
+            if how == "completed" and rid in self.issued_open:  # its settlement can no longer be voided
+                self.settled[0] += 1
+                self.settled[1] += self.issued_open.pop(rid)
         elif t == "settlement.issued":
-            issued[rid] = int(d.get("total_jpy") or 0)
+            if rid in self.voided_early:
+                self.voided_early.discard(rid)
+            else:
+                self.issued_open[rid] = int(d.get("total_jpy") or 0)
         elif t == "settlement.voided":
-            voided.add(rid)
+            if self.issued_open.pop(rid, None) is None:
+                self.voided_early.add(rid)
         elif t == "notification.sent":
-            kinds[str(d.get("kind"))] += 1
+            self.kinds[str(d.get("kind"))] += 1
 
-    def _state(self) -> tuple:
-        return (self.seen, self.received_at, self.requested_reason, self.decided, self.accepted, self.rejected_codes,
-                self.rejected, self.withdrawn, self.completed, self.issued, self.voided, self.kinds)
+    def _requested(self, rid: str, at: datetime | None, reason: str | None) -> None:
+        if rid in self.answered_early:  # the answer came first (any-order input)
+            first = self.answered_early.pop(rid)
+            if at is not None:
+                self.answers.append((first - at).total_seconds())
+            if reason and rid in self.open and self.open[rid].reason is None:
+                self.open[rid].reason = reason
+                self._count_reason(self.open[rid].day, reason)
+        else:
+            self.received[rid] = (at, reason)
+
+    def _answered(self, rid: str, when: datetime | None) -> str | None:
+        """The request's first answer (accepted or rejected): the time to it, once; the request's reason."""
+        if rid in self.received:
+            at, reason = self.received.pop(rid)
+            if when is not None and at is not None:
+                self.answers.append((when - at).total_seconds())
+            return reason
+        if when is not None and rid not in self.answered_early:
+            self.answered_early[rid] = when
+        return None
+
+    def _count_reason(self, day: str, reason: str) -> None:
+        self.by_day_reason[day][reason] += 1
+        self.by_reason[reason] += 1
+
+    def _close(self, rid: str, how: str) -> None:
+        entry = self.open.pop(rid)
+        if entry.reason is None:
+            self._count_reason(entry.day, "(unknown)")
+        saved = how == "withdrawn"
+        self.counts[how] += 1
+        if saved:
+            self.by_day[entry.day][1] += 1
+            for offer in entry.offers or (NO_OFFER,):
+                self.by_offer[offer][1] += 1
 
     def figures(self, generated_at: datetime | None = None) -> Figures:
-        (_seen, received_at, requested_reason, decided, accepted, rejected_codes, rejected, withdrawn, completed,
-         issued, voided, kinds) = self._state()
-        by_day_reason: dict[str, Counter[str]] = defaultdict(Counter)
-        by_reason: Counter[str] = Counter()
-        by_offer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        by_day: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        by_day_reason = defaultdict(Counter, {d: Counter(c) for d, c in self.by_day_reason.items()})
+        by_reason = Counter(self.by_reason)
         pending: Counter[str] = Counter()
-        for rid, a in accepted.items():
-            reason = a["reason"] or requested_reason.get(rid) or "(unknown)"
-            saved = rid in withdrawn
-            day = tokyo_date(a["at"]).isoformat() if a["at"] else "(unknown)"
-            by_day_reason[day][reason] += 1
-            by_reason[reason] += 1
-            for offer in a["offers"] or (NO_OFFER,):
-                by_offer[offer][0] += 1
-                by_offer[offer][1] += saved
-            by_day[day][0] += 1
-            by_day[day][1] += saved
-            if not saved and rid not in completed:
-                pending[a["effective_date"] or "(unknown)"] += 1
-
-        answers = sorted((at - received_at[rid]).total_seconds()
-                         for rid, (at, _) in decided.items() if at is not None and rid in received_at)
+        for entry in self.open.values():
+            if entry.reason is None:
+                by_day_reason[entry.day]["(unknown)"] += 1
+                by_reason["(unknown)"] += 1
+            pending[entry.effective_date or "(unknown)"] += 1
+        answers = sorted(self.answers)
         offer_order = [o.value for o in Offer] + [NO_OFFER]
         reasons = {r.value: by_reason.get(r.value, 0) for r in Reason} | {
             r: n for r, n in sorted(by_reason.items()) if r not in Reason.__members__}
-        saved_total = len(withdrawn & accepted.keys())
+        by_offer = self.by_offer
         return Figures(
-            accepted=len(accepted), rejected=len(rejected), withdrawn=saved_total,
-            completed=len(completed & accepted.keys()),
-            by_day_reason={day: dict(sorted(c.items())) for day, c in sorted(by_day_reason.items())},
+            accepted=self.counts["accepted"], rejected=self.counts["rejected"], withdrawn=self.counts["withdrawn"],
+            completed=self.counts["completed"],
+            by_day_reason={day: dict(sorted(c.items())) for day, c in sorted(by_day_reason.items()) if c},
             by_reason=reasons,
-            save_rate=Rate(len(accepted), saved_total),
+            save_rate=Rate(self.counts["accepted"], self.counts["withdrawn"]),
             save_rate_by_offer={o: Rate(*by_offer[o]) for o in sorted(by_offer, key=offer_order.index)
                                 if o in offer_order} | {o: Rate(*by_offer[o]) for o in sorted(by_offer)
                                                         if o not in offer_order},
-            save_rate_by_day={day: Rate(*v) for day, v in sorted(by_day.items())},
+            save_rate_by_day={day: Rate(*v) for day, v in sorted(self.by_day.items())},
             answer_seconds=answers, answer_p50_s=nearest_rank(answers, 0.50), answer_p95_s=nearest_rank(answers, 0.95),
             pending_by_effective_date=dict(sorted(pending.items())),
-            rejected_by_code=dict(sorted(rejected_codes.items())),
-            settlements_issued=len(issued.keys() - voided),
-            settlements_total_jpy=sum(v for rid, v in issued.items() if rid not in voided),
-            notifications_by_kind=dict(sorted(kinds.items())),
+            rejected_by_code=dict(sorted(self.rejected_codes.items())),
+            settlements_issued=self.settled[0] + len(self.issued_open),
+            settlements_total_jpy=self.settled[1] + sum(self.issued_open.values()),
+            notifications_by_kind=dict(sorted(self.kinds.items())),
             generated_at=(generated_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
             retention=self.retention.figures(),
         )
-
-
 
 
 def compute_report(envelopes: Iterable[Mapping[str, Any]], generated_at: datetime | None = None) -> Figures:
@@ -237,8 +310,9 @@ def report_json(f: Figures) -> dict[str, Any]:
 
 async def stream_figures(target: Any = None, since: datetime | None = None,
                          generated_at: datetime | None = None) -> Figures:
-    """The figures of the report's topics read a fetch at a time up to their end now, from the first record
-    at or after `since` (by record timestamp, Kafka's offset-for-time) or from the beginning."""
+    """The figures of the report's topics up to their end now, from the first record at or after `since` (by
+    record timestamp, Kafka's offset-for-time) or from the beginning, read in time order across the topics
+    so that each request is folded into the counters once it closed (ReportBuilder)."""
     import orjson
 
     from . import kafka_clients
@@ -247,15 +321,12 @@ async def stream_figures(target: Any = None, since: datetime | None = None,
     builder = ReportBuilder()
     start_ms = int(since.timestamp() * 1000) if since is not None else None
     existing = await kafka_clients.topic_partitions(conn, REPORT_TOPICS)
-    for topic in REPORT_TOPICS:
-        if topic not in existing:
-            continue
-        async for records in kafka_clients.stream_topic(conn, topic, start_ms=start_ms):
-            for record in records:
-                try:
-                    builder.add(orjson.loads(record.value))
-                except (orjson.JSONDecodeError, TypeError):
-                    continue  # not an event: the consumers dead-lettered it, the report skips it
+    async for record in kafka_clients.stream_in_time_order(conn, [t for t in REPORT_TOPICS if t in existing],
+                                                           start_ms=start_ms):
+        try:
+            builder.add(orjson.loads(record.value))
+        except (orjson.JSONDecodeError, TypeError):
+            continue  # not an event: the consumers dead-lettered it, the report skips it
     return builder.figures(generated_at)
 
 

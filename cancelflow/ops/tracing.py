@@ -14,9 +14,9 @@ from rich.table import Table
 from shared import topics
 from shared.pii import mask_pii
 
-from ..kafka_clients import Target
+from ..kafka_clients import Target, as_connection, stream_topic, topic_partitions
 from .base import BOOTSTRAP, app, connection, console, run
-from .records import Record, event_time, read_records
+from .records import Record, decode_record, event_time
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,25 @@ def trace_table(request_id: str, rows: Sequence[TraceRow]) -> Table:
     return table
 
 
-async def collect_trace(target: Target, request_id: str, timeout: float = 20) -> list[TraceRow]:
-    return trace_rows(await read_records(target, topics.all_with_dlq(), timeout), request_id)
+async def collect_trace(target: Target, request_id: str) -> list[TraceRow]:
+    """The request's events, every topic streamed to its end a fetch at a time and only the request's
+    records kept (a year of topics is read, never held, and never cut short by a time limit). The requests
+    topic goes first: its `cancellation.requested` names the submission whose events come along."""
+    conn = as_connection(target)
+    existing = await topic_partitions(conn, topics.all_with_dlq())
+    ids, kept = {request_id}, []
+    for topic in (topics.REQUESTS, *(t for t in topics.all_with_dlq() if t != topics.REQUESTS)):
+        if topic not in existing:
+            continue
+        async for records in stream_topic(conn, topic):
+            for raw in records:
+                r = decode_record(raw)
+                if r.event_type == "cancellation.requested" and r.data.get("request_id") == request_id \
+                        and r.data.get("source") == "kafka" and r.data.get("submission_id"):
+                    ids.add(str(r.data["submission_id"]))
+                if r.envelope is not None and _matches(r, ids):
+                    kept.append(r)
+    return trace_rows(kept, request_id)
 
 
 @app.command()

@@ -30,7 +30,9 @@ _ERASE_RECIPIENTS = ("UPDATE recipients SET customer_name = NULL, email = NULL, 
 # The acknowledgement states the effective date, the final charge and the offers: it waits for both the
 # acceptance and the settlement, whichever comes last (two topics, maybe two processes), and is due at the
 # acceptance time. The statement that records the second half schedules it, under the request row's lock,
-# so whichever comes second sees the first; one statement each, so a run of them is one executemany.
+# so whichever comes second sees the first; one statement each, so a run of them is one executemany. A
+# settlement read after the withdrawal records the acknowledgement as cancelled, as a withdrawal read after
+# it would have: the rows do not depend on which topic was read first (what `cancelflow rebuild` needs).
 _ACCEPTED = """
 WITH request AS (
     INSERT INTO requests (request_id, contract_id, status, accepted_at, effective_date, offers)
@@ -53,8 +55,9 @@ WITH request AS (
     ON CONFLICT (request_id) DO UPDATE SET total_jpy = excluded.total_jpy, paid_through = excluded.paid_through,
         settlement_status = 'issued'
     RETURNING request_id, status, accepted_at)
-INSERT INTO notifications (request_id, kind, due_at, days_before)
-SELECT request_id, 'acknowledgement', accepted_at, NULL FROM request WHERE status = 'accepted' AND accepted_at IS NOT NULL
+INSERT INTO notifications (request_id, kind, due_at, days_before, status)
+SELECT request_id, 'acknowledgement', accepted_at, NULL, CASE status WHEN 'withdrawn' THEN 'cancelled' ELSE 'pending' END
+FROM request WHERE status IN ('accepted', 'withdrawn') AND accepted_at IS NOT NULL
 ON CONFLICT (request_id, kind, due_at) DO NOTHING
 """
 _VOIDED = "UPDATE requests SET settlement_status = 'voided' WHERE request_id = $1"

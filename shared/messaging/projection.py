@@ -14,6 +14,31 @@ from shared.events import Envelope, EventData
 Apply = Callable[[Any, Envelope, Any], Awaitable[None]]  # (connection, envelope, event data)
 
 
+class _Silent:
+    """The outbox a projection's store gets: a rebuild publishes nothing and wakes nobody."""
+
+    def notify(self, channel: str) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"a projection publishes nothing (outbox.{name} called)")
+
+
+SILENT: Any = _Silent()
+
+
+def through(handler: Any, store: Callable[[Any, Any], Any], service: str) -> Apply:
+    """A consumer's own handler as a projection's step, for a handler that only writes state: the same
+    statements the service runs, on a store whose outbox publishes nothing. A handler that reads the clock
+    or emits fails here (its state is not the log's)."""
+    from .consumer import Context
+
+    async def apply(conn: Any, envelope: Envelope, data: Any) -> None:
+        await handler(Context(store=store(conn, SILENT), envelope=envelope, clock=None, outbox=SILENT,  # type: ignore[arg-type]
+                              producer=service), data)
+    return apply
+
+
 @dataclass(frozen=True)
 class Projection:
     service: str
@@ -24,6 +49,9 @@ class Projection:
     own: frozenset[str] = frozenset()
     # Columns that are bookkeeping (when a row was last written), not state: left out of comparisons.
     bookkeeping: Mapping[str, tuple[str, ...]] = ()  # type: ignore[assignment]
+    # Tables no topic holds (intake's data keys): copied from the service's own schema before the topics are
+    # read; rebuilt without them, every sealed customer would be shredded.
+    carried: tuple[str, ...] = ()
 
     async def __call__(self, conn: Any, envelope: Envelope, data: EventData) -> None:
         apply = self.apply.get(envelope.event_type)

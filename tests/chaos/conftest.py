@@ -42,8 +42,12 @@ def cluster_clock(cluster_stack):
 
 def pytest_collection_modifyitems(items):
     """The scheduled-work test first, on the fresh cluster: after the chaos run its clock moves would make
-    every chaos request's reminders due too (tens of thousands at the full N)."""
+    every chaos request's reminders due too (tens of thousands at the full N). `cancelflow down` last."""
     here = [i for i, item in enumerate(items) if item.path.parent == Path(__file__).parent]
-    ordered = sorted((items[i] for i in here), key=lambda item: item.path.name != "test_scheduled_work.py")
+
+    def rank(item) -> int:
+        return 0 if item.path.name == "test_scheduled_work.py" else 2 if item.name.startswith("test_down_") else 1
+
+    ordered = sorted((items[i] for i in here), key=rank)
     for i, item in zip(here, ordered):
         items[i] = item

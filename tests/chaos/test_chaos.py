@@ -15,14 +15,15 @@ import asyncio
 import os
 import time
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import date, datetime, timezone
 
 import asyncpg
 import orjson
 import pytest
 
-from cancelflow import kafka_clients
+from cancelflow import kafka_clients, rebuild
 from cancelflow.client import PipelineClient, read_topic, unique
+from cancelflow.infra.mailsink import read_mail_headers
 from cancelflow.stack import SERVICES, Stack
 from shared import topics
 from shared.events import CancellationSubmitted, ContractSigned, new_envelope
@@ -38,7 +39,8 @@ GROUP_TOPICS = {
     "billing": (topics.CONTRACTS, topics.DECISIONS),
     "notifier": (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS),
 }
-pytestmark = pytest.mark.integration
+# The full run outlasts the suite's 600 s per test: its budget grows with N (about 30 ms a request here).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(max(600, int(600 + N * 0.08)))]
 
 
 def fault_plan(stack: Stack) -> list[tuple[str, callable]]:
@@ -80,6 +82,20 @@ async def _lag(stack: Stack) -> dict[str, int]:
     finally:
         await probe.stop()
         await admin.close()
+
+
+async def _rebuilt_differences(stack: Stack) -> dict[str, dict]:
+    """Each service's state built from the topics into a scratch schema, compared with its own tables."""
+    out = {}
+    for service in SERVICES:
+        schema = f"{service}_chaos_rebuild"
+        await rebuild.build(service, database_url=stack.database_url, kafka=kafka_clients.connection(stack.bootstrap),
+                            schema=schema, now=datetime.now(timezone.utc))
+        try:
+            out[service] = await rebuild.compare(stack.database_url, service, service, schema)
+        finally:
+            await rebuild.drop(stack.database_url, schema)
+    return out
 
 
 async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stack):
@@ -143,35 +159,48 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
                     " (status = 'accepted' AND settlement IS NOT NULL AND jsonb_array_length(notifications) >= 3"
                     "  OR status = 'rejected' AND jsonb_array_length(notifications) >= 1)")
         deadline = time.monotonic() + 180 + N * 0.05
+        shown = time.monotonic()
         while (done := (await _fetch(url, done_sql, sids))[0]["n"]) < N and time.monotonic() < deadline:
+            if time.monotonic() - shown >= 30:  # a long run says how far it got
+                print(f"chaos: {done} of {N} flows complete at {time.monotonic() - started:.0f}s", flush=True)
+                shown = time.monotonic()
             await asyncio.sleep(1.0)
         flowed = time.monotonic() - started
-        await asyncio.sleep(3.0)  # late duplicates, if any, would land now
+    await asyncio.sleep(3.0)  # late duplicates, if any, would land now
+    await verify(stack, plan, done=done, seconds=flowed, faults=applied)
 
-        requests = await _fetch(url, "SELECT request_id, submission_id, contract_id, status FROM intake.requests"
-                                     " WHERE submission_id = ANY($1::text[])", sids)
-        request_ids = {r["request_id"] for r in requests}
-        decision_rows = await _fetch(url, "SELECT request_id FROM eligibility.cancellations"
-                                          " WHERE request_id = ANY($1::text[])", list(request_ids))
-        settlement_rows = await _fetch(url, "SELECT request_id FROM billing.settlements WHERE status = 'issued'"
-                                            " AND request_id = ANY($1::text[])", list(request_ids))
-        sent_rows = await _fetch(url, "SELECT request_id, kind, due_at FROM notifier.notifications"
-                                      " WHERE status = 'sent' AND request_id = ANY($1::text[])", list(request_ids))
-        outbox = {s: (await _fetch(url, f"SELECT count(*) AS n FROM {s}.outbox"))[0]["n"] for s in SERVICES}
 
-        on_topic = {}
-        for topic in (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
-            on_topic[topic] = [(r.partition, r.offset, r.key.decode(), orjson.loads(r.value))
-                               for r in await read_topic(stack.bootstrap, topic, timeout=120)]
-            on_topic[topic] = [(p, o, k, e) for p, o, k, e in sorted(on_topic[topic], key=lambda x: x[:2])
-                               if e["data"].get("request_id") in request_ids]
-        mails = [m for m in c.mails() if m.headers.get("X-Cancelflow-Request-Id") in request_ids]
+async def verify(stack: Stack, plan: list[tuple[str, str]], *, done: int, seconds: float, faults: list[str]) -> dict:
+    """The run's figures from independent reads of the database, the topics and the SMTP sink's files, each
+    asserted exact. `plan`: (submission id, contract id) in the order submitted."""
+    url = stack.database_url
+    sids = [sid for sid, _ in plan]
+    n = len(plan)
+    requests = await _fetch(url, "SELECT request_id, submission_id, contract_id, status FROM intake.requests"
+                                 " WHERE submission_id = ANY($1::text[])", sids)
+    request_ids = {r["request_id"] for r in requests}
+    decision_rows = await _fetch(url, "SELECT request_id FROM eligibility.cancellations"
+                                      " WHERE request_id = ANY($1::text[])", list(request_ids))
+    settlement_rows = await _fetch(url, "SELECT request_id FROM billing.settlements WHERE status = 'issued'"
+                                        " AND request_id = ANY($1::text[])", list(request_ids))
+    sent_rows = await _fetch(url, "SELECT request_id, kind, due_at FROM notifier.notifications"
+                                  " WHERE status = 'sent' AND request_id = ANY($1::text[])", list(request_ids))
+    outbox = {s: (await _fetch(url, f"SELECT count(*) AS n FROM {s}.outbox"))[0]["n"] for s in SERVICES}
+
+    on_topic = {}
+    for topic in (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
+        on_topic[topic] = [(r.partition, r.offset, r.key.decode(), orjson.loads(r.value))
+                           for r in await read_topic(stack.bootstrap, topic, timeout=120 + n * 0.01)]
+        on_topic[topic] = [(p, o, k, e) for p, o, k, e in sorted(on_topic[topic], key=lambda x: x[:2])
+                           if e["data"].get("request_id") in request_ids]
+    mails = [h for h in read_mail_headers(stack.mail_dir) if h.get("X-Cancelflow-Request-Id") in request_ids]
+    lag = await _lag(stack)
+    for _ in range(60):  # offsets are committed every 100 ms: the last ones may be on their way
+        if set(lag.values()) == {0}:
+            break
+        await asyncio.sleep(1.0)
         lag = await _lag(stack)
-        for _ in range(60):  # offsets are committed every 100 ms: the last ones may be on their way
-            if set(lag.values()) == {0}:
-                break
-            await asyncio.sleep(1.0)
-            lag = await _lag(stack)
+    rebuilt = await _rebuilt_differences(stack)
 
     status = {r["request_id"]: r["status"] for r in requests}
     accepted = {rid for rid, s in status.items() if s == "accepted"}
@@ -189,9 +218,8 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
     settlements = distinct(topics.SETTLEMENTS, "settlement.issued")
     notifications = Counter((e["data"]["request_id"], e["data"]["kind"], e["data"]["due_at"])
                             for e in {e["event_id"]: e for *_, e in on_topic[topics.NOTIFICATIONS]}.values())
-    per_mail = Counter((m.headers["X-Cancelflow-Request-Id"], m.headers["X-Cancelflow-Kind"],
-                        m.headers["X-Cancelflow-Due-At"]) for m in mails)
-    mails_of = Counter(m.headers["X-Cancelflow-Request-Id"] for m in mails)
+    per_mail = Counter((h["X-Cancelflow-Request-Id"], h["X-Cancelflow-Kind"], h["X-Cancelflow-Due-At"]) for h in mails)
+    mails_of = Counter(h["X-Cancelflow-Request-Id"] for h in mails)
 
     # Per contract, on each topic: one partition, and the requests in the order they were submitted.
     order = {sid: i for i, (sid, _) in enumerate(plan)}
@@ -210,7 +238,7 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
                              if [order[submission_of[r]] for r in rids] != sorted(order[submission_of[r]] for r in rids)]
 
     figures = {
-        "N": N, "seconds": round(flowed, 1), "faults": applied, "requests": len(requests),
+        "N": n, "seconds": round(seconds, 1), "faults": faults, "requests": len(requests),
         "accepted": len(accepted), "rejected": len(rejected), "completed_flows": done,
         "decision_rows": len(decision_rows), "decision_events_distinct": sum(len(v) for v in decisions.values()),
         "decision_records_on_topic": sum(1 for *_, e in on_topic[topics.DECISIONS]
@@ -219,13 +247,14 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
         "settlement_events_distinct": sum(len(v) for v in settlements.values()),
         "notifications_sent_rows": len(sent_rows), "notification_events_distinct": len(notifications),
         "emails": len(mails), "emails_distinct": len(per_mail), "out_of_order": len(out_of_order),
+        "out_of_order_first": out_of_order[:10],
         "outbox_left": outbox, "lag": lag,
     }
-    print("\nchaos figures:", figures, flush=True)
-    expected_rejected = N // DUPLICATE_EVERY
-    assert len(requests) == N and {r["submission_id"] for r in requests} == set(sids), "input set = output set"
-    assert len(accepted) == N - expected_rejected and len(rejected) == expected_rejected
-    assert done == N
+    print("\nchaos figures:", figures, flush=True)  # before the asserts: a failed run's figures are its diagnosis
+    expected_rejected = n // DUPLICATE_EVERY
+    assert len(requests) == n and {r["submission_id"] for r in requests} == set(sids), "input set = output set"
+    assert len(accepted) == n - expected_rejected and len(rejected) == expected_rejected
+    assert done == n
     # Every request exactly one decision, in the table and on the topic.
     assert sorted(r["request_id"] for r in decision_rows) == sorted(request_ids)
     assert set(decisions) == request_ids and {len(v) for v in decisions.values()} == {1}
@@ -240,3 +269,6 @@ async def test_nothing_lost_nothing_twice_on_a_cluster_under_faults(cluster_stac
     assert out_of_order == []
     assert outbox == {s: 0 for s in SERVICES}
     assert lag == {g: 0 for g in GROUP_TOPICS}
+    # Every service built again from the log (its relays' republished copies in it) equals the original.
+    assert rebuilt == {s: {} for s in SERVICES}
+    return figures

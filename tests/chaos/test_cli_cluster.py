@@ -53,3 +53,17 @@ def test_status_json_lists_every_process_and_scale_changes_the_count(cluster_sta
     assert refused.returncode == 1 and "between 1 and" in refused.stdout
     unknown = cli(stack, "scale", "payments", "2")
     assert unknown.returncode == 1 and "SERVICE: 'payments'" in unknown.stdout
+
+
+def test_down_stops_every_process_of_the_cluster(cluster_stack):
+    """Last in the package (conftest orders it): `cancelflow down` on the running cluster stops its three
+    nodes, the database, the sink and every instance, and says so."""
+    rows = json.loads(cli(cluster_stack, "status", "--json").stdout)
+    result = cli(cluster_stack, "down")
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert set(said.split("stopped: ")[1].split(", ")) == {r["name"] for r in rows}
+    left = [r["name"] for r in rows if psutil.pid_exists(r["pid"])
+            and psutil.Process(r["pid"]).status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+    assert cli(cluster_stack, "status", "--json").stdout.strip() == "[]"

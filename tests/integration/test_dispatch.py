@@ -67,3 +67,40 @@ async def test_mail_is_delivered_only_after_the_commit_and_discarded_when_it_fai
     assert [m.subject for m in mails] == ["subject 2", "subject 3"]
     assert "\n.\nline after a lone dot" in mails[0].body.replace("\r\n", "\n")  # dot-stuffing kept it intact
     mailer.close()
+
+
+async def test_a_burst_of_due_reminders_does_not_hold_back_an_acknowledgement(infra):
+    """10:00 Tokyo makes a day's 14- and 3-day reminders due at once: the dispatcher claims what a customer
+    just did (the acknowledgement, due later than every reminder) first, then the oldest reminders."""
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    import asyncpg
+
+    from services.notifier.dispatch import claim_due
+    from shared.db import migrate
+
+    schema = "notifier_lanes_test"
+    repo = Path(__file__).resolve().parents[2]
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await migrate(infra.database_url, schema, repo / "services" / "notifier", service="notifier")
+        await conn.execute(f"SET search_path TO {schema}")
+        now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+        await conn.executemany("INSERT INTO recipients VALUES ($1, 'C-1', '山田', 'a@example.jp')",
+                               [(f"R{i}",) for i in range(201)])
+        await conn.executemany(
+            "INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)",
+            [(f"R{i}", "data_export_reminder", now - timedelta(hours=1, seconds=i), 14) for i in range(200)]
+            + [("R200", "acknowledgement", now - timedelta(seconds=1), None),
+               ("R200", "data_export_reminder", now + timedelta(days=3), 3)])  # not due yet
+        async with conn.transaction():
+            first = await claim_due(conn, now, 4)
+        assert [r["kind"] for r in first] == ["acknowledgement", *["data_export_reminder"] * 3]
+        assert [r["request_id"] for r in first[1:]] == ["R199", "R198", "R197"]  # then the oldest reminders
+        async with conn.transaction():
+            assert len(await claim_due(conn, now, 500)) == 201  # the one due in 3 days is not claimed
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()

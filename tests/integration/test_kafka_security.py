@@ -30,6 +30,7 @@ from cancelflow.infra import kafka
 from cancelflow.infra.certificates import make_ca_and_broker_cert
 from cancelflow.infra.ports import free_port_block
 from shared import topics
+from shared.contract_rules import in_holdout
 from shared.events import CancellationAccepted, CancellationRequested, ContractSigned, new_envelope
 from shared.kafka_connection import KafkaConnection
 from shared.settings import ServiceSettings
@@ -235,7 +236,10 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
 
         upstream = stack_security.connection("scram", settings["KAFKA_BOOTSTRAP_SERVERS"], stack_dir / "security",
                                              stack_security.UPSTREAM)
-        rid = asyncio.run(_one_cancellation(KafkaConnection.model_validate(settings), upstream, settings))
+        # `cancelflow up` holds out 10 % of the contracts by default (SPEC section 6): the one signed here is not.
+        holdout = json.loads((stack_dir / "stack.json").read_text())["offer_holdout_percent"]
+        assert holdout == 10
+        rid = asyncio.run(_one_cancellation(KafkaConnection.model_validate(settings), upstream, settings, holdout))
         trace = subprocess.run([*cli, "trace", rid, "--json"], env=base_env | settings, capture_output=True,
                                text=True, timeout=120)
         assert trace.returncode == 0, trace.stdout + trace.stderr
@@ -253,13 +257,16 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
         subprocess.run([*cli, "down"], env=base_env, capture_output=True, text=True, timeout=120)
 
 
-async def _one_cancellation(conn: KafkaConnection, upstream: KafkaConnection, settings: dict[str, str]) -> str:
+async def _one_cancellation(conn: KafkaConnection, upstream: KafkaConnection, settings: dict[str, str],
+                            holdout_percent: int) -> str:
     """Upstream signs the contract (as `upstream`), the customer cancels over HTTP with the generated key, the
     operator reads the result back (as `operator`)."""
     intake_url = settings["INTAKE_URL"]
     async with PipelineClient(conn, intake_url, Path(settings["MAIL_DIR"]), api_key=settings["INTAKE_API_KEY"],
                               publisher=upstream) as client:
-        contract = await client.sign_contract(start_date=date(2024, 1, 31))
+        contract = next(c for c in (f"C-{uuid.uuid4().hex[:12]}" for _ in range(1000))
+                        if not in_holdout(c, holdout_percent))
+        await client.sign_contract(start_date=date(2024, 1, 31), contract_id=contract)
         r = await client.submit(client.form(contract, reason="TOO_DIFFICULT"))
         assert r.status_code == 202, r.text
         rid = r.json()["request_id"]

@@ -39,6 +39,7 @@ def test_three_nodes_replicate_everything_three_times_and_acknowledge_on_two(tmp
         for key in ("min.insync.replicas", "transaction.state.log.min.isr", "share.coordinator.state.topic.min.isr"):
             assert p[key] == "2", key
         assert p["unclean.leader.election.enable"] == "false"
+        assert int(p["initial.broker.registration.timeout.ms"]) >= 300_000, "a slow peer is waited for"
         assert node.data_dir == tmp_path / f"kafka-{k}"
     assert len(ids) == 1 and None not in ids, "one cluster id for every node"
 

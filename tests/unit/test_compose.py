@@ -781,7 +781,8 @@ def test_cluster_overlay_runs_three_nodes_with_the_settings_of_cancelflow_up_bro
         for key in ("default.replication.factor", "min.insync.replicas", "unclean.leader.election.enable",
                     "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
                     "transaction.state.log.min.isr", "share.coordinator.state.topic.replication.factor",
-                    "share.coordinator.state.topic.min.isr", "auto.create.topics.enable"):
+                    "share.coordinator.state.topic.min.isr", "auto.create.topics.enable",
+                    "initial.broker.registration.timeout.ms"):
             assert env["KAFKA_" + key.upper().replace(".", "_")] == local[key], (name, key)
         assert f"PLAINTEXT://{name}:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
         host = published(node)

@@ -69,16 +69,18 @@ def test_what_cannot_be_built_here_is_in_the_dashboards_profile_only():
 
 
 def test_host_ports_are_loopback_and_movable_and_compose_test_moves_them_all():
+    # The cluster overlay's other two Kafka nodes too (scripts/compose-test cluster).
     services = raw("docker-compose.yml")["services"]
+    cluster = raw("docker-compose.cluster.yml")["services"]
     variables = set()
-    for name, definition in services.items():
+    for name, definition in [*services.items(), *cluster.items()]:
         for port in definition.get("ports") or []:
-            match = re.fullmatch(r"127\.0\.0\.1:\$\{([A-Z_]+_HOST_PORT):-\d+\}:\d+", str(port))
+            match = re.fullmatch(r"127\.0\.0\.1:\$\{([A-Z][A-Z0-9_]*_HOST_PORT):-\d+\}:\d+", str(port))
             assert match, f"{name}: {port} is not 127.0.0.1:${{..._HOST_PORT:-default}}:port"
             variables.add((name, match.group(1)))
     script = (ROOT / "scripts" / "compose-test").read_text()
-    moved = set(re.findall(r"([A-Z_]+_HOST_PORT)=", script))
-    unprofiled = {v for name, v in variables if "profiles" not in services[name]}
+    moved = set(re.findall(r"([A-Z][A-Z0-9_]*_HOST_PORT)=", script))
+    unprofiled = {v for name, v in variables if "profiles" not in (services.get(name) or cluster[name])}
     assert unprofiled <= moved, unprofiled - moved
     moved_to = {22000 + int(n) for n in re.findall(r"_HOST_PORT=\$\(\(base \+ (\d+)\)\)", script)}
     assert len(moved_to) == len(moved), "two host ports would collide"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -108,3 +110,47 @@ def test_the_cli_probe_reports_an_engine_that_does_not_answer(monkeypatch, tmp_p
     assert probe.answers() is False
     assert probe.has_image(KAFKA) is False
     assert choose({}, probe, KAFKA) == Choice("local", "no Docker engine answers")
+
+
+FAKE_CLI = """#!/bin/sh
+# A docker CLI whose engine answers but has no image and reaches no registry (a developer's machine with
+# Docker running and nothing built). Every call is logged.
+echo "$*" >> "$(dirname "$0")/calls"
+case "$1 $2" in
+  "info "*) exit 0 ;;
+  "image inspect") echo "Error: No such image: $3" >&2; exit 1 ;;
+  "pull -q") [ -n "$HANG_PULL" ] && exec sleep 30
+             echo "Error response from daemon: Get https://registry-1.docker.io/v2/: no such host" >&2; exit 1 ;;
+esac
+exit 99
+"""
+
+
+@pytest.fixture
+def engine_without_images(monkeypatch, tmp_path):
+    cli = tmp_path / "docker"
+    cli.write_text(FAKE_CLI)
+    cli.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)  # the default socket, as on a developer's machine
+    monkeypatch.delenv("HANG_PULL", raising=False)
+    return tmp_path / "calls"
+
+
+def test_an_engine_without_images_through_the_real_probe_is_the_local_stack_in_one_line(engine_without_images):
+    choice = choose({}, DockerCli(), KAFKA)
+    assert choice.mode == "local" and choice.kafka_image is None
+    assert choice.line() == (
+        f"test infrastructure: local (Docker answers but has no image {KAFKA} or {LOCAL['KAFKA_IMAGE']} nor "
+        f"postgres:18 or {LOCAL['POSTGRES_IMAGE']} and cannot pull one (scripts/compose-images builds them))")
+    calls = engine_without_images.read_text().splitlines()
+    assert not [c for c in calls if c.startswith("run")], "no container is started"
+    assert [c for c in calls if c.startswith("pull")] == [f"pull -q {KAFKA}", "pull -q postgres:18"]
+
+
+def test_a_pull_that_hangs_is_given_up_and_the_local_stack_chosen(engine_without_images, monkeypatch):
+    monkeypatch.setenv("HANG_PULL", "1")
+    started = time.monotonic()
+    choice = choose({}, DockerCli(pull_timeout=1), KAFKA)
+    assert choice.mode == "local" and "cannot pull" in choice.reason
+    assert time.monotonic() - started < 15

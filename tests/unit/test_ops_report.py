@@ -203,3 +203,57 @@ def test_no_element_of_the_page_is_wider_than_the_window(tmp_path, width):
             browser.close()
     assert found["wide"] == [] and found["scrollWidth"] <= found["width"], found
     assert table_rows >= 8 * 5, "every reason (and the total) in a row, for each block of days"
+
+
+def year_in_time_order(n_per_day: int = 8, days: int = 365) -> list[dict]:
+    """A year of cancellations, as the topics hold them: requested, accepted (effective 45 days later),
+    settled, mailed; two a day withdrawn 10 days later (settlement voided), the rest completed."""
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
+    timed = []
+    for day in range(days):
+        for k in range(n_per_day):
+            rid, at = f"Y{day}-{k}", t0 + timedelta(days=day, minutes=k)
+            iso = lambda t: t.isoformat()  # noqa: E731
+            eff = (at + timedelta(days=45)).date().isoformat()
+            timed += [(at, requested(rid, iso(at), "SWITCHING_TOOL")),
+                      (at + timedelta(seconds=3), accepted(rid, iso(at + timedelta(seconds=3)), "SWITCHING_TOOL",
+                                                           ["consultation"], eff)),
+                      (at + timedelta(seconds=4), env("settlement.issued", {"request_id": rid, "total_jpy": 1000},
+                                                      iso(at + timedelta(seconds=4)))),
+                      (at + timedelta(seconds=5), env("notification.sent", {"request_id": rid, "kind": "acknowledgement"},
+                                                      iso(at + timedelta(seconds=5))))]
+            if k % 5 == 0:
+                w = at + timedelta(days=10)
+                timed += [(w, env("cancellation.withdrawn", {"request_id": rid}, iso(w))),
+                          (w + timedelta(seconds=1), env("settlement.voided", {"request_id": rid}, iso(w)))]
+            else:
+                c = at + timedelta(days=45)
+                timed.append((c, env("cancellation.completed", {"request_id": rid, "effective_date": eff}, iso(c))))
+    return [e for _, e in sorted(timed, key=lambda x: x[0])]
+
+
+def test_a_year_read_in_time_order_holds_only_the_open_requests_and_gives_the_same_figures():
+    from cancelflow.report import ReportBuilder
+
+    events = year_in_time_order()
+    builder, most = ReportBuilder(), 0
+    for e in events:
+        builder.add(e)
+        most = max(most, len(builder.open) + len(builder.received) + len(builder.issued_open)
+                   + len(builder.seen.ids))
+    f = builder.figures(generated_at=None)
+    n, w = 8 * 365, 2 * 365  # k = 0 and 5 of each day withdrawn
+    assert (f.accepted, f.withdrawn, f.completed) == (n, w, n - w)
+    assert f.settlements_issued == n - w and f.settlements_total_jpy == (n - w) * 1000
+    assert sum(f.pending_by_effective_date.values()) == 0 and len(f.answer_seconds) == n
+    # What it holds at most: the requests open at once (45 days of 8 a day, plus a week of event ids),
+    # not the year's 2,920 requests and 12,000 events.
+    assert builder.open == {} and builder.received == {} and builder.issued_open == {}
+    assert most < 45 * 8 * 2 + 7 * 8 * 6
+    # Read in any other order (the topics one after another, reversed), the figures are the same.
+    shuffled = compute_report(list(reversed(events)), generated_at=None)
+    assert shuffled.accepted == f.accepted and shuffled.withdrawn == f.withdrawn
+    assert {k: v for k, v in shuffled.__dict__.items() if k != "generated_at"} == \
+           {k: v for k, v in f.__dict__.items() if k != "generated_at"}
