@@ -40,7 +40,8 @@ READS = {
 }
 WRITES = {
     "intake": {t.REQUESTS} | {DLQ(x) for x in READS["intake"]},
-    "eligibility": {t.DECISIONS} | {DLQ(x) for x in READS["eligibility"]},
+    # retention.offers (SPEC section 6): the offer a customer took, for the contract system to apply.
+    "eligibility": {t.DECISIONS, t.RETENTION} | {DLQ(x) for x in READS["eligibility"]},
     "billing": {t.SETTLEMENTS} | {DLQ(x) for x in READS["billing"]},
     "notifier": {t.NOTIFICATIONS} | {DLQ(x) for x in READS["notifier"]},
     "upstream": {t.CONTRACTS, t.SUBMISSIONS},
@@ -97,8 +98,9 @@ async def test_each_principal_writes_only_the_topics_it_owns(acl_broker, princip
 
 
 async def _put_one(acl_broker, topic: str) -> None:
-    """One record on `topic`, written by a principal that owns it."""
-    owner = next(p for p in stack_security.CLIENT_PRINCIPALS if topic in WRITES[p])
+    """One record on `topic`, written by a principal that owns it; by the broker's own principal when none
+    does (retention.offers.dlq: nothing in the pipeline consumes retention.offers)."""
+    owner = next((p for p in stack_security.CLIENT_PRINCIPALS if topic in WRITES[p]), stack_security.BROKER)
     producer = AIOKafkaProducer(**acl_broker(owner).client_kwargs(), acks="all")
     await producer.start()
     try:
