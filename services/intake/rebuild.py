@@ -22,14 +22,13 @@ _FORM_FIELDS = set(CancellationForm.model_fields)
 
 
 async def _requested(conn, envelope, e: CancellationRequested) -> None:
-    fields = e.model_dump(include=_FORM_FIELDS - {"customer"})
+    fields = e.model_dump(mode="json", include=_FORM_FIELDS - {"customer"})
     customer = e.customer or await _opened(conn, e)
     if customer is None:  # erased: the row keeps no customer anyway; the live row's digest stands
-        form_json = CancellationForm.model_validate(fields | {"customer": _ERASED}).model_dump(mode="json")
-        form_json.pop("customer")
-        digest = await conn.fetchval(_LIVE_DIGEST, e.request_id) or submission_digest(form_json)
-        await conn.execute(s._INSERT, e.request_id, e.contract_id, e.source, e.submission_id, digest, form_json,
+        digest = await conn.fetchval(_LIVE_DIGEST, e.request_id) or submission_digest(fields)
+        await conn.execute(s._INSERT, e.request_id, e.contract_id, e.source, e.submission_id, digest, fields,
                            e.received_at, e.received_on, e.reason.value)
+        await conn.execute(_ERASED_WITH_ITS_KEY, e.request_id, e.contract_id)
         return
     form = CancellationForm.model_validate(fields | {"customer": customer})
     form_json = form.model_dump(mode="json")
@@ -38,8 +37,10 @@ async def _requested(conn, envelope, e: CancellationRequested) -> None:
     await conn.execute(s._INSERT, *new.row())
 
 
-_ERASED = Customer(name="-", email="erased@example.invalid")
 _LIVE_DIGEST = "SELECT body_hash FROM intake.requests WHERE request_id = $1"
+# The erasure (contracts.events, read first) found no request rows yet: this one was erased with its key.
+_ERASED_WITH_ITS_KEY = ("UPDATE requests SET erased_at = (SELECT erased_at FROM subject_keys WHERE contract_id = $2)"
+                        " WHERE request_id = $1")
 
 
 async def _opened(conn, e: CancellationRequested) -> Customer | None:
