@@ -102,8 +102,11 @@ class PipelineClient:
         await self.producer.start()
         self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()
+        # Idle connections are dropped well before the server's keep-alive (uvicorn: 5 s, httpx's default too):
+        # at equal values a request can go out on a connection the server is closing (httpx.ReadError).
         self.http = httpx.AsyncClient(base_url=self.intake_url,
-                                      headers={"X-API-Key": self.api_key} if self.api_key else {}, timeout=10)
+                                      headers={"X-API-Key": self.api_key} if self.api_key else {}, timeout=10,
+                                      limits=httpx.Limits(keepalive_expiry=2.0))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -19,14 +20,25 @@ def terminate(name: str, pid: int, timeout: float = 20) -> None:
         proc = psutil.Process(pid)
         children = proc.children(recursive=True)
         proc.send_signal(sig)
-        gone, alive = psutil.wait_procs([proc], timeout=timeout)
-        for p in alive:
-            p.kill()
+        deadline = time.monotonic() + timeout
+        while not _exited(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _exited(proc):
+            proc.kill()
         for child in children:  # e.g. postgres' backends, if the postmaster died first
-            if child.is_running():
+            if not _exited(child):
                 child.kill()
     except psutil.NoSuchProcess:
         pass
+
+
+def _exited(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: a process that exited but whose parent (not us, e.g. the test that started the stack)
+    has not reaped it yet. Waiting for a zombie to disappear would wait the whole timeout."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def raise_if_exited(name: str, proc: subprocess.Popen | None, log: Path) -> None:

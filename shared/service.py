@@ -79,11 +79,13 @@ class Runtime:
 class ServiceApp(AsgiFastStream):
     """An AsgiFastStream whose broker starts once its dependencies answer, serving FastAPI routes.
 
-    The one place that adapts FastStream, for two hooks it lacks: `AsgiFastStream` routes HTTP by whole
+    The one place that adapts FastStream, for two hooks it lacks (docs/architecture.md, "Where FastStream
+    is adapted"; tests/unit/test_faststream_adapter.py pins both): `AsgiFastStream` routes HTTP by whole
     path only (`asgi_routes`), with no way to mount an ASGI app (FastAPI, with path parameters) under a
-    prefix, so `__call__` hands every HTTP request to FastAPI; and it starts its brokers inside the startup
-    (`_start_broker`), with no way to start them once the database and Kafka answer, so that override
-    starts them in the background while /health already answers.
+    prefix, so `__call__` hands every HTTP request to FastAPI; and it starts its brokers in `_start_broker`
+    right after the `on_startup` hooks, which hold up the ASGI lifespan, with no public way to start them
+    once the database and Kafka answer, so that override (the one private member touched) starts them in
+    the background while /health already answers.
     """
 
     def __init__(self, broker: KafkaBroker, runtime: Runtime, http: FastAPI,

@@ -10,7 +10,7 @@ from shared.events import (CancellationAccepted, CancellationWithdrawn, ChargeLi
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 
-from .domain import Settlement, settle
+from .domain import Settlement, settle, voiding
 from .store import BillingStore, Terms
 
 Ctx = Context[BillingStore]
@@ -43,10 +43,12 @@ async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
 
 
 async def on_withdrawn(ctx: Ctx, e: CancellationWithdrawn) -> None:
-    # Voided when the cancellation was withdrawn: the time is the log's, so a rebuild gets the same.
-    voided = await ctx.store.void(e.request_id, e.withdrawn_at or ctx.envelope.occurred_at)
-    if voided is not None and voided[1]:  # only an issued settlement was ever announced
-        ctx.emit(SettlementVoided(request_id=e.request_id, contract_id=voided[0]), key=voided[0])
+    held = await ctx.store.settlement(e.request_id)
+    outcome = voiding(held.status if held else None)
+    if outcome.void:  # at the withdrawal's time (the log's), so a rebuild gets the same
+        ctx.store.void(e.request_id, e.withdrawn_at or ctx.envelope.occurred_at)
+    if outcome.announce:
+        ctx.emit(SettlementVoided(request_id=e.request_id, contract_id=held.contract_id), key=held.contract_id)
 
 
 def _settle(terms: Terms, received_on: date, effective_date: date) -> Settlement:

@@ -10,6 +10,7 @@ from shared.events import (CancellationAccepted, CancellationWithdrawn, Contract
 from shared.messaging.projection import Projection
 
 from . import store as s
+from .domain import voiding
 
 # Read after the decisions: a settlement withdrawn before it was read here stays voided.
 _ISSUED = ("UPDATE settlements SET status = CASE WHEN status = 'voided' THEN 'voided' ELSE 'issued' END,"
@@ -30,7 +31,9 @@ async def _accepted(conn, envelope, e: CancellationAccepted) -> None:
 
 
 async def _withdrawn(conn, envelope, e: CancellationWithdrawn) -> None:
-    await conn.execute(s._VOID, e.request_id, e.withdrawn_at or envelope.occurred_at)
+    held = await conn.fetchrow(s._SETTLEMENT, e.request_id)
+    if voiding(held["status"] if held else None).void:
+        await conn.execute(s._VOID, e.request_id, e.withdrawn_at or envelope.occurred_at)
 
 
 async def _issued(conn, envelope, e: SettlementIssued) -> None:

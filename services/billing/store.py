@@ -33,8 +33,8 @@ _AWAIT_CONTRACT = ("INSERT INTO settlements (request_id, contract_id, status, re
 _ISSUE = ("INSERT INTO settlements (request_id, contract_id, status, received_on, effective_date, charges, total_jpy,"
           " paid_through, issued_at) VALUES ($1, $2, 'issued', $3, $4, $5, $6, $7, $8)"
           " ON CONFLICT (request_id) DO NOTHING RETURNING true")
-_VOID = ("UPDATE settlements SET status = 'voided', voided_at = $2 WHERE request_id = $1 AND status <> 'voided'"
-         " RETURNING contract_id, issued_at")
+_SETTLEMENT = "SELECT contract_id, status FROM settlements WHERE request_id = $1 FOR UPDATE"
+_VOID = "UPDATE settlements SET status = 'voided', voided_at = $2 WHERE request_id = $1"
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ class Awaiting:
     request_id: str
     received_on: date
     effective_date: date
+
+
+@dataclass(frozen=True)
+class Held:
+    """A request's settlement as a withdrawal finds it."""
+
+    contract_id: str
+    status: str  # awaiting_contract, issued, voided
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,10 @@ class BillingStore(Store):
         await self.conn.execute(_ISSUE_AWAITING, awaiting.request_id, _charges(settlement), settlement.total_jpy,
                                 settlement.paid_through, at)
 
-    async def void(self, request_id: str, at: datetime) -> tuple[str, bool] | None:
-        """Void the request's settlement: (its contract, whether it had been issued); None if none to void."""
-        row = await self.conn.fetchrow(_VOID, request_id, at)
-        return None if row is None else (row["contract_id"], row["issued_at"] is not None)
+    async def settlement(self, request_id: str) -> Held | None:
+        """The request's settlement, locked; None if billing never settled it."""
+        row = await self.conn.fetchrow(_SETTLEMENT, request_id)
+        return None if row is None else Held(row["contract_id"], row["status"])
+
+    def void(self, request_id: str, at: datetime) -> None:
+        self.conn.defer(_VOID, request_id, at)

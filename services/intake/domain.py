@@ -1,5 +1,6 @@
-"""intake's rules: a submission key acts once, who may still withdraw (and take an offer), and how a request's
-status moves.
+"""intake's rules: a submission key acts once, who may still withdraw (and take an offer; asking twice is one
+withdrawal), how a request's status moves, and the quote (SPEC section 7: eligibility's decision, with its
+holdout, and billing's settlement, their own functions, for a contract as it stands on a received-on date).
 
 Pure functions: values in, a decision out, no I/O.
 """
@@ -15,12 +16,15 @@ from types import MappingProxyType
 
 import orjson
 
-from services.eligibility.domain import CancellationState, can_withdraw
+from services.billing.domain import Settlement, settle
+from services.eligibility.domain import (DEFAULT_OFFER_POLICY, CancellationState, ContractTerms, OfferPolicy, Rejected,
+                                         can_withdraw, decide, earliest_effective_date, hold_out)
 from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
-from shared.vocabulary import RequestStatus
+from shared.contract_calendar import first_anniversary
+from shared.vocabulary import Offer, Reason, RejectionCode, RequestStatus
 
-__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "RefuseWithdrawal", "Refusal",
-           "WithdrawalAnswer", "answer_withdrawal", "may_become", "replayed_request", "submission_digest",
+__all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "Quote", "RefuseWithdrawal", "Refusal",
+           "WithdrawalAnswer", "answer_withdrawal", "may_become", "quote", "replayed_request", "submission_digest",
            "withdrawal_refusal"]
 
 S = RequestStatus
@@ -135,3 +139,59 @@ _MAY_BECOME: Mapping[RequestStatus, frozenset[RequestStatus]] = MappingProxyType
 def may_become(status: RequestStatus) -> frozenset[RequestStatus]:
     """The statuses a request may be in for it to move to `status`."""
     return _MAY_BECOME[status]
+
+
+# --- the quote (SPEC section 7) ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a request received on `received_on` would get: the decision, and if accepted its settlement.
+
+    `effective_date` is the desired date, else the earliest; `codes` are the rules it breaks (empty when
+    a submission would be accepted). A rejected quote has no settlement and no end of access.
+    """
+
+    received_on: date
+    earliest_effective_date: date | None
+    effective_date: date | None
+    codes: tuple[RejectionCode, ...]
+    first_anniversary: date
+    offers: tuple[Offer, ...]
+    settlement: Settlement | None
+    holdout: bool = False  # the contract is in the holdout group: the offers that fit are withheld (hold_out)
+
+    @property
+    def access_ends_on(self) -> date | None:
+        """From the effective date the customer can no longer log in to the admin console."""
+        return self.effective_date if self.settlement is not None else None
+
+
+def quote(
+    *,
+    contract: ContractTerms,
+    received_on: date,
+    desired_effective_date: date | None,
+    has_pending: bool,
+    reason: Reason | None,
+    paid_billing_dates: frozenset[date],
+    offer_policy: OfferPolicy = DEFAULT_OFFER_POLICY,
+    holdout_percent: int = 0,
+) -> Quote:
+    """The decision (decide, then hold_out, as eligibility decides) and the settlement (settle) a submission
+    with these inputs gets: a contract in the holdout group is quoted no offers, as it will be given none."""
+    decision = hold_out(decide(contract=contract, received_on=received_on,
+                               desired_effective_date=desired_effective_date, has_pending=has_pending, reason=reason,
+                               offer_policy=offer_policy),
+                        contract_id=contract.contract_id, percent=holdout_percent)
+    anniversary = first_anniversary(contract.start_date)
+    if isinstance(decision, Rejected):
+        return Quote(received_on=received_on, earliest_effective_date=decision.earliest_effective_date,
+                     effective_date=desired_effective_date or decision.earliest_effective_date,
+                     codes=decision.codes, first_anniversary=anniversary, offers=(), settlement=None)
+    settlement = settle(start_date=contract.start_date, monthly_fee_jpy=contract.monthly_fee_jpy,
+                        received_on=received_on, effective_date=decision.effective_date,
+                        paid_billing_dates=paid_billing_dates)
+    return Quote(received_on=received_on, earliest_effective_date=earliest_effective_date(contract.start_date,
+                                                                                          received_on),
+                 effective_date=decision.effective_date, codes=(), first_anniversary=decision.first_anniversary,
+                 offers=decision.offers, settlement=settlement, holdout=decision.holdout)

@@ -1,7 +1,7 @@
 """The quote (SPEC section 7) and the signed links to the customer's cancel page.
 
 `GET /v1/contracts/{contract_id}/cancellation-quote` answers what a submission made now would get,
-computed by shared.contract_rules.quote: the functions eligibility decides with and billing settles with.
+computed by `domain.quote`: the functions eligibility decides with and billing settles with.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
+from services.eligibility.domain import offer_policy_from_json
 from shared.contract_calendar import tokyo_date
-from shared.contract_rules import Quote, offer_policy_from_json, quote
 from shared.events import Id
 from shared.service import Runtime
 from shared.vocabulary import Offer, Reason, RejectionCode
 
 from .auth import api_key_matches, authenticator
+from .domain import Quote, quote
 from .links import InvalidLink, sign_link, verify_link
 from .problems import responses
 from .settings import IntakeSettings

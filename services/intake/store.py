@@ -11,7 +11,7 @@ import asyncpg
 
 from shared.clock import Clock
 from shared.contract_calendar import tokyo_date
-from shared.contract_rules import ContractTerms
+from services.eligibility.domain import ContractTerms
 from shared.events import (CancellationAccepted, CancellationForm, CancellationRejected, CancellationRequested,
                            CancellationSubmitted, ContractSigned, Customer, NotificationSent, PaymentRecorded,
                            SettlementIssued)

@@ -1,6 +1,6 @@
 """What to tell the customer, and when.
 
-Reminder times, what a withdrawal or a completion cancels. The e-mails' texts are templates
+Reminder times, when the acknowledgement goes, what a withdrawal or a completion cancels. The e-mails' texts are templates
 (texts.py, templates/); masking is shared/pii.py; no sending here.
 """
 
@@ -17,7 +17,10 @@ __all__ = [
     "REMINDER_KINDS",
     "REMINDER_TIME",
     "NotificationKind",
+    "RequestFacts",
     "ScheduledNotification",
+    "acknowledgement_cancelled",
+    "acknowledgement_due",
     "cancelled_by_completion",
     "cancelled_by_withdrawal",
     "days_before",
@@ -73,6 +76,34 @@ def days_before(item: ScheduledNotification, *, effective_date: date, accepted_a
     if item.due_at == accepted_at:
         return None
     return (effective_date - item.due_at.astimezone(TOKYO).date()).days
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What notifier knows of a request so far (two topics: the acceptance and the settlement may come in
+    either order, maybe in two processes)."""
+
+    status: str  # received (nothing decided yet), accepted, rejected, withdrawn, completed
+    accepted_at: datetime | None = None
+    settlement: str | None = None  # issued, voided; None: none yet
+
+
+def acknowledgement_due(facts: RequestFacts) -> datetime | None:
+    """The acknowledgement states the effective date, the final charge and the offers: it is due, at the
+    acceptance time, once both the acceptance and the issued settlement are known, whichever came last;
+    never for a request that is no longer accepted (withdrawn, completed) or whose settlement was voided."""
+    if facts.status == "accepted" and facts.accepted_at is not None and facts.settlement == "issued":
+        return facts.accepted_at
+    return None
+
+
+def acknowledgement_cancelled(facts: RequestFacts) -> datetime | None:
+    """A request withdrawn before its issued settlement was read: the acknowledgement it had been due, recorded
+    as cancelled, as the withdrawal cancels it when read after. So notifier's rows do not depend on which of
+    the two topics was read first (what `cancelflow rebuild` needs: it reads one topic after the other)."""
+    if facts.status == "withdrawn" and facts.accepted_at is not None and facts.settlement == "issued":
+        return facts.accepted_at
+    return None
 
 
 def cancelled_by_withdrawal() -> tuple[NotificationKind, ...]:

@@ -10,7 +10,8 @@ from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import cancelled_by_completion, cancelled_by_withdrawal, reminder_schedule, withdrawal_notice
+from .domain import (RequestFacts, acknowledgement_cancelled, acknowledgement_due, cancelled_by_completion,
+                     cancelled_by_withdrawal, reminder_schedule, withdrawal_notice)
 from .store import NotifierStore
 
 Ctx = Context[NotifierStore]
@@ -22,11 +23,20 @@ async def on_requested(ctx: Ctx, e: CancellationRequested) -> None:
 
 async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
     accepted_at = e.decided_at or ctx.envelope.occurred_at
-    ctx.store.accepted(e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at))
+    known = await ctx.store.accepted(
+        e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at))
+    _acknowledge_if_due(ctx, e.request_id, known)
 
 
 async def on_settlement_issued(ctx: Ctx, e: SettlementIssued) -> None:
-    ctx.store.settled(e)
+    _acknowledge_if_due(ctx, e.request_id, await ctx.store.settled(e))
+
+
+def _acknowledge_if_due(ctx: Ctx, request_id: str, known: RequestFacts) -> None:
+    if (due := acknowledgement_due(known)) is not None:
+        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due)
+    elif (due := acknowledgement_cancelled(known)) is not None:
+        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due, cancelled=True)
 
 
 async def on_settlement_voided(ctx: Ctx, e: SettlementVoided) -> None:

@@ -29,8 +29,8 @@ from cancelflow.client import PipelineClient
 from cancelflow.infra import kafka
 from cancelflow.infra.certificates import make_ca_and_broker_cert
 from cancelflow.infra.ports import free_port_block
+from services.eligibility.domain import in_holdout
 from shared import topics
-from shared.contract_rules import in_holdout
 from shared.events import CancellationAccepted, CancellationRequested, ContractSigned, new_envelope
 from shared.kafka_connection import KafkaConnection
 from shared.settings import ServiceSettings

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.billing.domain import Charge, Settlement, settle
+from services.billing.domain import Charge, Settlement, Voiding, settle, voiding
 from shared.contract_calendar import billing_date, billing_dates_between
 
 D = date
@@ -145,3 +145,25 @@ def test_paid_through_is_not_chained_from_a_clamped_date() -> None:
         effective_date=D(2024, 3, 20), paid_billing_dates=frozenset(),
     )
     assert result.paid_through == billing_date(D(2024, 1, 31), 2) == D(2024, 3, 31)
+
+
+@pytest.mark.parametrize(("status", "void", "announce"), [
+    (None, False, False),  # billing never settled the request (rejected, or never accepted)
+    ("awaiting_contract", True, False),  # never announced: voided quietly
+    ("issued", True, True),
+    ("voided", False, False),  # a second withdrawal: voiding twice is once
+])
+def test_what_a_withdrawal_does_to_the_settlement(status, void: bool, announce: bool) -> None:
+    assert voiding(status) == Voiding(void=void, announce=announce)
+
+
+@given(st.sampled_from([None, "awaiting_contract", "issued", "voided"]), st.integers(1, 4))
+def test_withdrawals_void_once_and_announce_only_an_issued_settlement(status, withdrawals: int) -> None:
+    initial, voided, announced = status, 0, 0
+    for _ in range(withdrawals):
+        outcome = voiding(status)
+        assert outcome.void or not outcome.announce, "only what is voided is announced"
+        if outcome.void:
+            voided, announced, status = voided + 1, announced + outcome.announce, "voided"
+    assert voided == (initial in ("awaiting_contract", "issued"))
+    assert announced == (initial == "issued")

@@ -8,16 +8,20 @@ from dataclasses import replace
 from datetime import date, datetime, timezone
 
 import orjson
+import pytest
 
 from services.billing import handlers as billing
-from services.billing.store import Terms
+from services.billing.store import Held, Terms
 from services.eligibility import handlers as eligibility
 from services.eligibility.domain import DEFAULT_OFFER_POLICY, CancellationState, ContractTerms
 from services.eligibility.store import DecisionInputs, Withdrawable
-from shared.events import (CancellationAccepted, CancellationRequested, CancellationWithdrawn, WithdrawalRequested,
-                           new_envelope)
+from services.notifier import handlers as notifier
+from services.notifier.domain import RequestFacts
+from shared.events import (CancellationAccepted, CancellationRequested, CancellationWithdrawn, SettlementIssued,
+                           WithdrawalRequested, new_envelope)
 from shared.messaging.consumer import Context
 from shared.messaging.outbox import Outbox
+from shared.vocabulary import NotificationKind
 
 NOW = datetime(2026, 5, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -152,11 +156,13 @@ class FakeBillingStore:
         self.issued[request_id] = settlement
         return True
 
-    async def void(self, request_id: str, at: datetime):
-        if request_id in self.issued and request_id not in self.voided:
-            self.voided.append(request_id)
-            return "C-1", True
-        return None
+    async def settlement(self, request_id: str) -> Held | None:
+        if request_id in self.voided:
+            return Held("C-1", "voided")
+        return Held("C-1", "issued") if request_id in self.issued else None
+
+    def void(self, request_id: str, at: datetime) -> None:
+        self.voided.append(request_id)
 
 
 async def test_an_acceptance_is_settled_once_and_a_withdrawal_voids_it() -> None:
@@ -166,6 +172,7 @@ async def test_an_acceptance_is_settled_once_and_a_withdrawal_voids_it() -> None
     early = accepted.model_copy(update={"request_id": "R-2", "contract_id": "C-unknown"})
     emitted = []
     for handler, e in ((billing.on_accepted, accepted), (billing.on_accepted, accepted), (billing.on_accepted, early),
+                       (billing.on_withdrawn, CancellationWithdrawn(request_id="R-1")),
                        (billing.on_withdrawn, CancellationWithdrawn(request_id="R-1"))):
         ctx, outbox = _context(store, e)
         await handler(ctx, e)
@@ -173,3 +180,52 @@ async def test_an_acceptance_is_settled_once_and_a_withdrawal_voids_it() -> None
     assert [x["event_type"] for x in emitted] == ["settlement.issued", "settlement.voided"]
     assert emitted[0]["data"]["charges"] == [] and emitted[0]["data"]["paid_through"] == "2026-06-30"
     assert store.waiting == ["R-2"], "an acceptance before its contract waits for it"
+    assert store.voided == ["R-1"], "a second withdrawal voids nothing more"
+
+
+class FakeNotifierStore:
+    def __init__(self) -> None:
+        self.known: dict[str, RequestFacts] = {}
+        self.scheduled: list[tuple[str, NotificationKind, datetime]] = []
+
+    def _learn(self, request_id: str, **changes) -> RequestFacts:
+        self.known[request_id] = replace(self.known.get(request_id, RequestFacts("received")), **changes)
+        return self.known[request_id]
+
+    async def accepted(self, e, accepted_at, reminders) -> RequestFacts:
+        self.scheduled += [(e.request_id, r.kind, r.due_at) for r in reminders]
+        return self._learn(e.request_id, status="accepted", accepted_at=accepted_at)
+
+    async def settled(self, e) -> RequestFacts:
+        return self._learn(e.request_id, settlement="issued")
+
+    def schedule(self, request_id, kind, due_at, *, cancelled=False) -> None:
+        self.scheduled.append((request_id, kind, due_at) + (("cancelled",) if cancelled else ()))
+
+
+@pytest.mark.parametrize("settlement_first", [False, True], ids=["acceptance-first", "settlement-first"])
+async def test_the_acknowledgement_waits_for_the_acceptance_and_the_settlement(settlement_first: bool) -> None:
+    store = FakeNotifierStore()
+    accepted = CancellationAccepted(request_id="R-1", contract_id="C-1", effective_date=date(2026, 6, 30),
+                                    first_anniversary=date(2025, 1, 31), received_on=date(2026, 5, 10), decided_at=NOW)
+    issued = SettlementIssued(request_id="R-1", contract_id="C-1", charges=(), total_jpy=0, refund_jpy=0,
+                              paid_through=date(2026, 6, 30))
+    steps = [(notifier.on_accepted, accepted), (notifier.on_settlement_issued, issued)]
+    for handler, e in reversed(steps) if settlement_first else steps:
+        acknowledged = [s for s in store.scheduled if s[1] is NotificationKind.acknowledgement]
+        assert acknowledged == [], "nothing to acknowledge before both are in"
+        ctx, _ = _context(store, e)
+        await handler(ctx, e)
+    assert [s for s in store.scheduled if s[1] is NotificationKind.acknowledgement] == [
+        ("R-1", NotificationKind.acknowledgement, NOW)]
+
+
+async def test_a_settlement_read_after_the_withdrawal_records_the_acknowledgement_cancelled() -> None:
+    """The row the withdrawal would have cancelled, had it been read after: the same rows in either order."""
+    store = FakeNotifierStore()
+    store._learn("R-1", status="withdrawn", accepted_at=NOW)
+    issued = SettlementIssued(request_id="R-1", contract_id="C-1", charges=(), total_jpy=0, refund_jpy=0,
+                              paid_through=date(2026, 6, 30))
+    ctx, _ = _context(store, issued)
+    await notifier.on_settlement_issued(ctx, issued)
+    assert store.scheduled == [("R-1", NotificationKind.acknowledgement, NOW, "cancelled")]

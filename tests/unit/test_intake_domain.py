@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.intake.domain import (ENDED, IdempotencyConflict, may_become, replayed_request, submission_digest,
-                                    withdrawal_refusal)
+from services.intake.domain import (ENDED, AskedBefore, AskWithdrawal, IdempotencyConflict, Refusal,
+                                    RefuseWithdrawal, answer_withdrawal, may_become, replayed_request,
+                                    submission_digest, withdrawal_refusal)
 from shared.vocabulary import RequestStatus as S
 
 EFFECTIVE = date(2026, 6, 30)
@@ -72,3 +73,36 @@ def test_status_only_moves_forward_and_an_end_is_final(events: list) -> None:
             status = new
         if status in ENDED:
             assert all(status not in may_become(s) for s in S), "an ended request never moves again"
+
+
+def _without_an_offer(status: S, effective_date, today: date, asked: bool):
+    """A withdrawal asked without an offer (SPEC section 2); taking one is tested in test_retention_domain."""
+    return answer_withdrawal(status=status, effective_date=effective_date, today=today, offers=(), asked=asked,
+                             asked_with=None, taken_offer=None)
+
+
+_DATE_COME = "the effective date has come: the contract has ended"
+
+
+@pytest.mark.parametrize(("status", "effective_date", "asked", "answer"), [
+    (S.received, None, False, AskWithdrawal(None)),  # before the decision: eligibility handles the two in order
+    (S.accepted, EFFECTIVE, False, AskWithdrawal(None)),
+    (S.accepted, EFFECTIVE, True, AskedBefore()),  # asking twice is one withdrawal
+    (S.received, None, True, AskedBefore()),
+    (S.accepted, EFFECTIVE - timedelta(days=1), False, RefuseWithdrawal(_DATE_COME, Refusal.date_come)),
+    (S.withdrawn, EFFECTIVE, True, RefuseWithdrawal("request is withdrawn", Refusal.ended)),
+    (S.completed, EFFECTIVE, False, RefuseWithdrawal("request is completed", Refusal.ended)),
+    (S.rejected, None, False, RefuseWithdrawal("request is rejected", Refusal.ended)),
+])
+def test_answer_withdrawal(status: S, effective_date, asked: bool, answer) -> None:
+    assert _without_an_offer(status, effective_date, EFFECTIVE - timedelta(days=1), asked) == answer
+
+
+@given(st.sampled_from(list(S)), st.none() | st.dates(), st.dates())
+def test_a_withdrawal_is_asked_once_and_refused_exactly_when_the_refusal_says(status: S, effective_date, today) -> None:
+    first = _without_an_offer(status, effective_date, today, asked=False)
+    again = _without_an_offer(status, effective_date, today, asked=True)
+    why = withdrawal_refusal(status, effective_date, today=today)
+    refused = RefuseWithdrawal(why, Refusal.ended if status in ENDED else Refusal.date_come) if why else None
+    assert first == (refused or AskWithdrawal(None))
+    assert again == (refused or AskedBefore())

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from services.billing.domain import settle
 from services.eligibility.domain import (DEFAULT_OFFER_POLICY, Accepted, ContractTerms, decide, hold_out, in_holdout,
-                                        parse_offer_policy)
+                                         parse_offer_policy)
+from services.intake.domain import quote
 from services.intake.quote import quote_view
 from shared.contract_calendar import add_months
-from shared.contract_rules import quote
 from shared.events import ChargeLine, SettlementIssued
 from shared.vocabulary import Offer, Reason, RejectionCode
 

@@ -22,7 +22,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 
 from shared.contract_calendar import tokyo_date
-from shared.contract_rules import can_withdraw
 from shared.events import CancellationForm, Customer
 from shared.service import Runtime
 from shared.vocabulary import Reason, RequestStatus
@@ -31,7 +30,7 @@ from ..links import InvalidLink, verify_link
 from ..quote import Quoter
 from ..settings import IntakeSettings
 from ..actions import ask_withdrawal, submit_form
-from ..domain import IdempotencyConflict
+from ..domain import AskWithdrawal, IdempotencyConflict, answer_withdrawal
 from ..store import ContractState, request_of_contract
 from . import csrf, wording
 
@@ -239,30 +238,34 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
 
     def status_context(row: Any, today: date) -> dict:
         status = RequestStatus(row["status"])
-        withdrawable = (status in (RequestStatus.received, RequestStatus.accepted)
-                        and row["withdrawal_requested_at"] is None
-                        and (row["effective_date"] is None or can_withdraw(effective_date=row["effective_date"],
-                                                                           today=today)))
+        # May the customer still withdraw (and so take one of the offers)? Asked as the API asks it, without an offer.
+        withdrawable = isinstance(answer_withdrawal(status=status, effective_date=row["effective_date"], today=today,
+                                                    offers=tuple(row["offers"]),
+                                                    asked=row["withdrawal_requested_at"] is not None,
+                                                    asked_with=row["withdrawal_offer"], taken_offer=None),
+                                  AskWithdrawal)
         return {"r": row, "status": status, "final": status in FINAL, "withdrawable": withdrawable,
                 "settlement": row["settlement"], "notifications": row["notifications"]}
 
-    @app.get("/cancel/{token}/requests/{request_id}", include_in_schema=False)
-    async def status_page(request: Request, token: str, request_id: str) -> Response:
+    async def status_response(request: Request, token: str, request_id: str, *, live: bool) -> Response:
+        """The request's status page, or (live) only its status part, which the page's script refreshes."""
         found = await request_row(token, request_id)
         if found is None:
             return invalid_link()
         state, row = found
         context, cookie = base(request, token, state)
-        return page("status.html", cookie=cookie, step=5, **context, **status_context(row, context["today"]))
+        context |= status_context(row, context["today"])
+        if live:
+            return page("_status.html", **context)
+        return page("status.html", cookie=cookie, step=5, **context)
+
+    @app.get("/cancel/{token}/requests/{request_id}", include_in_schema=False)
+    async def status_page(request: Request, token: str, request_id: str) -> Response:
+        return await status_response(request, token, request_id, live=False)
 
     @app.get("/cancel/{token}/requests/{request_id}/live", include_in_schema=False)
     async def status_live(request: Request, token: str, request_id: str) -> Response:
-        found = await request_row(token, request_id)
-        if found is None:
-            return invalid_link()
-        state, row = found
-        context, _ = base(request, token, state)
-        return page("_status.html", **context, **status_context(row, context["today"]))
+        return await status_response(request, token, request_id, live=True)
 
     async def ask(request: Request, token: str, request_id: str, offer: str | None) -> Response:
         """A withdrawal, taking `offer` or none, asked as the API asks it (actions.ask_withdrawal): the status
