@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .infra.errors import InfraError
 from .stack import Ports, Stack, StackConfig
+from . import stack_security
 from .stack_security import SECURITY_MODES
 
 Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
@@ -353,6 +354,16 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
         _fail(str(exc))
 
 
+def _client_api_key(given: str | None, stack: Stack) -> str:
+    """The X-API-Key a client command sends: --api-key or INTAKE_API_KEY, else the key `cancelflow up`
+    generated for the local stack. There is no default key."""
+    key = given or stack.config.api_keys or stack_security.recorded_api_key(stack.security_dir)
+    if not key:
+        _fail(f"no API key: set INTAKE_API_KEY (as `cancelflow up` prints it) or pass --api-key; "
+              f"no stack has made one in {stack.root}")
+    return key.split(",")[0].strip()
+
+
 @app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
          api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
@@ -361,8 +372,9 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
     from .demo import run_demo
 
     stack = _stack(recorded=True)
+    key = _client_api_key(api_key, stack)
     try:
-        run_demo(stack, intake_url=intake_url, api_key=api_key or stack.api_key, console=console)
+        run_demo(stack, intake_url=intake_url, api_key=key, console=console)
     except InfraError as exc:
         _fail(str(exc))
 
@@ -372,12 +384,14 @@ def link(contract_id: str = typer.Argument(..., help="The contract whose custome
          ttl_days: int = typer.Option(None, "--ttl-days", min=1, max=90,
                                       help="Validity in days (intake's INTAKE_LINK_TTL_DAYS, 7, when absent)."),
          intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Print a signed link to the customer's cancel page (/cancel/{token}) for CONTRACT_ID."""
     from .client import request_cancel_link
 
+    key = _client_api_key(api_key, _stack(recorded=True))
     try:
-        issued = asyncio.run(request_cancel_link(intake_url, api_key, contract_id, ttl_days))
+        issued = asyncio.run(request_cancel_link(intake_url, key, contract_id, ttl_days))
     except InfraError as exc:
         _fail(str(exc))
     print(issued["url"])

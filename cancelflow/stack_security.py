@@ -44,6 +44,13 @@ def intake_secrets(security_dir: Path) -> tuple[str, str]:
     return data["api_key"], data["webhook_secret"]
 
 
+def recorded_api_key(security_dir: Path) -> str | None:
+    """The API key `cancelflow up` generated (and printed as INTAKE_API_KEY=) for this stack, if it made one;
+    never makes one: a key no intake accepts is no use to a client."""
+    path = security_dir / "intake.json"
+    return json.loads(path.read_text())["api_key"] if path.exists() else None
+
+
 def keyring_token(security_dir: Path) -> str:
     """What notifier shows intake to get the contracts' data keys, generated once per stack."""
     return generated(security_dir / "keyring.json", lambda: {"token": secrets.token_urlsafe(32)})["token"]

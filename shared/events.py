@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints,
-                      ValidationError, field_validator)
+                      ValidationError, ValidationInfo, field_validator)
 
 from shared import topics
 from shared.vocabulary import NotificationKind, Offer, Plan, Reason, RejectionCode
@@ -124,14 +124,24 @@ class CancellationSubmitted(CancellationForm, EventData):
 
 
 class CancellationRequested(CancellationForm, EventData):
-    """Version 2: the customer is sealed (`customer_sealed`) and `customer` is absent; a version-1 event
-    carries it in clear."""
+    """Version 2 added `customer_sealed`: the customer sealed under its contract's data key, with `customer`
+    left empty, since a copy in clear in the retained topic could never be erased (docs/security.md). A
+    version-1 event carries `customer` in clear and still validates; one of the two is required."""
 
     event_type = "cancellation.requested"
     topic = topics.REQUESTS
     schema_version = 2
-    customer: Customer | None = None
-    customer_sealed: SealedCustomer | None = None
+    customer: Customer | None = Field(None, description="Version 1 only: the customer in clear.")
+    customer_sealed: SealedCustomer | None = Field(
+        None, validate_default=True, description="Added in version 2: the customer, sealed (AES-256-GCM).")
+
+    @field_validator("customer_sealed")
+    @classmethod
+    def _a_customer_either_way(cls, sealed: SealedCustomer | None, info: ValidationInfo) -> SealedCustomer | None:
+        # A customer that failed its own validation is missing from info.data: that error says enough.
+        if sealed is None and "customer" in info.data and info.data["customer"] is None:
+            raise ValueError("required when customer is absent (a version-2 event seals the customer)")
+        return sealed
     request_id: Id
     source: Literal["http", "kafka"]
     submission_id: str | None = None

@@ -64,3 +64,32 @@ def test_the_request_event_carries_the_customer_sealed_only():
     assert "customer" not in new.row()[5]  # the request row keeps no customer either
     assert new.digest == new_request(form, source="http", submission_id="k-1",
                                      received_at=new.received_at).digest  # the digest still covers it
+
+
+def _requested_envelope(version: int, **data) -> bytes:
+    import orjson
+
+    return orjson.dumps({"event_id": str(uuid.uuid4()), "event_type": "cancellation.requested",
+                         "schema_version": version, "occurred_at": "2026-05-01T00:00:00Z", "producer": "intake",
+                         "correlation_id": "r-1", "data": {
+                             "contract_id": "C-1", "account_id": "@c-1", "plan": "pro", "reason": "NO_LONGER_USED",
+                             "request_id": "r-1", "source": "http", "received_at": "2026-05-01T00:00:00Z",
+                             "received_on": "2026-05-01", **data}})
+
+
+def test_cancellation_requested_evolved_by_adding_a_field():
+    """Version 2 added `customer_sealed` and kept `customer` (now optional): a version-1 event, the customer
+    in clear, still validates; an event with neither is refused, naming the field."""
+    from shared.events import CancellationRequested, PoisonMessage
+
+    assert CancellationRequested.schema_version == 2
+    assert {"customer", "customer_sealed"} <= set(CancellationRequested.model_fields)
+    envelope, v1 = decode(_requested_envelope(1, customer=CUSTOMER.model_dump(mode="json")))
+    assert envelope.schema_version == 1 and v1.customer == CUSTOMER and v1.customer_sealed is None
+    sealed = seal(CUSTOMER, k := key())
+    _, v2 = decode(_requested_envelope(2, customer_sealed=sealed.model_dump(mode="json")))
+    assert v2.customer is None and unseal(v2.customer_sealed, "C-1", k) == CUSTOMER
+    with pytest.raises(PoisonMessage, match=r"^data\.customer_sealed: .*required when customer is absent"):
+        decode(_requested_envelope(2))
+    with pytest.raises(PoisonMessage, match=r"^data\.customer\.email: "):  # one error, the bad field's
+        decode(_requested_envelope(1, customer={"name": "n", "email": "nope", "phone": "090-1234-5678"}))

@@ -59,3 +59,21 @@ def test_a_service_database_url_of_its_own(monkeypatch):
     monkeypatch.setenv("INTAKE_DATABASE_URL", "postgresql://intake:pw@intake-db/x")
     assert IntakeSettings().database_url == "postgresql://intake:pw@intake-db/x"
     assert NotifierSettings().database_url == "postgresql://shared@db/x"
+
+
+def test_cancelflow_link_has_no_default_key(monkeypatch, tmp_path):
+    """No key given and no stack that made one: one line naming INTAKE_API_KEY, nothing sent. With a stack's
+    generated key, that key is the one sent (as `cancelflow up` printed it)."""
+    from typer.testing import CliRunner
+
+    from cancelflow import cli, stack_security
+
+    for name in ("INTAKE_API_KEY", "INTAKE_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CANCELFLOW_STACK_DIR", str(tmp_path))
+    result = CliRunner().invoke(cli.app, ["link", "C-1", "--intake-url", "http://127.0.0.1:1"])
+    assert result.exit_code == 1 and "no API key: set INTAKE_API_KEY" in result.output
+    assert not (tmp_path / "security" / "intake.json").exists()  # asking made no key
+    generated, _ = stack_security.intake_secrets(tmp_path / "security")
+    assert cli._client_api_key(None, cli._stack(recorded=True)) == generated
+    assert cli._client_api_key("given", cli._stack(recorded=True)) == "given"
