@@ -366,7 +366,9 @@ def test_sasl_overlay_has_the_principals_and_acls_of_the_local_scram_stack(tmp_p
     service as itself, the same ACLs (made by the same code), the same authorizer and super user, and no
     listener left without authentication."""
     from cancelflow import stack_security
+    from cancelflow.infra.acl import Operation, Resource
     from cancelflow.stack import Ports, Stack, StackConfig
+    from shared import topics
     from shared.settings import ServiceSettings
 
     overlay = load_compose("docker-compose.sasl.yml")["services"]
@@ -408,7 +410,14 @@ def test_sasl_overlay_has_the_principals_and_acls_of_the_local_scram_stack(tmp_p
     assert command_of(acls) == ["cancelflow", "kafka-acls"]
     assert env_of(acls)["KAFKA_SASL_USERNAME"] == super_user
     assert depends_on(acls).get("topics") == "service_completed_successfully"
-    assert {acl.principal for acl in stack_security.access_policy()} <= {f"User:{u}" for u in users}
+    policy = stack_security.access_policy()
+    assert {acl.principal for acl in policy} == {f"User:{u}" for u in users}, "every user, and only they, has ACLs"
+    assert not any(acl.name == "*" and acl.operation != Operation.READ and acl.resource == Resource.TOPIC
+                   for acl in policy), "no principal writes every topic"
+    assert {acl.name for acl in policy if acl.principal == f"User:{stack_security.UPSTREAM}"
+            and acl.operation == Operation.WRITE} == {topics.CONTRACTS, topics.SUBMISSIONS}
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
     accepted = {alias for f in ServiceSettings.model_fields.values() if f.validation_alias
                 for alias in f.validation_alias.choices}
