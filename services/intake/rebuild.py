@@ -109,6 +109,7 @@ PROJECTION = Projection(
         NotificationSent.event_type: _notification_sent,
     },
     own=frozenset({CancellationRequested.event_type, WithdrawalRequested.event_type}),
-    carried=("subject_keys",),
+    # The signatures seen within the tolerance too: a rebuilt intake would otherwise take their replays.
+    carried=("subject_keys", "seen_signatures"),
     bookkeeping={"requests": ("updated_at",), "contracts": ("updated_at",),
                  "withdrawal_submissions": ("recorded_at",)})
