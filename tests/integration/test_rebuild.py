@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from cancelflow import demo, kafka_clients, rebuild
+from cancelflow.ops import top
 from shared import topics
 from shared.events import decode
 
@@ -35,11 +36,34 @@ async def _ends(infra) -> dict:
         await client.stop()
 
 
+SERVICES = ("intake", "eligibility", "billing", "notifier")
+
+
+async def _quiet(infra, timeout: float = 180) -> None:
+    """Until every service has consumed every topic it reads and every outbox is empty: the services have
+    finished the demo's events (at a high load average this takes far longer than a few seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        while True:
+            view = await top.top_once(kafka_clients.connection(infra.bootstrap), interval=0.05)
+            lag = {(r.service, r.topic): r.lag for r in view.lags if r.lag}
+            outbox = {s: n for s in SERVICES if (n := await conn.fetchval(f"SELECT count(*) FROM {s}.outbox"))}
+            if not lag and not outbox:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the pipeline is not quiet after {timeout:g} s: lag {lag}, outbox {outbox}")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 async def _built_equal(infra, service: str) -> dict:
-    """Build into a scratch schema and compare; the services may still be finishing the demo's last
-    events, so a difference is looked at again a few times before it counts."""
+    """Build into a scratch schema and compare, once the pipeline is quiet; a scheduled task (a reminder,
+    a completion) may still be writing, so a difference is looked at again a few times before it counts."""
     differences: dict = {}
     for attempt in range(6):
+        await _quiet(infra)
         schema = f"{service}_rebuild_test"
         before = await _ends(infra)
         built = await rebuild.build(service, database_url=infra.database_url, kafka=kafka_clients.connection(
