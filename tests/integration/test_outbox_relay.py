@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def relay_setup(infra):
     async with own_database(infra, "relay") as url:
-        rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap)).runtime
+        rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap,
+                                       api_keys="relay-tests")).runtime
         await migrate(url, rt.schema, rt.service_dir)
         pool = await create_pool(url, rt.schema)
         topic = f"relay-test-{uuid.uuid4().hex[:8]}"

@@ -32,13 +32,29 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 # ---------------------------------------------------------------- helpers
 
 
-VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
+# What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
+REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
+            "INTAKE_LINK_SECRET": "link-secret-from-env", "INTAKE_KEYRING_TOKEN": "keyring-from-env",
+            **{f"KAFKA_{p.upper()}_PASSWORD": f"{p}-kafka-pw" for p in
+               ("broker", "intake", "eligibility", "billing", "notifier", "upstream", "operator")},
+            "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
+                                                ("intake", "eligibility", "billing", "notifier")}}
+
+
+def _substitute(match: re.Match, environ: dict[str, str]) -> str:
+    name, kind, rest = match.groups()
+    if kind == "?":
+        value = environ.get(name) or REQUIRED.get(name)
+        assert value, f"${{{name}}} is required ({rest}) and the test gives it no value"
+        return value
+    return environ.get(name) or (rest or "")
 
 
 def interpolate(value, environ: dict[str, str]):
-    """Compose's ${VAR:-default} and ${VAR}, through every string of the loaded file."""
+    """Compose's ${VAR:-default}, ${VAR:?required} and ${VAR}, through every string of the loaded file."""
     if isinstance(value, str):
-        return VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+        return VARIABLE.sub(lambda m: _substitute(m, environ), value)
     if isinstance(value, dict):
         return {k: interpolate(v, environ) for k, v in value.items()}
     if isinstance(value, list):
