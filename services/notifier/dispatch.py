@@ -37,6 +37,7 @@ from shared.vocabulary import NotificationKind
 from shared.pii import mask_email
 from shared.retry import until_it_works
 
+from .keyring import Keyring, Recipient
 from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 from .smtp_client import MailRefused, Mailer
@@ -73,8 +74,8 @@ WITH stale AS (
     RETURNING n.id, n.request_id, n.kind, n.due_at, n.days_before
 )
 SELECT c.id, c.request_id, c.kind, c.due_at, c.days_before, p.lane = 0 AS resent, r.contract_id,
-       r.customer_name, r.email, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
-       q.paid_through, q.taken_offer
+       r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date,
+       q.total_jpy, q.paid_through, q.taken_offer
 FROM claimed c
 JOIN picked p USING (id)
 JOIN recipients r USING (request_id)
@@ -91,6 +92,8 @@ RETURNING n.id
 """
 _RELEASE = ("UPDATE notifications SET status = 'pending', claimed_at = NULL"
             " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
+_ERASED = ("UPDATE notifications SET status = 'erased', claimed_at = NULL"
+           " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
 
 WORKERS = 2  # dispatch batches running side by side
 
@@ -113,12 +116,25 @@ class _NotSent(Exception):
         self.cause = cause
 
 
-async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings) -> int:
-    """Claim up to len(mailers) due rows and send them at once; 0 when nothing is due."""
+async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings, keyring: Keyring) -> int:
+    """Claim up to len(mailers) due rows and send them at once; how many were claimed (0: nothing due). A row
+    whose customer was erased is marked so, never sent."""
     async with rt.pool.acquire() as conn:
         rows = await claim_due(conn, rt.clock.now(), len(mailers), settings.sending_lease_s)
     if not rows:
         return 0
+    claimed = len(rows)
+    try:
+        recipients = await keyring.open(rows)
+    except Exception:
+        await _release(rt, [row["id"] for row in rows])  # no intake answered: due again, as when SMTP is down
+        raise
+    if len(recipients) < claimed:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(_ERASED, [row["id"] for row in rows if row["id"] not in recipients])
+        rows = [row for row in rows if row["id"] in recipients]
+        if not rows:
+            return claimed
     resent = [row for row in rows if row["resent"]]
     if resent:
         for row in resent:
@@ -127,7 +143,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSetti
                     len(resent), settings.sending_lease_s)
     msg_ids = [message_id(row) for row in rows]
     used = mailers[:len(rows)]
-    messages = [mailer.compose(row["email"], *_text(row), msg_id, {
+    messages = [mailer.compose(recipients[row["id"]].email, *_text(row, recipients[row["id"]]), msg_id, {
         "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": row["kind"],
         "X-Cancelflow-Due-At": row["due_at"].isoformat()}) for mailer, row, msg_id in zip(used, rows, msg_ids)]
     # Every mail up to its final "." at once, each on its own connection; then the "." of each, back to back.
@@ -144,29 +160,34 @@ async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSetti
     outcomes = await asyncio.gather(*(m.result() if b is None else _raise(_NotSent(b)) for m, b in zip(used, begun)),
                                     return_exceptions=True)
     outcomes = [_NotSent(o) if isinstance(o, MailRefused) else o for o in outcomes]
-    sent = [(row, i) for row, i, o in zip(rows, msg_ids, outcomes) if o is None]
+    sent = [(row, i, recipients[row["id"]]) for row, i, o in zip(rows, msg_ids, outcomes) if o is None]
     if sent:
         async def confirm() -> None:
             await _confirm(rt, sent)
         # Retried: only this process's death (or a database down past the lease) makes them go out again.
         await until_it_works("the database (confirming mails sent)", confirm, first_s=0.2, most_s=2.0)
-    not_sent = [row["id"] for row, o in zip(rows, outcomes) if isinstance(o, _NotSent)]
-    if not_sent:
-        try:
-            async with rt.pool.acquire() as conn:
-                await conn.execute(_RELEASE, not_sent)
-        except Exception:  # noqa: BLE001 - the database is gone: their lease runs out instead
-            log.warning("%d unsent notification(s) stay claimed until their lease runs out", len(not_sent))
+    await _release(rt, [row["id"] for row, o in zip(rows, outcomes) if isinstance(o, _NotSent)])
     # A mail whose answer never came (the connection lost after its ".") stays 'sending': the lease resends it.
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
         raise error.cause if isinstance(error, _NotSent) else error
-    return len(rows)
+    return claimed
 
 
-def _text(row) -> tuple[str, str]:
+async def _release(rt: Runtime, ids: list[int]) -> None:
+    """Claimed rows certainly not sent: due again now (else when their lease runs out)."""
+    if not ids:
+        return
+    try:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(_RELEASE, ids)
+    except Exception:  # noqa: BLE001 - the database is gone: their lease runs out instead
+        log.warning("%d unsent notification(s) stay claimed until their lease runs out", len(ids))
+
+
+def _text(row, recipient: Recipient) -> tuple[str, str]:
     content = render(
-        NotificationKind(row["kind"]), customer_name=row["customer_name"], request_id=row["request_id"],
+        NotificationKind(row["kind"]), customer_name=recipient.name, request_id=row["request_id"],
         contract_id=row["contract_id"], effective_date=row["effective_date"], total_jpy=row["total_jpy"],
         paid_through=row["paid_through"], offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
         earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"],
@@ -178,15 +199,15 @@ async def _confirm(rt: Runtime, sent: list) -> None:
     """The mails the server accepted: 'sent', and their notification.sent, in one transaction."""
     sent_at = rt.clock.now()
     async with rt.pool.acquire() as conn, outbox_transaction(conn, rt.schema, rt.relay) as outbox:
-        confirmed = {r["id"] for r in await conn.fetch(_CONFIRM, [row["id"] for row, _ in sent], sent_at,
-                                                       [i for _, i in sent])}
-        for row, _ in sent:
+        confirmed = {r["id"] for r in await conn.fetch(_CONFIRM, [row["id"] for row, _, _ in sent], sent_at,
+                                                       [i for _, i, _ in sent])}
+        for row, _, recipient in sent:
             if row["id"] in confirmed:
                 Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
                     request_id=row["request_id"], kind=NotificationKind(row["kind"]), channel="email",
-                    recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
+                    recipient=mask_email(recipient.email), sent_at=sent_at, due_at=row["due_at"]),
                     key=row["contract_id"])
-    for row, _ in sent:
+    for row, _, _ in sent:
         metrics.NOTIFICATIONS_SENT.labels(row["kind"]).inc()
 
 
@@ -205,6 +226,7 @@ async def _raise(error: BaseException) -> None:
 def dispatch_loop(settings: NotifierSettings):
     async def dispatch(rt: Runtime) -> None:
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
+        keyring = Keyring(settings)
         wake = asyncio.Event()
         listener = None
 
@@ -213,7 +235,7 @@ def dispatch_loop(settings: NotifierSettings):
 
         async def drain(mailers: list[Mailer]) -> None:
             # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            while await send_batch(rt, mailers, settings) == len(mailers):
+            while await send_batch(rt, mailers, settings, keyring) == len(mailers):
                 pass
 
         async def send_due() -> None:
@@ -227,7 +249,7 @@ def dispatch_loop(settings: NotifierSettings):
                     await listener.add_listener(DUE_CHANNEL, on_notify)
                 wake.clear()
                 # One worker first; the others join only when there is more than a batch to send.
-                if await send_batch(rt, workers[0], settings) == settings.smtp_connections:
+                if await send_batch(rt, workers[0], settings, keyring) == settings.smtp_connections:
                     outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                     if error is not None:
@@ -248,6 +270,7 @@ def dispatch_loop(settings: NotifierSettings):
                 except asyncio.TimeoutError:
                     pass
         finally:
+            await keyring.close()
             for mailers in workers:
                 for mailer in mailers:
                     mailer.close()

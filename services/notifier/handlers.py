@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationRequested, CancellationWithdrawn, SettlementIssued, SettlementVoided)
+                           CancellationRequested, CancellationWithdrawn, CustomerErasureRequested, SettlementIssued,
+                           SettlementVoided)
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import (RequestFacts, acknowledgement_cancelled, acknowledgement_due, cancelled_by_completion,
-                     cancelled_by_withdrawal, reminder_schedule, withdrawal_notice)
+from .domain import (acknowledgement, cancelled_by_completion, cancelled_by_withdrawal, reminder_schedule,
+                     withdrawal_notice)
 from .store import NotifierStore
 
 Ctx = Context[NotifierStore]
@@ -22,20 +23,12 @@ async def on_requested(ctx: Ctx, e: CancellationRequested) -> None:
 
 async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
     accepted_at = e.decided_at or ctx.envelope.occurred_at
-    known = await ctx.store.accepted(
-        e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at))
-    _acknowledge_if_due(ctx, e.request_id, known)
+    await ctx.store.accepted(e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at),
+                             acknowledge=acknowledgement)
 
 
 async def on_settlement_issued(ctx: Ctx, e: SettlementIssued) -> None:
-    _acknowledge_if_due(ctx, e.request_id, await ctx.store.settled(e))
-
-
-def _acknowledge_if_due(ctx: Ctx, request_id: str, known: RequestFacts) -> None:
-    if (due := acknowledgement_due(known)) is not None:
-        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due)
-    elif (due := acknowledgement_cancelled(known)) is not None:
-        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due, cancelled=True)
+    await ctx.store.settled(e, acknowledge=acknowledgement)
 
 
 async def on_settlement_voided(ctx: Ctx, e: SettlementVoided) -> None:
@@ -58,8 +51,14 @@ async def on_completed(ctx: Ctx, e: CancellationCompleted) -> None:
     ctx.store.cancel_pending(e.request_id, cancelled_by_completion())
 
 
+async def on_erasure_requested(ctx: Ctx, e: CustomerErasureRequested) -> None:
+    ctx.store.erase(e.contract_id, e.requested_at or ctx.envelope.occurred_at)
+
+
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    return [Subscription(
+    return [Subscription(topics=(topics.CONTRACTS,), store=NotifierStore,
+                         handlers={CustomerErasureRequested.event_type: on_erasure_requested}),
+            Subscription(
         topics=(topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS),
         handlers={
             CancellationRequested.event_type: on_requested,

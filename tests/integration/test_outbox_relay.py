@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -17,37 +16,33 @@ from shared.messaging.relay import OutboxRelay
 from services.intake.app import create_app
 from services.intake.settings import IntakeSettings
 
+from tests.integration.own_database import own_database
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def relay_setup(infra):
-    name = f"relay_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = infra.admin_url(name)
-    rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap)).runtime
-    await migrate(url, rt.schema, rt.service_dir)
-    pool = await create_pool(url, rt.schema)
-    topic = f"relay-test-{uuid.uuid4().hex[:8]}"
-    await create_topics(infra.bootstrap, (topic,), 1)
-    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    relay = OutboxRelay(pool=pool, producer=producer, schema=rt.schema, service="test", poll_ms=200)
-    task = asyncio.create_task(relay.run())
-    for _ in range(100):
-        if relay.active:
-            break
-        await asyncio.sleep(0.05)
-    yield relay, pool, topic, rt.schema, infra.bootstrap
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await producer.stop()
-    await pool.close()
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    async with own_database(infra, "relay") as url:
+        rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap,
+                                       api_keys="relay-tests")).runtime
+        await migrate(url, rt.schema, rt.service_dir)
+        pool = await create_pool(url, rt.schema)
+        topic = f"relay-test-{uuid.uuid4().hex[:8]}"
+        await create_topics(infra.bootstrap, (topic,), 1)
+        producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        relay = OutboxRelay(pool=pool, producer=producer, schema=rt.schema, service="test", poll_ms=200)
+        task = asyncio.create_task(relay.run())
+        for _ in range(100):
+            if relay.active:
+                break
+            await asyncio.sleep(0.05)
+        yield relay, pool, topic, rt.schema, infra.bootstrap
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
 
 
 async def _published(bootstrap: str, topic: str, expected: int) -> list[bytes]:
