@@ -74,8 +74,8 @@ WITH stale AS (
     RETURNING n.id, n.request_id, n.kind, n.due_at, n.days_before
 )
 SELECT c.id, c.request_id, c.kind, c.due_at, c.days_before, p.lane = 0 AS resent, r.contract_id,
-       r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date,
-       q.total_jpy, q.paid_through, q.taken_offer
+       r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
+       q.paid_through, q.taken_offer
 FROM claimed c
 JOIN picked p USING (id)
 JOIN recipients r USING (request_id)
