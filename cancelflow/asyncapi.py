@@ -36,7 +36,7 @@ DOC_BOOTSTRAP = "127.0.0.1:19092"
 # Who publishes what (SPEC section 4): the producer and the event types it writes to each topic.
 PUBLISHED: dict[str, dict[str, tuple[type[events.EventData], ...]]] = {
     "upstream": {
-        topics.CONTRACTS: (events.ContractSigned, events.PaymentRecorded),
+        topics.CONTRACTS: (events.ContractSigned, events.PaymentRecorded, events.CustomerErasureRequested),
         topics.SUBMISSIONS: (events.CancellationSubmitted, events.WithdrawalSubmitted),
     },
     "intake": {
@@ -111,7 +111,7 @@ def service_subscriptions() -> dict[str, list]:
 
     from services.intake.settings import IntakeSettings
 
-    return {"intake": intake(SimpleNamespace(settings=IntakeSettings())),
+    return {"intake": intake(SimpleNamespace(settings=IntakeSettings.model_construct())),
             "eligibility": eligibility(DEFAULT_OFFER_POLICY)(None),
             "billing": billing(None), "notifier": notifier(None)}
 
@@ -140,7 +140,7 @@ def service_brokers() -> dict[str, KafkaBroker]:
     from services.notifier.settings import NotifierSettings
 
     fixed = {"kafka_bootstrap_servers": DOC_BOOTSTRAP, "kafka_security_protocol": "PLAINTEXT",
-             "consumer_group": None, "offer_policy_json": None}
+             "consumer_group": None, "offer_policy_json": None, "api_keys": "documentation-only"}
     factories = {"intake": (intake_app, IntakeSettings), "eligibility": (eligibility_app, EligibilitySettings),
                  "billing": (billing_app, BillingSettings), "notifier": (notifier_app, NotifierSettings)}
     brokers = {}

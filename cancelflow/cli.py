@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .infra.errors import InfraError
 from .stack import Ports, Stack, StackConfig
+from . import stack_security
 from .stack_security import SECURITY_MODES
 
 Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
@@ -106,7 +107,7 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
     if demo:
         from .demo import run_demo
 
-        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.config.api_keys.split(",")[0],
+        run_demo(stack, intake_url=stack.endpoints()["INTAKE_URL"], api_key=stack.api_key,
                  console=console)
     if detach:
         return
@@ -231,6 +232,66 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     console.print(f"topics ready on {bootstrap}", highlight=False)
 
 
+@app.command("kafka-acls")
+def kafka_acls(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")) -> None:
+    """Create the ACLs of SPEC section 9 (one principal per service, upstream, operator) on a broker with an
+    authorizer, connecting with the KAFKA_* settings of a principal allowed to alter ACLs (idempotent)."""
+    from . import kafka_clients
+    from .infra import kafka
+    from .infra.acl import create_acls
+    from .stack_security import access_policy
+
+    conn = kafka_clients.connection(bootstrap)
+
+    async def run() -> int:
+        await kafka.wait_ready(conn.bootstrap_servers, 120, **conn.client_options())
+        policy = access_policy()
+        await create_acls(conn.bootstrap_servers, policy, **conn.client_options())
+        return len(policy)
+
+    from aiokafka.errors import KafkaError
+
+    try:
+        count = asyncio.run(run())
+    except (InfraError, KafkaError) as exc:
+        _fail(str(exc))
+    console.print(f"{count} ACLs on {conn.bootstrap_servers}", highlight=False)
+
+
+@app.command("db-roles")
+def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
+                                                   help="A URL of the database as a role that may create roles."),
+                     password_from_env: bool = typer.Option(
+                         False, help="Take each role's password from <SERVICE>_DATABASE_PASSWORD instead of "
+                                     "generating one.")) -> None:
+    """Give each service its own login role owning only its schema (idempotent). With generated passwords, prints
+    <SERVICE>_DATABASE_URL= lines for the services' environment; with passwords from the environment (docker
+    compose: the one-shot db-roles) it prints no secret, only the roles made."""
+    import secrets
+
+    from shared import db_roles
+    from shared.vocabulary import SERVICES
+
+    def password(service: str) -> str:
+        if not password_from_env:
+            return secrets.token_urlsafe(24)
+        value = os.environ.get(f"{service.upper()}_DATABASE_PASSWORD")
+        if not value:
+            _fail(f"{service.upper()}_DATABASE_PASSWORD is not set")
+        return value
+
+    passwords = {service: password(service) for service in SERVICES}
+    try:
+        asyncio.run(db_roles.provision(admin_url, passwords))
+    except OSError as exc:
+        _fail(f"cannot reach {admin_url.rsplit('@', 1)[-1]}: {exc}")
+    if password_from_env:
+        console.print(f"roles ready: {', '.join(passwords)}", highlight=False)
+        return
+    for service, secret in passwords.items():
+        print(f"{service.upper()}_DATABASE_URL={db_roles.role_url(admin_url, service, secret)}")
+
+
 @app.command()
 def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billing or notifier"),
             check: bool = typer.Option(False, "--check", help="Build into a scratch schema, compare it with the "
@@ -293,15 +354,27 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
         _fail(str(exc))
 
 
+def _client_api_key(given: str | None, stack: Stack) -> str:
+    """The X-API-Key a client command sends: --api-key or INTAKE_API_KEY, else the key `cancelflow up`
+    generated for the local stack. There is no default key."""
+    key = given or stack.config.api_keys or stack_security.recorded_api_key(stack.security_dir)
+    if not key:
+        _fail(f"no API key: set INTAKE_API_KEY (as `cancelflow up` prints it) or pass --api-key; "
+              f"no stack has made one in {stack.root}")
+    return key.split(",")[0].strip()
+
+
 @app.command()
 def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Against a running stack: sign contracts, submit cancellations, show what happened to each."""
     from .demo import run_demo
 
     stack = _stack(recorded=True)
+    key = _client_api_key(api_key, stack)
     try:
-        run_demo(stack, intake_url=intake_url, api_key=api_key, console=console)
+        run_demo(stack, intake_url=intake_url, api_key=key, console=console)
     except InfraError as exc:
         _fail(str(exc))
 
@@ -311,16 +384,36 @@ def link(contract_id: str = typer.Argument(..., help="The contract whose custome
          ttl_days: int = typer.Option(None, "--ttl-days", min=1, max=90,
                                       help="Validity in days (intake's INTAKE_LINK_TTL_DAYS, 7, when absent)."),
          intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_URL"),
-         api_key: str = typer.Option("dev-key", envvar="CANCELFLOW_API_KEY")) -> None:
+         api_key: str = typer.Option(None, envvar="INTAKE_API_KEY",
+                                     help="The X-API-Key to send; the local stack's generated key when unset.")) -> None:
     """Print a signed link to the customer's cancel page (/cancel/{token}) for CONTRACT_ID."""
     from .client import request_cancel_link
 
+    key = _client_api_key(api_key, _stack(recorded=True))
     try:
-        issued = asyncio.run(request_cancel_link(intake_url, api_key, contract_id, ttl_days))
+        issued = asyncio.run(request_cancel_link(intake_url, key, contract_id, ttl_days))
     except InfraError as exc:
         _fail(str(exc))
     print(issued["url"])
     console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
+
+
+@app.command()
+def erase(contract_id: str = typer.Argument(..., help="The contract whose customer asked to be forgotten."),
+          wait_s: float = typer.Option(60, "--wait", help="Seconds to wait until intake and notifier have erased "
+                                       "(0: publish only).")) -> None:
+    """Erase a customer's personal data (APPI, GDPR): publish `customer.erasure_requested` {CONTRACT_ID} on
+    contracts.events. Intake deletes the contract's data key (every sealed copy in the topics is unreadable
+    from then on) and its customer; notifier its recipient and what it had still to send. Ids, dates,
+    decisions and settlement amounts stay."""
+    from .client import erase_customer
+
+    try:
+        partition, offset, done = asyncio.run(erase_customer(None, contract_id, wait_s))
+    except InfraError as exc:
+        _fail(str(exc))
+    console.print(f"customer.erasure_requested for {contract_id} at contracts.events[{partition}]@{offset}"
+                  + ("; erased by intake and notifier" if done else ""), highlight=False)
 
 
 from . import ops  # noqa: E402 - the operator commands: trace, tail, dlq, top, report, asyncapi

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiokafka.structs import TopicPartition
 from shared import topics
 from shared.events import (CancellationSubmitted, ContractSigned, EventData, PaymentRecorded, WithdrawalSubmitted,
                            new_envelope)
+from shared.events import CustomerErasureRequested as ErasureRequested
 
 from . import kafka_clients
 from .infra.mailsink import StoredMail, read_mail
@@ -41,6 +42,42 @@ async def request_cancel_link(intake_url: str, api_key: str, contract_id: str, t
     return r.json()
 
 
+async def erase_customer(target: Target | None, contract_id: str, wait_s: float = 60) -> tuple[int, int, bool]:
+    """Publish `customer.erasure_requested` for the contract; with `wait_s`, wait until the services that hold
+    personal data (intake, notifier) have consumed it. (partition, offset, erased within wait_s)."""
+    from .infra.errors import InfraError
+
+    connection = kafka_clients.as_connection(target if target is not None else kafka_clients.connection())
+    event = ErasureRequested(contract_id=contract_id, requested_at=datetime.now(timezone.utc))
+    envelope = new_envelope(event, producer="operator", correlation_id=contract_id, causation_id=None)
+    producer = kafka_clients.producer(connection)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topics.CONTRACTS, envelope.to_bytes(), key=contract_id.encode())
+    finally:
+        await producer.stop()
+    if wait_s <= 0:
+        return meta.partition, meta.offset, False
+    admin = kafka_clients.admin(connection)
+    await admin.start()
+    try:
+        tp, deadline = TopicPartition(topics.CONTRACTS, meta.partition), time.monotonic() + wait_s
+        for group in ERASING_GROUPS:
+            while (committed := (await admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)) is None \
+                    or committed.offset <= meta.offset:
+                if time.monotonic() > deadline:
+                    raise InfraError(f"{group} has not consumed the erasure within {wait_s:g} s (it is published: "
+                                     f"contracts.events[{meta.partition}]@{meta.offset}; it erases once it runs)")
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    return meta.partition, meta.offset, True
+
+
+# The services that keep personal data, and so act on an erasure (eligibility and billing keep none).
+ERASING_GROUPS = ("intake", "notifier")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -55,17 +92,20 @@ class PipelineClient:
     bootstrap: Target  # a KafkaConnection, or a bootstrap address with the operator's security settings
     intake_url: str
     mail_dir: Path
-    api_key: str = "dev-key"
+    api_key: str | None = None  # intake's X-API-Key (none: only calls that need no key, or signed ones)
+    # Who publishes, when not the reader: on a broker with ACLs the operator reads, `upstream` writes.
+    publisher: Target | None = None
 
     async def __aenter__(self) -> "PipelineClient":
         self.connection = kafka_clients.as_connection(self.bootstrap)
-        self.producer = kafka_clients.producer(self.connection)
+        self.producer = kafka_clients.producer(self.publisher if self.publisher is not None else self.connection)
         await self.producer.start()
         self.admin = kafka_clients.admin(self.connection)
         await self.admin.start()
         # Idle connections are dropped well before the server's keep-alive (uvicorn: 5 s, httpx's default too):
         # at equal values a request can go out on a connection the server is closing (httpx.ReadError).
-        self.http = httpx.AsyncClient(base_url=self.intake_url, headers={"X-API-Key": self.api_key}, timeout=10,
+        self.http = httpx.AsyncClient(base_url=self.intake_url,
+                                      headers={"X-API-Key": self.api_key} if self.api_key else {}, timeout=10,
                                       limits=httpx.Limits(keepalive_expiry=2.0))
         return self
 

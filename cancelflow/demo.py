@@ -22,6 +22,7 @@ from services.eligibility.domain import in_holdout
 from .client import PipelineClient, unique
 from .infra.errors import InfraError
 from .stack import Stack
+from .stack_security import UPSTREAM
 
 
 def run_demo(stack: Stack, *, intake_url: str, api_key: str, console: Console) -> None:
@@ -39,7 +40,8 @@ async def _demo(stack: Stack, intake_url: str, api_key: str, console: Console) -
             if in_holdout(candidate, holdout) == held:
                 return candidate
 
-    async with PipelineClient(stack.kafka_connection, intake_url, stack.mail_dir, api_key=api_key) as c:
+    async with PipelineClient(stack.kafka_connection, intake_url, stack.mail_dir, api_key=api_key,
+                              publisher=stack.connection_for(UPSTREAM)) as c:
         today = tokyo_date(datetime.now(timezone.utc))
         console.rule("signing contracts")
         old = today.replace(year=today.year - 2)

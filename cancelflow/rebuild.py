@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 
+from shared import db_roles
 from shared.db import create_pool, migrate
 from shared.events import PoisonMessage, decode
 from shared.kafka_connection import KafkaConnection
@@ -97,6 +98,10 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
         seen = SeenWindow(inbox_window)
         since = now - inbox_window
         async with pool.acquire() as raw:
+            for table in proj.carried:  # from the service's own schema, when it has one
+                if await raw.fetchval("SELECT to_regclass($1)", f"{_q(service)}.{_q(table)}") is None:
+                    continue
+                await raw.execute(f"INSERT INTO {_q(schema)}.{_q(table)} SELECT * FROM {_q(service)}.{_q(table)}")
             conn = BatchConnection(raw)  # the stores' deferred writes, flushed once per fetch
             for topic in proj.topics:
                 result.records[topic] = 0
@@ -121,6 +126,8 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
             result.inbox = await _fill_inbox(raw, inbox_ids, now)
             for table in await _tables(raw, schema):
                 result.rows[table] = await raw.fetchval(f"SELECT count(*) FROM {_q(schema)}.{_q(table)}")
+            # Built by the admin, run by the service: its own role owns it, as it owns the schema it replaces.
+            await db_roles.hand_over(raw, schema, service)
     except BaseException:
         await pool.close()
         await drop(database_url, schema)

@@ -30,9 +30,10 @@ def table() -> str:
     for cls in (IntakeSettings, EligibilitySettings, BillingSettings, NotifierSettings):
         service = cls.model_config["env_prefix"].rstrip("_").lower()
         for name, field in cls.model_fields.items():
-            if name in shared:
+            if name in shared and field.validation_alias == ServiceSettings.model_fields[name].validation_alias:
                 continue
-            rows.append(f"| `{env_name(cls, name, field)}` | {service} | `{field.default}` | {field.description or ''} |")
+            default = "(required)" if field.is_required() else f"`{field.default}`"
+            rows.append(f"| `{env_name(cls, name, field)}` | {service} | {default} | {field.description or ''} |")
     return "\n".join([BEGIN, *rows, END])
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from shared import topics
+from shared import db_roles, topics
 from shared.kafka_connection import KafkaConnection
 from shared.vocabulary import SERVICES
 
@@ -24,6 +24,7 @@ from . import stack_cluster as cluster
 from . import stack_processes as processes
 from . import stack_security
 from .infra import kafka, postgres, topic_admin
+from .infra.acl import create_acls
 from .infra.errors import InfraError, PortTaken
 from .infra.ports import require_free, wait_port
 from .stack_config import REPO_ROOT, Ports, StackConfig
@@ -64,8 +65,9 @@ class Stack:
     def kafka_nodes(self) -> dict[str, kafka.KafkaNode]:
         """Every Kafka node by process name: `kafka`, or `kafka-1`..`kafka-N` of a cluster."""
         security, brokers = self.config.security, self.config.brokers
+        # Every node has the same users and ACL settings: the broker's own principal, one per application.
         common = dict(partitions=self.config.partitions,
-                      scram_user=stack_security.scram_user(self.security_dir) if security == "scram" else None,
+                      **(stack_security.scram_node_users(self.security_dir) if security == "scram" else {}),
                       tls=stack_security.tls_files(self.security_dir) if security == "tls" else None)
         if brokers == 1:
             return {"kafka": kafka.KafkaNode(self.root / "kafka", self.ports.kafka, self.ports.kafka_controller,
@@ -78,13 +80,19 @@ class Stack:
 
     @property
     def kafka_connection(self) -> KafkaConnection:
-        """How every client of this stack (services, operator commands) reaches its broker."""
+        """How the operator (trace, tail, dlq, top, report) reaches this stack's broker: the printed settings."""
+        return self.connection_for(stack_security.OPERATOR)
+
+    def connection_for(self, principal: str) -> KafkaConnection:
+        """How `principal` (a service, `upstream`, `operator`, the broker's own `broker`) reaches the broker;
+        one principal each when it requires SCRAM."""
         security = self.config.security if self.config.kafka_bootstrap is None else "plaintext"
-        return stack_security.connection(security, self.bootstrap, self.security_dir)
+        return stack_security.connection(security, self.bootstrap, self.security_dir, principal)
 
     @property
     def pg_node(self) -> postgres.PostgresNode:
-        return postgres.PostgresNode(self.root / "postgres", self.ports.postgres)
+        return postgres.PostgresNode(self.root / "postgres", self.ports.postgres,
+                                     password=stack_security.database_passwords(self.security_dir)["postgres"])
 
     @property
     def mail_dir(self) -> Path:
@@ -116,11 +124,27 @@ class Stack:
     def database_url(self) -> str:
         return self.config.database_url or self.pg_node.url
 
+    @property
+    def api_keys(self) -> str:
+        """What intake accepts: INTAKE_API_KEYS if given, else the key generated for this stack."""
+        return self.config.api_keys or stack_security.intake_secrets(self.security_dir)[0]
+
+    @property
+    def api_key(self) -> str:
+        """The key clients of this stack send (the first accepted one)."""
+        return self.api_keys.split(",")[0].strip()
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.config.webhook_secret or stack_security.intake_secrets(self.security_dir)[1]
+
     def endpoints(self) -> dict[str, str]:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "DATABASE_URL": self.database_url,
             "INTAKE_URL": f"http://127.0.0.1:{self.ports.intake}",
+            "INTAKE_API_KEY": self.api_key,
+            "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
             **{f"INTAKE_URL_{k}": f"http://127.0.0.1:{self.ports.service('intake', k)}"
                for k in range(2, self.instances_of("intake") + 1)},
             "SMTP": f"127.0.0.1:{self.ports.smtp}",
@@ -135,18 +159,29 @@ class Stack:
         env.pop("KAFKA_BOOTSTRAP_SERVERS")
         return {} if env == {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"} else env
 
+    def service_database_url(self, name: str) -> str:
+        """Where `name` keeps its schema: as its own role (see `db_roles`), on the stack's database server."""
+        return db_roles.role_url(self.database_url, name, stack_security.database_passwords(self.security_dir)[name])
+
     def service_env(self, name: str, instance: int = 1) -> dict[str, str]:
         prefix = name.upper() + "_"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INTAKE_", "ELIGIBILITY_", "BILLING_",
                                                                           "NOTIFIER_"))}
-        env |= self.kafka_connection.env()
+        env |= self.connection_for(name).env()
         env |= {
-            "DATABASE_URL": self.database_url,
+            "DATABASE_URL": self.service_database_url(name),
+            f"{prefix}DATABASE_URL": self.service_database_url(name),
             f"{prefix}HTTP_PORT": str(self.ports.service(name, instance)),
             # Names the instance's Kafka clients, so that a group's members can be told apart.
             f"{prefix}CLIENT_ID": cluster.instance_name(name, instance),
-            "INTAKE_API_KEYS": self.config.api_keys,
+            "INTAKE_API_KEYS": self.api_keys,
+            "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
             "INTAKE_LINK_SECRET": self.config.link_secret,
+            # notifier asks intake (any instance) for the data keys that open the sealed customers.
+            "INTAKE_KEYRING_TOKEN": stack_security.keyring_token(self.security_dir),
+            "NOTIFIER_KEYRING_TOKEN": stack_security.keyring_token(self.security_dir),
+            "NOTIFIER_INTAKE_URL": ",".join(f"http://127.0.0.1:{self.ports.service('intake', k)}"
+                                            for k in range(1, self.instances_of("intake") + 1)),
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
             "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
             "PYTHONUNBUFFERED": "1",
@@ -251,7 +286,7 @@ class Stack:
         if local_kafka:
             for name, node in self.kafka_nodes.items():
                 node.wait_listening(self.procs[name], self.logs / f"{name}.log", timeout=180)
-        options = self.kafka_connection.client_options()
+        options = self.connection_for(stack_security.BROKER).client_options()
         node = self.kafka_node
 
         async def ready() -> None:
@@ -261,6 +296,8 @@ class Stack:
                                             business_retention_days=self.config.topic_retention_days,
                                             brokers=self.config.brokers if self.config.kafka_bootstrap is None else 1,
                                             **options)
+            if local_kafka and self.config.security == "scram":
+                await create_acls(self.bootstrap, stack_security.access_policy(), **options)
             if local_pg:
                 try:
                     await postgres.wait_ready(self.pg_node.admin_url, 60)
@@ -268,6 +305,8 @@ class Stack:
                     self._raise_if_exited("postgres")
                     raise
                 await postgres.create_database(self.pg_node.admin_url)
+            # The services' own roles, on a server of our own or one given with its admin's URL.
+            await db_roles.provision(self.database_url, stack_security.service_database_passwords(self.security_dir))
 
         asyncio.run(ready())
         if not wait_port(self.ports.smtp, 20):

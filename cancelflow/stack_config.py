@@ -59,7 +59,9 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     clock_file: Path | None = None
     partitions: int = 4
-    api_keys: str = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS", "dev-key"))
+    # None: the key and the webhook secret generated for this stack (see `Stack.api_keys`).
+    api_keys: str | None = field(default_factory=lambda: os.environ.get("INTAKE_API_KEYS"))
+    webhook_secret: str | None = field(default_factory=lambda: os.environ.get("INTAKE_WEBHOOK_SECRET"))
     # Signs the customers' cancel links; one per stack unless given.
     link_secret: str = field(default_factory=lambda: os.environ.get("INTAKE_LINK_SECRET") or secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)

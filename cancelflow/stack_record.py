@@ -5,6 +5,7 @@ another shell act on exactly what runs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import psutil
@@ -19,8 +20,10 @@ class StackRecord:
 
     def write(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(state, indent=2))
-        self.path.chmod(0o600)  # it holds the SCRAM password of a secured stack
+        # 0600 from its creation: it holds the intake key, the webhook secret and the operator's password.
+        with os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps(state, indent=2))
+        self.path.chmod(0o600)  # made by an older version with other modes
 
     def read(self) -> dict | None:
         """The recorded state (None when no stack is recorded)."""

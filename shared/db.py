@@ -72,7 +72,9 @@ async def migrate(url: str, schema: str, service_dir: Path, *, service: str | No
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(schema.encode()))
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            # A service's own role owns its schema and may not create others: made only where it is missing.
+            if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                await conn.execute(f'CREATE SCHEMA "{schema}"')
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints,
-                      ValidationError, field_validator)
+                      ValidationError, ValidationInfo, field_validator)
 
 from shared import topics
 from shared.vocabulary import NotificationKind, Offer, Plan, Reason, RejectionCode
@@ -59,6 +59,15 @@ class Customer(WireModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     email: EmailStr = Field(max_length=254)
     phone: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9\- ()]{6,22}$")]
+
+
+class SealedCustomer(WireModel):
+    """The `Customer` as AES-256-GCM ciphertext under its contract's data key (`shared.sealing`): readable
+    while the key exists, never after the contract's personal data was erased."""
+
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    nonce: Annotated[str, StringConstraints(min_length=1, max_length=64)]  # base64
+    ciphertext: Annotated[str, StringConstraints(min_length=1, max_length=8000)]  # base64
 
 
 class CancellationForm(WireModel):
@@ -115,8 +124,24 @@ class CancellationSubmitted(CancellationForm, EventData):
 
 
 class CancellationRequested(CancellationForm, EventData):
+    """Version 2 added `customer_sealed`: the customer sealed under its contract's data key, with `customer`
+    left empty, since a copy in clear in the retained topic could never be erased (docs/security.md). A
+    version-1 event carries `customer` in clear and still validates; one of the two is required."""
+
     event_type = "cancellation.requested"
     topic = topics.REQUESTS
+    schema_version = 2
+    customer: Customer | None = Field(None, description="Version 1 only: the customer in clear.")
+    customer_sealed: SealedCustomer | None = Field(
+        None, validate_default=True, description="Added in version 2: the customer, sealed (AES-256-GCM).")
+
+    @field_validator("customer_sealed")
+    @classmethod
+    def _a_customer_either_way(cls, sealed: SealedCustomer | None, info: ValidationInfo) -> SealedCustomer | None:
+        # A customer that failed its own validation is missing from info.data: that error says enough.
+        if sealed is None and "customer" in info.data and info.data["customer"] is None:
+            raise ValueError("required when customer is absent (a version-2 event seals the customer)")
+        return sealed
     request_id: Id
     source: Literal["http", "kafka"]
     submission_id: str | None = None
@@ -257,11 +282,21 @@ class NotificationSent(EventData):
         return value
 
 
+class CustomerErasureRequested(EventData):
+    """The customer of a contract asked to have their personal data erased (APPI, GDPR): every service
+    anonymizes its rows for the contract and intake deletes its data key."""
+
+    event_type = "customer.erasure_requested"
+    topic = topics.CONTRACTS
+    contract_id: Id
+    requested_at: AwareDatetime | None = None
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     m.event_type: m for m in (
-        ContractSigned, PaymentRecorded, CancellationSubmitted, WithdrawalSubmitted, CancellationRequested,
-        WithdrawalRequested, CancellationAccepted, CancellationRejected, CancellationWithdrawn, WithdrawalRefused,
-        CancellationCompleted, OfferTaken, SettlementIssued, SettlementVoided, NotificationSent)
+        ContractSigned, PaymentRecorded, CustomerErasureRequested, CancellationSubmitted, WithdrawalSubmitted,
+        CancellationRequested, WithdrawalRequested, CancellationAccepted, CancellationRejected, CancellationWithdrawn,
+        WithdrawalRefused, CancellationCompleted, OfferTaken, SettlementIssued, SettlementVoided, NotificationSent)
 }
 
 

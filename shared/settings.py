@@ -3,7 +3,9 @@ for the whole stack); each service's own class adds its fields under its own pre
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka_connection import DEFAULT_BOOTSTRAP, KafkaConnection, Mechanism, Protocol
@@ -11,6 +13,35 @@ from shared.kafka_connection import DEFAULT_BOOTSTRAP, KafkaConnection, Mechanis
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
+
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/cancelflow"
+
+
+def database_url_field(prefix: str) -> Any:
+    """A service's database: `<PREFIX>_DATABASE_URL` (its own role, perhaps its own server), else DATABASE_URL."""
+    return Field(DEFAULT_DATABASE_URL, validation_alias=AliasChoices(f"{prefix}_DATABASE_URL", "DATABASE_URL"),
+                 description=f"PostgreSQL URL of this service, as its own role ({prefix.lower()}) owning its schema; "
+                             "DATABASE_URL when unset.")
+
+
+def load_settings(cls: type[S]) -> S:
+    """`cls()` from the environment; what is missing or invalid as one line naming each variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = []
+        for error in exc.errors():
+            loc = str(error["loc"][0]) if error["loc"] else ""
+            field = cls.model_fields.get(loc)
+            name = (prefix + loc if field is not None and field.validation_alias is None else loc).upper()
+            problems.append(f"{name} is not set" if error["type"] == "missing" else f"{name}: {error['msg']}")
+        raise SettingsError(f"{prefix.rstrip('_').lower() or 'service'} cannot start: {'; '.join(problems)}") from None
+
+
+class SettingsError(SystemExit):
+    """Raised by `load_settings`: exits the process with its one-line message on stderr."""
 
 
 class ServiceSettings(BaseSettings):
@@ -30,7 +61,7 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"),
                                          description="CA bundle for SSL / SASL_SSL.")
     database_url: str = Field(
-        "postgresql://postgres@127.0.0.1:15432/cancelflow", validation_alias=_env("DATABASE_URL"),
+        DEFAULT_DATABASE_URL, validation_alias=_env("DATABASE_URL"),
         description="PostgreSQL URL; each service keeps its tables in its own schema.")
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     clock_file: str | None = Field(
@@ -66,3 +97,6 @@ class ServiceSettings(BaseSettings):
     def kafka_client_options(self) -> dict:
         """aiokafka keyword arguments for the configured security (see `KafkaConnection.client_options`)."""
         return self.kafka.client_options()
+
+
+S = TypeVar("S", bound=ServiceSettings)

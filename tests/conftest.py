@@ -31,6 +31,7 @@ from shared.clock import FileClock
 from tests.infra_choice import Choice, DockerCli, choose
 
 REPO = Path(__file__).resolve().parents[1]
+OLD_API_KEY = "key-being-rotated-out"
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Infra:
     mail_dir: Path
     stack: Stack | None
     clock: FileClock | None
+    api_key: str
+    webhook_secret: str | None
     link_secret: str | None = None  # signs the cancel links (INTAKE_LINK_SECRET)
 
     def admin_url(self, database: str = "postgres") -> str:
@@ -132,26 +135,33 @@ def infra_choice(request) -> Choice:
 def infra(infra_choice: Choice):
     if infra_choice.mode == "env":
         clock_path = os.environ.get("CANCELFLOW_CLOCK_FILE")
+        if not os.environ.get("INTAKE_API_KEY"):
+            pytest.exit("an external stack needs INTAKE_API_KEY (and INTAKE_WEBHOOK_SECRET) in the environment", 2)
         yield Infra("external", os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["DATABASE_URL"],
                     os.environ.get("INTAKE_URL", "http://localhost:8001"),
                     Path(os.environ.get("MAIL_DIR", REPO / ".stack" / "compose-mail")), None,
-                    FileClock(Path(clock_path)) if clock_path else None, os.environ.get("INTAKE_LINK_SECRET"))
+                    FileClock(Path(clock_path)) if clock_path else None, os.environ["INTAKE_API_KEY"],
+                    os.environ.get("INTAKE_WEBHOOK_SECRET"),
+                    os.environ.get("INTAKE_LINK_SECRET"))
         return
     root = Path(tempfile.mkdtemp(prefix="cancelflow-test-"))
     clock_file = root / "clock"
-    config = StackConfig(root=root, ports=_local_ports(), clock_file=clock_file, api_keys="test-key,old-key",
-                         extra_env={"INTAKE_WEBHOOK_SECRET": "test-webhook-secret",
-                                    "ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2",
+    # The key and webhook secret are generated for this stack, as `cancelflow up` does; OLD_API_KEY is
+    # accepted too, as a key being rotated out would be.
+    config = StackConfig(root=root, ports=_local_ports(), clock_file=clock_file, api_keys=None, webhook_secret=None,
+                         extra_env={"ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2",
                                     "NOTIFIER_DISPATCH_INTERVAL_S": "0.1"})
     containers = []
     stack = Stack(config)
+    config.api_keys = f"{stack.api_key},{OLD_API_KEY}"
     try:
         if infra_choice.mode == "docker":
             containers = start_containers(infra_choice, config)
         mode = "testcontainers" if containers else "local"
         stack.start(SERVICES, new_ports=_local_ports)  # new ports if another process takes one first
         yield Infra(mode, stack.bootstrap, stack.database_url, f"http://127.0.0.1:{config.ports.intake}",
-                    stack.mail_dir, stack, FileClock(clock_file), config.link_secret)
+                    stack.mail_dir, stack, FileClock(clock_file), stack.api_key, stack.webhook_secret,
+                    config.link_secret)
     finally:
         stack.down()
         for c in containers:
@@ -170,7 +180,7 @@ async def db(infra):
 @pytest.fixture(scope="session")
 async def client(infra):
     async with PipelineClient(infra.bootstrap, infra.intake_url, infra.mail_dir,
-                              api_key="test-key" if infra.stack else os.environ.get("INTAKE_API_KEY", "dev-key")) as c:
+                              api_key=infra.api_key) as c:
         yield c
 
 

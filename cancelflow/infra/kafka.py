@@ -78,6 +78,11 @@ class KafkaNode:
     partitions: int = 4
     # (username, password): the client listener then requires SASL/SCRAM-SHA-512.
     scram_user: tuple[str, str] | None = None
+    # With `scram_user`: more SCRAM users (one per application), and ACLs on (the StandardAuthorizer, nothing
+    # allowed without an ACL); `scram_user` is then the broker's own principal, the only super user, on the
+    # controller listener too (SASL/PLAIN: SCRAM users live in the metadata the controller serves).
+    client_users: tuple[tuple[str, str], ...] = ()
+    acls: bool = False
     # (PEM with the PKCS#8 key and the certificate chain, PEM of the CA): the client listener is TLS.
     tls: tuple[Path, Path] | None = None
     node_id: int = 1
@@ -108,7 +113,7 @@ class KafkaNode:
         lines = [
             f"listeners={p}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners={p}://127.0.0.1:{self.port}",
-            f"listener.security.protocol.map={p}:{p},CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={p}:{p},CONTROLLER:{'SASL_PLAINTEXT' if self.acls else 'PLAINTEXT'}",
             f"inter.broker.listener.name={p}",
         ]
         if self.scram_user:
@@ -118,6 +123,17 @@ class KafkaNode:
                 "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
                 f"listener.name.{p.lower()}.scram-sha-512.sasl.jaas.config="
                 f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";',
+            ]
+        if self.scram_user and self.acls:
+            user, password = self.scram_user
+            lines += [
+                "sasl.mechanism.controller.protocol=PLAIN",
+                "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+                "listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule"
+                f' required username="{user}" password="{password}" user_{user}="{password}";',
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "allow.everyone.if.no.acl.found=false",
+                f"super.users=User:{user}",
             ]
         if self.tls:
             keystore, ca = self.tls
@@ -196,8 +212,9 @@ class KafkaNode:
         if (self.data_dir / "log" / "meta.properties").exists():
             return
         cluster_id = self.cluster_id or new_cluster_id()
-        scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.scram_user[0]},password={self.scram_user[1]}]"] \
-            if self.scram_user else []
+        users = (self.scram_user, *self.client_users) if self.scram_user else ()
+        scram = [arg for name, password in users
+                 for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
         # A static quorum (controller.quorum.voters) is formatted as it is; a single node as its own quorum.
         quorum = [] if self.voters else ["--standalone"]
         result = subprocess.run(

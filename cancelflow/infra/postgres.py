@@ -8,6 +8,7 @@ import pwd
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import InfraError, cause_line
 
@@ -68,14 +69,21 @@ def _prepare_permissions(data_dir: Path) -> None:
 class PostgresNode:
     data_dir: Path
     port: int
+    # The superuser's password: TCP connections then need a password (scram-sha-256), so the services' roles
+    # are their own. Data made without one keeps trusting every local connection.
+    password: str | None = None
+
+    @property
+    def _user(self) -> str:
+        return "postgres" + (f":{quote(self.password, safe='')}" if self.password else "")
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{self._user}@127.0.0.1:{self.port}/postgres"
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://{self._user}@127.0.0.1:{self.port}/{DATABASE}"
 
     @property
     def pgdata(self) -> Path:
@@ -88,11 +96,21 @@ class PostgresNode:
         _prepare_permissions(self.data_dir)
         if (self.pgdata / "PG_VERSION").exists():
             return
-        result = subprocess.run(
-            [str(_bin_dir() / "initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-             "--locale=C", "-U", "postgres"],
-            capture_output=True, text=True, **_run_as(),
-        )
+        auth = ["--auth=trust"]
+        pwfile = self.data_dir / "superuser-password"
+        if self.password:
+            with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(self.password)
+            _prepare_permissions(self.data_dir)  # initdb, as the postgres system user, reads it
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            result = subprocess.run(
+                [str(_bin_dir() / "initdb"), "-D", str(self.pgdata), *auth, "--encoding=UTF8",
+                 "--locale=C", "-U", "postgres"],
+                capture_output=True, text=True, **_run_as(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise InfraError(f"initdb failed: {cause_line(result.stderr + chr(10) + result.stdout)}")
 

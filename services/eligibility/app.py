@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from shared.service import Runtime, ServiceApp, build_app
+from shared.settings import load_settings
 
 from .domain import offer_policy_from_json
 from .handlers import complete_due_cancellations, subscriptions
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: EligibilitySettings | None = None) -> ServiceApp:
-    settings = settings or EligibilitySettings()
+    settings = settings or load_settings(EligibilitySettings)
     policy = offer_policy_from_json(settings.offer_policy_json)
 
     async def completion_loop(rt: Runtime) -> None:

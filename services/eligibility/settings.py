@@ -1,13 +1,15 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, database_url_field
 
 
 class EligibilitySettings(ServiceSettings):
     """eligibility: contract projection, decisions, withdrawals, completion. Env prefix ELIGIBILITY_."""
 
     model_config = SettingsConfigDict(env_prefix="ELIGIBILITY_", extra="ignore", populate_by_name=True)
+
+    database_url: str = database_url_field("ELIGIBILITY")
 
     http_port: int = Field(8002, description="Port of health and metrics.")
     offer_policy_json: str | None = Field(

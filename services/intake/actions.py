@@ -24,7 +24,8 @@ async def submit_form(runtime: Runtime, form: CancellationForm, *, submission_id
     async with store_transaction(runtime, IntakeStore) as store:
         recorded = await store.record(new)
         if recorded.created:
-            Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(new.requested(), key=form.contract_id)
+            Emitter(store.outbox, runtime.name, correlation_id=new.request_id)(
+                new.requested(await store.data_key(form.contract_id)), key=form.contract_id)
     return recorded
 
 

@@ -63,7 +63,7 @@ def install(runtime: Runtime, app: FastAPI) -> None:
     install_handlers(app)
     problem_openapi(app)
 
-    auth = [Depends(authenticator(settings))]
+    auth = [Depends(authenticator(runtime))]
 
     def status_url(request_id: str) -> str:
         return f"{settings.public_url.rstrip('/')}/v1/cancellations/{request_id}"

@@ -8,9 +8,9 @@ import logging
 from shared import topics
 from shared.contract_calendar import tokyo_date
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationSubmitted, CancellationWithdrawn, ContractSigned, NotificationSent,
-                           PaymentRecorded, PoisonMessage, SettlementIssued, SettlementVoided, WithdrawalRefused,
-                           WithdrawalRequested, WithdrawalSubmitted)
+                           CancellationSubmitted, CancellationWithdrawn, ContractSigned, CustomerErasureRequested,
+                           NotificationSent, PaymentRecorded, PoisonMessage, SettlementIssued, SettlementVoided,
+                           WithdrawalRefused, WithdrawalRequested, WithdrawalSubmitted)
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import RequestStatus
@@ -29,7 +29,7 @@ async def on_submitted(ctx: Ctx, e: CancellationSubmitted) -> None:
     except IdempotencyConflict as exc:
         raise PoisonMessage(str(exc)) from None
     if recorded.created:  # the same key before: the first request stands, nothing new to announce
-        ctx.emit(recorded.new.requested(), key=e.contract_id)
+        ctx.emit(recorded.new.requested(await ctx.store.data_key(e.contract_id)), key=e.contract_id)
 
 
 async def on_withdrawal_submitted(ctx: Ctx, e: WithdrawalSubmitted) -> None:
@@ -95,6 +95,10 @@ async def on_payment_recorded(ctx: Ctx, e: PaymentRecorded) -> None:
     ctx.store.payment_recorded(e)
 
 
+async def on_erasure_requested(ctx: Ctx, e: CustomerErasureRequested) -> None:
+    ctx.store.erase(e.contract_id, e.requested_at or ctx.envelope.occurred_at)
+
+
 def subscriptions(rt: Runtime) -> list[Subscription]:
     def submissions_store(conn, outbox) -> IntakeStore:
         store = IntakeStore(conn, outbox)
@@ -121,4 +125,5 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         }),
             Subscription(topics=(topics.CONTRACTS,), store=IntakeStore,
                          handlers={ContractSigned.event_type: on_contract_signed,
-                                   PaymentRecorded.event_type: on_payment_recorded})]
+                                   PaymentRecorded.event_type: on_payment_recorded,
+                                   CustomerErasureRequested.event_type: on_erasure_requested})]

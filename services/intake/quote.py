@@ -118,7 +118,7 @@ def install_quote(runtime: Runtime, app: FastAPI) -> Quoter:
         return quote_view(contract_id, quoter.quote(state, desired_effective_date=desired_effective_date,
                                                     reason=reason))
 
-    @app.post("/v1/cancel-links", response_model=LinkIssued, dependencies=[Depends(authenticator(settings))],
+    @app.post("/v1/cancel-links", response_model=LinkIssued, dependencies=[Depends(authenticator(runtime))],
               tags=["contracts"], summary="A signed link to the customer's cancel page for a contract",
               responses=responses(400, 401, 404, 422, 503, s404="Unknown contract",
                                   s503="INTAKE_LINK_SECRET is not set: no links can be signed"))

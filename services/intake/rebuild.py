@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationForm, CancellationRejected,
-                           CancellationRequested, CancellationWithdrawn, ContractSigned, NotificationSent,
+                           CancellationRequested, CancellationWithdrawn, ContractSigned, Customer,
+                           CustomerErasureRequested, NotificationSent,
                            PaymentRecorded, SettlementIssued, SettlementVoided, WithdrawalRefused,
                            WithdrawalRequested, WithdrawalSubmitted)
 from shared.messaging.projection import SILENT, Projection, through
+from shared.sealing import DataKey, Unreadable, unseal
 
 from . import handlers as h
 from . import store as s
@@ -20,11 +22,38 @@ _FORM_FIELDS = set(CancellationForm.model_fields)
 
 
 async def _requested(conn, envelope, e: CancellationRequested) -> None:
-    form = CancellationForm.model_validate(e.model_dump(include=_FORM_FIELDS))
+    fields = e.model_dump(mode="json", include=_FORM_FIELDS - {"customer"})
+    customer = e.customer or await _opened(conn, e)
+    if customer is None:  # erased: the row keeps no customer anyway; the live row's digest stands
+        digest = await conn.fetchval(_LIVE_DIGEST, e.request_id) or submission_digest(fields)
+        await conn.execute(s._INSERT, e.request_id, e.contract_id, e.source, e.submission_id, digest, fields,
+                           e.received_at, e.received_on, e.reason.value)
+        await conn.execute(_ERASED_WITH_ITS_KEY, e.request_id, e.contract_id)
+        return
+    form = CancellationForm.model_validate(fields | {"customer": customer})
     form_json = form.model_dump(mode="json")
     new = s.NewRequest(e.request_id, form, form_json, submission_digest(form_json), e.source, e.submission_id,
                        e.received_at)
     await conn.execute(s._INSERT, *new.row())
+
+
+_LIVE_DIGEST = "SELECT body_hash FROM intake.requests WHERE request_id = $1"
+# The erasure (contracts.events, read first) found no request rows yet: this one was erased with its key.
+_ERASED_WITH_ITS_KEY = ("UPDATE requests SET erased_at = (SELECT erased_at FROM subject_keys WHERE contract_id = $2)"
+                        " WHERE request_id = $1")
+
+
+async def _opened(conn, e: CancellationRequested) -> Customer | None:
+    """The sealed customer, opened with the contract's data key (carried over from intake's own schema); None
+    when the key is erased. The request's digest covers the customer as submitted."""
+    if e.customer_sealed is None:
+        return None
+    row = await conn.fetchrow(s._KEY, e.contract_id)
+    key = DataKey(e.contract_id, row["key_id"], bytes(row["key"])) if row else None
+    try:
+        return unseal(e.customer_sealed, e.contract_id, key)
+    except Unreadable:
+        return None
 
 
 # Upstream withdrawal submissions (cancellation.submissions): the ones that acted are those an own
@@ -68,6 +97,7 @@ PROJECTION = Projection(
         WithdrawalRequested.event_type: _withdrawal_requested,
         WithdrawalSubmitted.event_type: _withdrawal_submitted,
         ContractSigned.event_type: _handler(h.on_contract_signed),
+        CustomerErasureRequested.event_type: _handler(h.on_erasure_requested),
         PaymentRecorded.event_type: _handler(h.on_payment_recorded),
         CancellationAccepted.event_type: _handler(h.on_accepted),
         CancellationRejected.event_type: _handler(h.on_rejected),
@@ -79,5 +109,7 @@ PROJECTION = Projection(
         NotificationSent.event_type: _notification_sent,
     },
     own=frozenset({CancellationRequested.event_type, WithdrawalRequested.event_type}),
+    # The signatures seen within the tolerance too: a rebuilt intake would otherwise take their replays.
+    carried=("subject_keys", "seen_signatures"),
     bookkeeping={"requests": ("updated_at",), "contracts": ("updated_at",),
                  "withdrawal_submissions": ("recorded_at",)})

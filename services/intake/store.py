@@ -16,6 +16,7 @@ from shared.events import (CancellationAccepted, CancellationForm, CancellationR
                            CancellationSubmitted, ContractSigned, Customer, NotificationSent, PaymentRecorded,
                            SettlementIssued)
 from shared.messaging.consumer import Store
+from shared.sealing import DataKey, new_key, seal
 from shared.vocabulary import RequestStatus
 
 from .domain import IdempotencyConflict, may_become, replayed_request, submission_digest
@@ -38,13 +39,18 @@ class NewRequest:
         return tokyo_date(self.received_at)
 
     def row(self) -> tuple:
-        return (self.request_id, self.form.contract_id, self.source, self.submission_id, self.digest, self.form_json,
+        # The digest covers the whole form (a replay with another e-mail is a conflict); the row keeps no
+        # customer: intake does not need it, the event carries it sealed.
+        kept = {k: v for k, v in self.form_json.items() if k != "customer"}
+        return (self.request_id, self.form.contract_id, self.source, self.submission_id, self.digest, kept,
                 self.received_at, self.received_on, self.form.reason.value)
 
-    def requested(self) -> CancellationRequested:
+    def requested(self, key: DataKey) -> CancellationRequested:
+        """The event, the customer sealed with the contract's data key."""
+        fields = {k: v for k, v in self.form_json.items() if k != "customer"}
         return CancellationRequested(
-            **self.form_json, request_id=self.request_id, source=self.source, submission_id=self.submission_id,
-            received_at=self.received_at, received_on=self.received_on)
+            **fields, customer_sealed=seal(self.form.customer, key), request_id=self.request_id, source=self.source,
+            submission_id=self.submission_id, received_at=self.received_at, received_on=self.received_on)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,18 @@ _NOTIFICATION = ("UPDATE requests SET notifications = notifications || $2::jsonb
 # What the domain allows each status to move from, as the statements' parameter (computed once).
 _MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status in RequestStatus}
 
+
+# Personal data: one data key per contract; after an erasure a new one only for new data.
+_KEY = "SELECT key_id, key FROM subject_keys WHERE contract_id = $1 AND key IS NOT NULL"
+_NEW_KEY = ("INSERT INTO subject_keys (contract_id, key_id, key) VALUES ($1, $2, $3) ON CONFLICT (contract_id)"
+            " DO UPDATE SET key_id = coalesce(subject_keys.key_id, excluded.key_id),"
+            " key = coalesce(subject_keys.key, excluded.key) RETURNING key_id, key")
+_ERASE = (
+    "INSERT INTO subject_keys (contract_id, erased_at) VALUES ($1, $2) ON CONFLICT (contract_id)"
+    " DO UPDATE SET key_id = NULL, key = NULL, erased_at = excluded.erased_at",
+    "UPDATE contracts SET customer = NULL, erased_at = $2 WHERE contract_id = $1",
+    "UPDATE requests SET form = form - 'customer', erased_at = $2 WHERE contract_id = $1",
+)
 
 # The contracts (contracts.events), for the quote and the cancel page.
 _CONTRACT_SIGNED = (
@@ -251,6 +269,19 @@ class IntakeStore(Store):
     def payment_recorded(self, e: PaymentRecorded) -> None:
         self.conn.defer(_PAYMENT, e.contract_id, e.billing_date)
 
+    # --- personal data ------------------------------------------------------------------------------
+    async def data_key(self, contract_id: str) -> DataKey:
+        """The contract's data key, made the first time (and again after an erasure, for new data)."""
+        row = await self.conn.fetchrow(_KEY, contract_id)
+        if row is None:
+            row = await self.conn.fetchrow(_NEW_KEY, contract_id, str(uuid.uuid4()), new_key())
+        return DataKey(contract_id, row["key_id"], bytes(row["key"]))
+
+    def erase(self, contract_id: str, at: datetime) -> None:
+        """The contract's key deleted and its customer gone from intake's rows (ids, dates and amounts stay)."""
+        for statement in _ERASE:
+            self.conn.defer(statement, contract_id, at)
+
 
 
 async def request_view(pool: asyncpg.Pool, request_id: str) -> Any:
@@ -278,3 +309,13 @@ async def request_of_contract(pool: asyncpg.Pool, request_id: str, contract_id: 
     """The request's status view, if it is one of the contract's (the cancel page shows only its own)."""
     return await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1 AND contract_id = $2",
                                request_id, contract_id)
+
+
+async def first_use_of_signature(pool: asyncpg.Pool, digest: str, expires_at: datetime, now: datetime) -> bool:
+    """Record a signed call's digest until `expires_at`; False if it was recorded before (a replay). Expired
+    rows go as new ones come."""
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM seen_signatures WHERE expires_at < $1", now)
+        return bool(await conn.fetchval(
+            "INSERT INTO seen_signatures (digest, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+            digest, expires_at))

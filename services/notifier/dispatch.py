@@ -34,6 +34,7 @@ from shared.vocabulary import NotificationKind
 from shared.pii import mask_email
 from shared.retry import until_it_works
 
+from .keyring import Keyring
 from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 from .smtp_client import MailRefused, Mailer
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 # acknowledgement (a reminder minutes late says the same thing).
 _DUE = """
 SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, r.contract_id, r.customer_name, r.email,
+       r.customer_sealed,
        q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy, q.paid_through, q.taken_offer
 FROM notifications n
 JOIN recipients r USING (request_id)
@@ -79,8 +81,12 @@ def message_id(row) -> str:
     return f"<{row['request_id']}.{row['kind']}.{int(row['due_at'].timestamp())}@cancelflow>"
 
 
-async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
-    """Claim up to len(mailers) due rows in one transaction and send them at once; 0 when nothing is due."""
+ERASED = "UPDATE notifications SET status = 'erased' WHERE id = ANY($1::bigint[])"
+
+
+async def send_batch(rt: Runtime, mailers: list[Mailer], keyring: Keyring) -> int:
+    """Claim up to len(mailers) due rows in one transaction and send them at once; 0 when nothing is due.
+    A row whose customer was erased is marked so, never sent."""
     async with rt.pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
@@ -92,25 +98,34 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
             if not rows:
                 await tx.rollback()
                 return 0
+            claimed = len(rows)
+            recipients = await keyring.open(rows)
+            if len(recipients) < claimed:
+                await conn.execute(ERASED, [r["id"] for r in rows if r["id"] not in recipients])
+                rows = [r for r in rows if r["id"] in recipients]
+                if not rows:
+                    await tx.commit()
+                    committed = True
+                    return claimed
             sent_at = rt.clock.now()
             msg_ids = [message_id(row) for row in rows]
             await conn.execute(MARK_SENT, [row["id"] for row in rows], sent_at, msg_ids)
             messages = []
             outbox = Outbox(conn, rt.schema, rt.relay)  # the notification.sent events: one INSERT
             for row, msg_id in zip(rows, msg_ids):
-                kind = NotificationKind(row["kind"])
+                kind, recipient = NotificationKind(row["kind"]), recipients[row["id"]]
                 Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
                     request_id=row["request_id"], kind=kind, channel="email",
-                    recipient=mask_email(row["email"]), sent_at=sent_at, due_at=row["due_at"]),
+                    recipient=mask_email(recipient.email), sent_at=sent_at, due_at=row["due_at"]),
                     key=row["contract_id"])
                 content = render(
-                    kind, customer_name=row["customer_name"], request_id=row["request_id"],
+                    kind, customer_name=recipient.name, request_id=row["request_id"],
                     contract_id=row["contract_id"], effective_date=row["effective_date"],
                     total_jpy=row["total_jpy"], paid_through=row["paid_through"],
                     offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
                     earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"],
                     taken_offer=row["taken_offer"])
-                messages.append(mailers[len(messages)].compose(row["email"], content.subject, content.body, msg_id, {
+                messages.append(mailers[len(messages)].compose(recipient.email, content.subject, content.body, msg_id, {
                     "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
                     "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
             await outbox.flush()
@@ -158,7 +173,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer]) -> int:
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
         raise error
-    return len(rows)
+    return claimed
 
 
 async def _failed(error: BaseException) -> None:
@@ -168,6 +183,7 @@ async def _failed(error: BaseException) -> None:
 def dispatch_loop(settings: NotifierSettings):
     async def dispatch(rt: Runtime) -> None:
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
+        keyring = Keyring(settings)
         wake = asyncio.Event()
         listener = None
 
@@ -176,7 +192,7 @@ def dispatch_loop(settings: NotifierSettings):
 
         async def drain(mailers: list[Mailer]) -> None:
             # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            while await send_batch(rt, mailers) == len(mailers):
+            while await send_batch(rt, mailers, keyring) == len(mailers):
                 pass
 
         async def send_due() -> None:
@@ -190,7 +206,7 @@ def dispatch_loop(settings: NotifierSettings):
                     await listener.add_listener(DUE_CHANNEL, on_notify)
                 wake.clear()
                 # One worker first; the others join only when there is more than a batch to send.
-                if await send_batch(rt, workers[0]) == settings.smtp_connections:
+                if await send_batch(rt, workers[0], keyring) == settings.smtp_connections:
                     outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                     if error is not None:
@@ -211,6 +227,7 @@ def dispatch_loop(settings: NotifierSettings):
                 except asyncio.TimeoutError:
                     pass
         finally:
+            await keyring.close()
             for mailers in workers:
                 for mailer in mailers:
                     mailer.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationRequested, CancellationWithdrawn, SettlementIssued, SettlementVoided)
+                           CancellationRequested, CancellationWithdrawn, CustomerErasureRequested, SettlementIssued,
+                           SettlementVoided)
 from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
@@ -58,8 +59,14 @@ async def on_completed(ctx: Ctx, e: CancellationCompleted) -> None:
     ctx.store.cancel_pending(e.request_id, cancelled_by_completion())
 
 
+async def on_erasure_requested(ctx: Ctx, e: CustomerErasureRequested) -> None:
+    ctx.store.erase(e.contract_id, e.requested_at or ctx.envelope.occurred_at)
+
+
 def subscriptions(rt: Runtime) -> list[Subscription]:
-    return [Subscription(
+    return [Subscription(topics=(topics.CONTRACTS,), store=NotifierStore,
+                         handlers={CustomerErasureRequested.event_type: on_erasure_requested}),
+            Subscription(
         topics=(topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS),
         handlers={
             CancellationRequested.event_type: on_requested,

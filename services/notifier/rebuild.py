@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from shared import topics
 from shared.events import (CancellationAccepted, CancellationCompleted, CancellationRejected,
-                           CancellationRequested, CancellationWithdrawn, NotificationSent, SettlementIssued,
-                           SettlementVoided)
+                           CancellationRequested, CancellationWithdrawn, CustomerErasureRequested, NotificationSent,
+                           SettlementIssued, SettlementVoided)
 from shared.messaging.projection import Projection, through
 
 from . import handlers as h
@@ -35,8 +35,9 @@ async def _sent(conn, envelope, e: NotificationSent) -> None:
 
 PROJECTION = Projection(
     service="notifier",
-    # What was sent last: it is the record of what happened to each row.
-    topics=(topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
+    # What was sent last: it is the record of what happened to each row; then the erasures (contracts.events),
+    # which clear the recipients and whatever was still to be sent.
+    topics=(topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.CONTRACTS),
     apply={
         CancellationRequested.event_type: _handler(h.on_requested),
         CancellationAccepted.event_type: _handler(h.on_accepted),
@@ -46,5 +47,6 @@ PROJECTION = Projection(
         SettlementIssued.event_type: _handler(h.on_settlement_issued),
         SettlementVoided.event_type: _handler(h.on_settlement_voided),
         NotificationSent.event_type: _sent,
+        CustomerErasureRequested.event_type: _handler(h.on_erasure_requested),
     },
     own=frozenset({NotificationSent.event_type}))

@@ -1,13 +1,15 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, database_url_field
 
 
 class NotifierSettings(ServiceSettings):
     """notifier: e-mails over SMTP and the reminder schedule. Env prefix NOTIFIER_."""
 
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", populate_by_name=True)
+
+    database_url: str = database_url_field("NOTIFIER")
 
     http_port: int = Field(8004, description="Port of health and metrics.")
     smtp_host: str = Field("127.0.0.1", description="SMTP relay host.")
@@ -20,4 +22,10 @@ class NotifierSettings(ServiceSettings):
     smtp_connections: int = Field(
         32, ge=1, le=500, description="SMTP connections per dispatch worker (two workers): the mails one "
                                       "transaction sends at once, each DATA held open until the commit.")
+    intake_url: str = Field("http://127.0.0.1:8001", description="intake's base URL(s), comma separated (any "
+                            "instance): where the contracts' data keys are asked at send time.")
+    keyring_token: SecretStr | None = Field(
+        None, description="Sent as X-Keyring-Token to get the data keys (intake's INTAKE_KEYRING_TOKEN); "
+                          "`cancelflow up` generates one per stack.")
+    keyring_ttl_s: float = Field(300.0, ge=0, le=3600, description="How long a data key is kept in memory.")
     dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")

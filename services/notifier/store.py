@@ -23,8 +23,12 @@ DUE_CHANNEL = "notifier_due"
 
 _ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before, status) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
-_RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email) VALUES ($1, $2, $3, $4)"
-              " ON CONFLICT (request_id) DO NOTHING")
+_RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email, customer_sealed)"
+              " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING")
+_ERASE_PENDING = ("UPDATE notifications SET status = 'erased' WHERE status = 'pending'"
+                  " AND request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)")
+_ERASE_RECIPIENTS = ("UPDATE recipients SET customer_name = NULL, email = NULL, customer_sealed = NULL,"
+                     " erased_at = $2 WHERE contract_id = $1")
 
 # What is known of a request (what the acknowledgement rule reads), its row locked until the commit and
 # created if none: whichever of the acceptance and the settlement comes second (two topics, maybe two
@@ -90,7 +94,16 @@ class NotifierStore(Store):
             self.known[request_id] = replace(self.known[request_id], **changes)
 
     def save_recipient(self, e: CancellationRequested) -> None:
-        self.conn.defer(_RECIPIENT, e.request_id, e.contract_id, e.customer.name, str(e.customer.email))
+        """Sealed as it came (opened at send time); a version-1 event's customer in clear."""
+        clear = e.customer if e.customer_sealed is None else None
+        self.conn.defer(_RECIPIENT, e.request_id, e.contract_id, clear.name if clear else None,
+                        str(clear.email) if clear else None,
+                        e.customer_sealed.model_dump(mode="json") if e.customer_sealed else None)
+
+    def erase(self, contract_id: str, at: datetime) -> None:
+        """What notifier holds of the contract's customer, gone; what was still to be sent, never sent."""
+        self.conn.defer(_ERASE_PENDING, contract_id)
+        self.conn.defer(_ERASE_RECIPIENTS, contract_id, at)
 
     async def accepted(self, e: CancellationAccepted, accepted_at: datetime,
                        reminders: Sequence[ScheduledNotification]) -> RequestFacts:

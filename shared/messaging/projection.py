@@ -49,6 +49,10 @@ class Projection:
     own: frozenset[str] = frozenset()
     # Columns that are bookkeeping (when a row was last written), not state: left out of comparisons.
     bookkeeping: Mapping[str, tuple[str, ...]] = ()  # type: ignore[assignment]
+    # Tables no topic holds (intake's data keys, the signatures it saw): copied from the service's own schema
+    # before the topics are read; rebuilt without them, every sealed customer would be shredded and a signed
+    # call seen within the tolerance could be replayed.
+    carried: tuple[str, ...] = ()
 
     async def __call__(self, conn: Any, envelope: Envelope, data: EventData) -> None:
         apply = self.apply.get(envelope.event_type)

@@ -11,6 +11,7 @@ import re
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 from playwright.async_api import Page, async_playwright, expect
@@ -19,6 +20,8 @@ from cancelflow.client import customer, read_topic
 from services.intake.page.wording import jp_date, yen
 from shared import topics
 from shared.contract_calendar import TOKYO, add_months, tokyo_date
+from shared.events import SealedCustomer
+from shared.sealing import DataKey, unseal
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +92,29 @@ async def twins(client, *, start: date, who: str, fee: int = 12_000, paid: int =
 
 
 async def events_of(infra, request_id: str) -> dict[str, dict]:
-    """event_type -> data of every event about the request on the pipeline's topics."""
+    """event_type -> data of every event about the request on the pipeline's topics; the customer opened."""
     found: dict[str, dict] = {}
     for topic in (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS):
         for record in await read_topic(infra.bootstrap, topic, lambda r: request_id.encode() in r.value):
             envelope = orjson.loads(record.value)
-            found[envelope["event_type"]] = envelope["data"]
+            found[envelope["event_type"]] = await opened(infra, envelope["data"])
     return found
+
+
+async def opened(infra, data: dict) -> dict:
+    """`customer_sealed` opened with its contract's data key: each contract has its own key (and each seal
+    its own nonce), so two requests' ciphertexts differ even for the same customer."""
+    if data.get("customer_sealed") is None:
+        return data
+    contract_id = data["contract_id"]
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        row = await conn.fetchrow("SELECT key_id, key FROM intake.subject_keys WHERE contract_id = $1", contract_id)
+    finally:
+        await conn.close()
+    key = DataKey(contract_id, row["key_id"], bytes(row["key"])) if row else None
+    customer = unseal(SealedCustomer.model_validate(data["customer_sealed"]), contract_id, key)
+    return {k: v for k, v in data.items() if k != "customer_sealed"} | {"customer": customer.model_dump(mode="json")}
 
 
 # Fields that name the request, the contract or the moment, not what was decided.

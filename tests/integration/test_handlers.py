@@ -37,7 +37,8 @@ async def handler_db(infra):
 
 async def _service_on_own_db(create, settings_cls, handler_db, infra):
     """A service app whose handlers run against the test database; its broker is driven by TestKafkaBroker."""
-    app = create(settings_cls(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap))
+    app = create(settings_cls(database_url=handler_db, kafka_bootstrap_servers=infra.bootstrap,
+                              api_keys="handler-tests"))  # intake's is required; the others ignore it
     rt = app.runtime
     await migrate(handler_db, rt.schema, rt.service_dir)
     rt.pool = await create_pool(handler_db, rt.schema)

@@ -18,11 +18,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
+from cancelflow import stack_security
 from cancelflow.client import PipelineClient
 from cancelflow.infra import kafka
 from cancelflow.infra.certificates import make_ca_and_broker_cert
@@ -32,6 +34,7 @@ from shared import topics
 from shared.events import CancellationAccepted, CancellationRequested, ContractSigned, new_envelope
 from shared.kafka_connection import KafkaConnection
 from shared.settings import ServiceSettings
+from shared.vocabulary import SERVICES
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +215,7 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
     stack_dir = tmp_path / "stack"
     cli = [sys.executable, "-m", "cancelflow.cli"]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_URL", "INTAKE_"))}
-    base_env |= {"CANCELFLOW_STACK_DIR": str(stack_dir), "INTAKE_API_KEYS": "scram-key", "NO_COLOR": "1",
+    base_env |= {"CANCELFLOW_STACK_DIR": str(stack_dir), "NO_COLOR": "1",
                  "COLUMNS": "200"}
     for attempt in range(3):  # another process may take one of the chosen ports before the stack binds it
         env = base_env | {"CANCELFLOW_PORT_BASE": str(free_port_block(8))}
@@ -224,16 +227,19 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         settings = dict(line.split("=", 1) for line in up.stdout.splitlines())  # nothing but KEY=value lines
         assert settings["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
-        assert settings["KAFKA_SASL_PASSWORD"] and (stack_dir / "security" / "scram.json").exists()
+        assert settings["KAFKA_SASL_USERNAME"] == "operator"  # the printed settings are the operator's
+        assert settings["KAFKA_SASL_PASSWORD"] and (stack_dir / "security" / "principals.json").stat().st_mode & 0o777 == 0o600
+        assert settings["INTAKE_API_KEY"] and settings["INTAKE_WEBHOOK_SECRET"]
         server = (stack_dir / "kafka" / "server.properties").read_text()
         assert "listeners=SASL_PLAINTEXT://" in server and "PLAINTEXT://127" not in server.replace(
             "SASL_PLAINTEXT://", "")
 
+        upstream = stack_security.connection("scram", settings["KAFKA_BOOTSTRAP_SERVERS"], stack_dir / "security",
+                                             stack_security.UPSTREAM)
         # `cancelflow up` holds out 10 % of the contracts by default (SPEC section 6): the one signed here is not.
         holdout = json.loads((stack_dir / "stack.json").read_text())["offer_holdout_percent"]
         assert holdout == 10
-        rid = asyncio.run(_one_cancellation(KafkaConnection.model_validate(settings), settings["INTAKE_URL"],
-                                            Path(settings["MAIL_DIR"]), holdout))
+        rid = asyncio.run(_one_cancellation(KafkaConnection.model_validate(settings), upstream, settings, holdout))
         trace = subprocess.run([*cli, "trace", rid, "--json"], env=base_env | settings, capture_output=True,
                                text=True, timeout=120)
         assert trace.returncode == 0, trace.stdout + trace.stderr
@@ -241,13 +247,23 @@ def test_the_stack_runs_with_scram_and_a_cancellation_goes_through(tmp_path):
         assert kinds[:2] == ["cancellation.requested", "cancellation.accepted"] and "settlement.issued" in kinds
 
         status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
-        assert status.returncode == 0 and "Kafka security: SASL_PLAINTEXT as cancelflow (SCRAM-SHA-512)" in status.stdout
+        assert status.returncode == 0 and "Kafka security: SASL_PLAINTEXT as operator (SCRAM-SHA-512)" in status.stdout
+        pids = json.loads((stack_dir / "stack.json").read_text())["pids"]
+        for name in SERVICES:  # each service connects as itself, with its own password
+            environ = psutil.Process(pids[name]).environ()
+            assert environ["KAFKA_SASL_USERNAME"] == name
+            assert environ["KAFKA_SASL_PASSWORD"] not in (settings["KAFKA_SASL_PASSWORD"], "")
     finally:
         subprocess.run([*cli, "down"], env=base_env, capture_output=True, text=True, timeout=120)
 
 
-async def _one_cancellation(conn: KafkaConnection, intake_url: str, mail_dir: Path, holdout_percent: int) -> str:
-    async with PipelineClient(conn, intake_url, mail_dir, api_key="scram-key") as client:
+async def _one_cancellation(conn: KafkaConnection, upstream: KafkaConnection, settings: dict[str, str],
+                            holdout_percent: int) -> str:
+    """Upstream signs the contract (as `upstream`), the customer cancels over HTTP with the generated key, the
+    operator reads the result back (as `operator`)."""
+    intake_url = settings["INTAKE_URL"]
+    async with PipelineClient(conn, intake_url, Path(settings["MAIL_DIR"]), api_key=settings["INTAKE_API_KEY"],
+                              publisher=upstream) as client:
         contract = next(c for c in (f"C-{uuid.uuid4().hex[:12]}" for _ in range(1000))
                         if not in_holdout(c, holdout_percent))
         await client.sign_contract(start_date=date(2024, 1, 31), contract_id=contract)

@@ -66,12 +66,12 @@ async def test_trace_and_tail_follow_one_request_with_personal_data_masked(clien
     assert [(x["topic"], x["partition"], x["offset"], x["event_type"]) for x in lines] == [
         (r.topic, r.partition, r.offset, r.event_type) for r in rows]
 
-    # tail: the request's line is there, its customer's e-mail and phone are not.
+    # tail: the request's line is there with its customer sealed; the e-mail and phone are in no line.
     seen: list[str] = []
     await follow(infra.bootstrap, topics.REQUESTS, from_beginning=True, limit=None, emit=seen.append,
                  idle_timeout=1.0)
     mine = [line for line in seen if rid in line and "cancellation.requested" in line]
-    assert len(mine) == 1 and '"email":"t***@example.jp"' in mine[0]
+    assert len(mine) == 1 and '"customer_sealed":{' in mine[0] and "@example.jp" not in mine[0]
     assert not any(f"taro.{who}@example.jp" in line for line in seen)
     assert not any("090-1234-" in line for line in seen)
     out = await cancelflow(infra, "tail", topics.REQUESTS, "--from-beginning", "--limit", "1")
@@ -152,7 +152,8 @@ async def test_top_shows_offsets_lag_and_dead_letters(client, infra):
                         ("intake", topics.NOTIFICATIONS), ("intake", topics.CONTRACTS),
                         ("eligibility", topics.CONTRACTS),
                         ("eligibility", topics.REQUESTS), ("billing", topics.CONTRACTS), ("billing", topics.DECISIONS),
-                        ("notifier", topics.REQUESTS), ("notifier", topics.DECISIONS), ("notifier", topics.SETTLEMENTS)}
+                        ("notifier", topics.REQUESTS), ("notifier", topics.DECISIONS), ("notifier", topics.SETTLEMENTS),
+                        ("notifier", topics.CONTRACTS)}  # customer.erasure_requested
     assert lag[("eligibility", topics.CONTRACTS)] == 0 and lag[("billing", topics.CONTRACTS)] == 0
     contracts = next(r for r in view.topics if r.topic == topics.CONTRACTS)
     assert contracts.end > 0 and contracts.rate is not None

@@ -27,7 +27,8 @@ async def relay_setup(infra):
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = infra.admin_url(name)
-    rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap)).runtime
+    rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap,
+                                   api_keys="relay-tests")).runtime
     await migrate(url, rt.schema, rt.service_dir)
     pool = await create_pool(url, rt.schema)
     topic = f"relay-test-{uuid.uuid4().hex[:8]}"

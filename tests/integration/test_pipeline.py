@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
 
@@ -13,6 +11,7 @@ import pytest
 
 from cancelflow.client import read_topic
 from shared import topics
+from services.intake.signatures import sign
 from shared.contract_calendar import TOKYO, add_months, tokyo_date
 from shared.events import CancellationAccepted, CancellationSubmitted, ContractSigned, new_envelope
 
@@ -180,15 +179,17 @@ async def test_field_level_errors_and_nothing_published(client, db):
 
 
 async def test_api_key_rotation_and_signed_webhooks(client, infra):
+    from tests.conftest import OLD_API_KEY
+
     if infra.stack is None:
-        pytest.skip("keys and webhook secret are the test stack's")
+        pytest.skip("the key being rotated out is the test stack's")
     contract = await client.sign_contract(start_date=OLD_START)
     http = client.http
     assert (await http.post("/v1/cancellations", json=client.form(contract), headers={"X-API-Key": ""})).status_code == 401
     assert (await http.get("/v1/cancellations/x", headers={"X-API-Key": "wrong"})).status_code == 401
-    assert (await http.get("/v1/cancellations/x", headers={"X-API-Key": "old-key"})).status_code == 404
+    assert (await http.get("/v1/cancellations/x", headers={"X-API-Key": OLD_API_KEY})).status_code == 404
     body = orjson.dumps(client.form(contract))
-    sig = "sha256=" + hmac.new(b"test-webhook-secret", body, hashlib.sha256).hexdigest()
+    sig = sign(infra.webhook_secret, body, int(infra.clock.now().timestamp()))
     ok = await http.post("/v1/cancellations", content=body,
                          headers={"X-API-Key": "", "X-Signature": sig, "Content-Type": "application/json"})
     assert ok.status_code == 202

@@ -161,7 +161,7 @@ async def test_intakes_contract_view_follows_contracts_events(client, infra):
 async def test_cancelflow_link_prints_a_working_link(client, infra):
     contract = await client.sign_contract(start_date=OLD_START, who=10)
     cli = Path(sys.executable).parent / "cancelflow"
-    env = os.environ | {"INTAKE_URL": infra.intake_url, "CANCELFLOW_API_KEY": client.api_key}
+    env = os.environ | {"INTAKE_URL": infra.intake_url, "INTAKE_API_KEY": client.api_key}
     proc = await asyncio.create_subprocess_exec(str(cli), "link", contract, "--ttl-days", "3", env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from cancelflow import demo, kafka_clients, rebuild
+from cancelflow.ops import top
 from shared import topics
 from shared.events import decode
 
@@ -35,11 +36,34 @@ async def _ends(infra) -> dict:
         await client.stop()
 
 
+SERVICES = ("intake", "eligibility", "billing", "notifier")
+
+
+async def _quiet(infra, timeout: float = 180) -> None:
+    """Until every service has consumed every topic it reads and every outbox is empty: the services have
+    finished the demo's events (at a high load average this takes far longer than a few seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        while True:
+            view = await top.top_once(kafka_clients.connection(infra.bootstrap), interval=0.05)
+            lag = {(r.service, r.topic): r.lag for r in view.lags if r.lag}
+            outbox = {s: n for s in SERVICES if (n := await conn.fetchval(f"SELECT count(*) FROM {s}.outbox"))}
+            if not lag and not outbox:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the pipeline is not quiet after {timeout:g} s: lag {lag}, outbox {outbox}")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 async def _built_equal(infra, service: str) -> dict:
-    """Build into a scratch schema and compare; the services may still be finishing the demo's last
-    events, so a difference is looked at again a few times before it counts."""
+    """Build into a scratch schema and compare, once the pipeline is quiet; a scheduled task (a reminder,
+    a completion) may still be writing, so a difference is looked at again a few times before it counts."""
     differences: dict = {}
     for attempt in range(6):
+        await _quiet(infra)
         schema = f"{service}_rebuild_test"
         before = await _ends(infra)
         built = await rebuild.build(service, database_url=infra.database_url, kafka=kafka_clients.connection(
@@ -84,7 +108,7 @@ async def after_demo(infra):
     if infra.stack is None or infra.clock is None:
         pytest.skip("the demo needs the test's own stack and clock")
     started = infra.clock.now()
-    await demo._demo(infra.stack, infra.intake_url, "test-key", Console(file=io.StringIO()))
+    await demo._demo(infra.stack, infra.intake_url, infra.api_key, Console(file=io.StringIO()))
     assert await _republish_recent(infra, started) > 20
     return infra
 
@@ -132,6 +156,7 @@ async def test_billing_switched_to_its_rebuilt_schema_keeps_working(after_demo, 
         replaced = await rebuild.switch(infra.database_url, "billing", schema, suffix="test")
         assert replaced == "billing_replaced_test"
         assert await rebuild.compare(infra.database_url, "billing", "billing", replaced) == {}
+        await _only_billing_may_use_its_schema(infra)
     finally:
         stack.start_service("billing")
         await asyncio.to_thread(stack.wait_healthy, ["billing"])
@@ -150,6 +175,31 @@ async def test_billing_switched_to_its_rebuilt_schema_keeps_working(after_demo, 
             await conn.close()
     finally:
         await rebuild.drop(infra.database_url, "billing_replaced_test")
+
+
+async def _only_billing_may_use_its_schema(infra) -> None:
+    """Least privilege holds after a rebuild: the rebuilt schema and all in it are billing's role's, which
+    reads and writes them; another service's role is refused them."""
+    conn = await asyncpg.connect(infra.database_url)
+    try:
+        assert await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'billing'") \
+            == "billing"
+        owners = await conn.fetch("SELECT c.relname, pg_get_userbyid(c.relowner) AS owner FROM pg_class c"
+                                  " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'billing'")
+        assert owners and {r["owner"] for r in owners} == {"billing"}, owners
+    finally:
+        await conn.close()
+    billing = await asyncpg.connect(infra.stack.service_database_url("billing"))
+    intruder = await asyncpg.connect(infra.stack.service_database_url("eligibility"))
+    try:
+        async with billing.transaction():
+            await billing.fetchval("SELECT count(*) FROM billing.settlements")
+            await billing.execute("DELETE FROM billing.processed_events WHERE false")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await intruder.fetchval("SELECT count(*) FROM billing.settlements")
+    finally:
+        await billing.close()
+        await intruder.close()
 
 
 def test_a_service_without_a_projection_is_refused():

@@ -83,7 +83,7 @@ def _intake_openapi() -> dict:
     from shared.clock import SystemClock
     from shared.service import Runtime, health_routes
 
-    runtime = Runtime(name="intake", settings=IntakeSettings(), service_dir=Path("."), clock=SystemClock())
+    runtime = Runtime(name="intake", settings=IntakeSettings(api_keys="openapi-only"), service_dir=Path("."), clock=SystemClock())
     app: FastAPI = health_routes(runtime)
     install(runtime, app)
     return app.openapi()

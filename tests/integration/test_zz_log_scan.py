@@ -25,3 +25,17 @@ def test_no_personal_data_in_any_log_line(infra):
     assert any("t***@example.jp" in line for line in service_lines)
     leaks = [(name, line[:200]) for name, line in lines if CLEAR_EMAIL.search(line) or CLEAR_PHONE.search(line)]
     assert leaks == []
+
+
+def test_no_secret_in_any_log_line(infra):
+    """The stack's generated API key, webhook secret and database passwords never reach a log."""
+    if infra.stack is None:
+        pytest.skip("the external stack's logs are not on this machine")
+    from cancelflow import stack_security
+
+    secrets = [infra.api_key, infra.webhook_secret,
+               *stack_security.database_passwords(infra.stack.security_dir).values()]
+    assert all(secrets) and all(len(s) >= 20 for s in secrets)
+    leaks = [(path.name, secret[:4]) for path in sorted(infra.stack.logs.glob("*.log"))
+             for secret in secrets if secret in path.read_text(errors="replace")]
+    assert leaks == []

@@ -38,13 +38,29 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 # ---------------------------------------------------------------- helpers
 
 
-VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
+# What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
+REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
+            "INTAKE_LINK_SECRET": "link-secret-from-env", "INTAKE_KEYRING_TOKEN": "keyring-from-env",
+            **{f"KAFKA_{p.upper()}_PASSWORD": f"{p}-kafka-pw" for p in
+               ("broker", "intake", "eligibility", "billing", "notifier", "upstream", "operator")},
+            "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
+                                                ("intake", "eligibility", "billing", "notifier")}}
+
+
+def _substitute(match: re.Match, environ: dict[str, str]) -> str:
+    name, kind, rest = match.groups()
+    if kind == "?":
+        value = environ.get(name) or REQUIRED.get(name)
+        assert value, f"${{{name}}} is required ({rest}) and the test gives it no value"
+        return value
+    return environ.get(name) or (rest or "")
 
 
 def interpolate(value, environ: dict[str, str]):
-    """Compose's ${VAR:-default} and ${VAR}, through every string of the loaded file."""
+    """Compose's ${VAR:-default}, ${VAR:?required} and ${VAR}, through every string of the loaded file."""
     if isinstance(value, str):
-        return VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+        return VARIABLE.sub(lambda m: _substitute(m, environ), value)
     if isinstance(value, dict):
         return {k: interpolate(v, environ) for k, v in value.items()}
     if isinstance(value, list):
@@ -191,16 +207,22 @@ def test_kafka_and_postgres_have_healthchecks(compose):
 
 
 def test_postgres_matches_the_service_database_url(compose):
+    """Each service connects as its own role (made by the one-shot db-roles as the admin role)."""
     postgres = compose["services"]["postgres"]
     assert postgres["image"] == "postgres:18"
     env = env_of(postgres)
     assert published(postgres).get(5432) == 15432
+    admin = urlsplit(env_of(compose["services"]["db-roles"])["DATABASE_URL"])
+    assert (admin.username, admin.password) == (env.get("POSTGRES_USER", "postgres"), env["POSTGRES_PASSWORD"])
+    assert command_of(compose["services"]["db-roles"]) == ["cancelflow", "db-roles", "--password-from-env"]
     for service in SERVICES:
-        url = urlsplit(env_of(compose["services"][service])["DATABASE_URL"])
+        service_env = env_of(compose["services"][service])
+        assert "DATABASE_URL" not in service_env, f"{service} must not fall back to the admin role"
+        url = urlsplit(service_env[f"{service.upper()}_DATABASE_URL"])
         assert (url.hostname, url.port) == ("postgres", 5432), service
         assert url.path.lstrip("/") == env["POSTGRES_DB"] == "cancelflow", service
-        assert url.username == env.get("POSTGRES_USER", "postgres"), service
-        assert url.password == env["POSTGRES_PASSWORD"], service
+        assert url.username == service, service
+        assert url.password == env_of(compose["services"]["db-roles"])[f"{service.upper()}_DATABASE_PASSWORD"]
 
 
 def test_mailsink_runs_from_the_project_image_and_mounts_the_mail_dir(compose):
@@ -287,12 +309,16 @@ def test_service_env_names_are_read_by_its_settings_class(compose, service):
 def test_service_env_sets_everything_without_a_container_safe_default(compose, service):
     cls = settings_class(service)
     prefix = cls.model_config["env_prefix"]
-    must_set = {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", f"{prefix}HTTP_HOST"} | MUST_SET_EXTRA.get(service, set())
-    for name, field_name in env_names(cls).items():
-        default = cls.model_fields[field_name].default
-        if isinstance(default, str) and LOOPBACK.search(default):
-            must_set.add(name)
+    must_set = {"KAFKA_BOOTSTRAP_SERVERS", f"{prefix}DATABASE_URL", f"{prefix}HTTP_HOST"} | MUST_SET_EXTRA.get(service, set())
     env = {name.upper(): value for name, value in env_of(compose["services"][service]).items()}
+    names_of: dict[str, list[str]] = {}
+    for name, field_name in env_names(cls).items():
+        names_of.setdefault(field_name, []).append(name)
+    for field_name, names in names_of.items():
+        default = cls.model_fields[field_name].default
+        # A field read from several names (INTAKE_DATABASE_URL, else DATABASE_URL) is set by any of them.
+        if isinstance(default, str) and LOOPBACK.search(default) and not any(env.get(n) for n in names):
+            must_set.add(names[0])
     missing = sorted(name for name in must_set if not env.get(name))
     assert not missing, f"{service} leaves unset: {missing}"
     assert env[f"{prefix}HTTP_HOST"] == "0.0.0.0"
@@ -314,30 +340,105 @@ def test_service_settings_load_from_the_compose_env(compose, service, monkeypatc
     settings = cls(_env_file=None)
     assert settings.http_host == "0.0.0.0"
     assert settings.kafka_bootstrap_servers == env["KAFKA_BOOTSTRAP_SERVERS"]
-    assert settings.database_url == env["DATABASE_URL"]
+    assert settings.database_url == env[f"{cls.model_config['env_prefix']}DATABASE_URL"]
 
 
-def test_sasl_overlay_turns_on_scram_for_every_client():
-    """docker-compose.sasl.yml: the broker gets a SASL listener, every client uses it with SCRAM settings
-    whose names the settings classes read."""
-    overlay = load_compose("docker-compose.sasl.yml")
-    kafka_env = overlay["services"]["kafka"]["environment"]
-    assert "SASL://:9094" in kafka_env["KAFKA_LISTENERS"]
-    assert "SASL:SASL_PLAINTEXT" in kafka_env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
-    assert kafka_env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
-    base = load_compose()
-    assert overlay["services"]["kafka-scram"]["image"] == base["services"]["kafka"]["image"]
+def test_secrets_come_from_the_environment_and_none_is_committed():
+    """INTAKE_API_KEYS and INTAKE_WEBHOOK_SECRET are ${VAR:?...}: compose refuses to start without them, and
+    .env.example names them without a value."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["intake"]["environment"]
+    for name in ("INTAKE_API_KEYS", "INTAKE_WEBHOOK_SECRET"):
+        assert raw[name].startswith(f"${{{name}:?"), raw[name]
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {"INTAKE_API_KEYS", "INTAKE_WEBHOOK_SECRET"} <= set(example) and not any(example.values())
+    # The default key of old, in no tracked file (this test spells it in two halves).
+    import subprocess
+
+    old_default = "dev" + "-key"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    holding = [name for name in tracked.decode().split("\0") if name and (ROOT / name).is_file()
+               and old_default.encode() in (ROOT / name).read_bytes()]
+    assert holding == []
+
+
+def _properties(env: dict[str, str]) -> dict[str, str]:
+    """The apache/kafka image's KAFKA_* variables as the server properties it writes (___ is "-", _ is ".")."""
+    return {k[len("KAFKA_"):].lower().replace("___", "-").replace("_", "."): v for k, v in env.items()
+            if k.startswith("KAFKA_")}
+
+
+def test_sasl_overlay_has_the_principals_and_acls_of_the_local_scram_stack(tmp_path):
+    """docker-compose.sasl.yml and `cancelflow up --security scram` agree: the same SCRAM principals, each
+    service as itself, the same ACLs (made by the same code), the same authorizer and super user, and no
+    listener left without authentication."""
+    from cancelflow import stack_security
+    from cancelflow.infra.acl import Operation, Resource
+    from cancelflow.stack import Ports, Stack, StackConfig
+    from shared import topics
     from shared.settings import ServiceSettings
+
+    overlay = load_compose("docker-compose.sasl.yml")["services"]
+    stack = merged(load_compose(), load_compose("docker-compose.sasl.yml"))["services"]
+    node = Stack(StackConfig(root=tmp_path, ports=Ports.from_base(30000), security="scram")).kafka_node
+    local = dict(line.split("=", 1) for line in node.server_properties().splitlines() if "=" in line)
+    super_user = local["super.users"].removeprefix("User:")
+    assert super_user == stack_security.BROKER
+
+    # The broker: the local node's authorizer settings, every listener SASL, the controller's too.
+    props = _properties(env_of(stack["kafka"]))
+    for key in ("authorizer.class.name", "allow.everyone.if.no.acl.found", "super.users",
+                "sasl.mechanism.controller.protocol", "listener.name.controller.sasl.enabled.mechanisms"):
+        assert props[key] == local[key], key
+    protocols = dict(item.split(":") for item in props["listener.security.protocol.map"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, protocols
+    assert set(protocols) == {item.split("://")[0] for item in props["listeners"].split(",")}
+    assert props["inter.broker.listener.name"] in protocols
+    assert "SCRAM-SHA-512" in props["sasl.enabled.mechanisms"].split(",")
+    for listener in protocols:
+        jaas = props[f"listener.name.{listener.lower()}.plain.sasl.jaas.config"]
+        assert f'username="{super_user}"' in jaas and f"user_{super_user}=" in jaas, listener
+
+    # The users: exactly the local stack's principals, each with a password of its own from the environment.
+    [script] = command_of(overlay["kafka-users"])
+    users = set(re.search(r"for user in ([a-z ]+); do", script).group(1).split())
+    assert users == set(stack_security.CLIENT_PRINCIPALS)
+    raw = yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text())["services"]
+    for user in users:
+        assert raw["kafka-users"]["environment"][f"{user.upper()}_PASSWORD"].startswith(
+            f"${{KAFKA_{user.upper()}_PASSWORD:?")
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert {f"KAFKA_{u.upper()}_PASSWORD" for u in users | {super_user}} <= set(example)
+
+    # The ACLs: `cancelflow kafka-acls` (stack_security.access_policy, as `up` makes them) as the super user,
+    # after the topics and before any service; the policy names no principal that has no user here.
+    acls = stack["kafka-acls"]
+    assert command_of(acls) == ["cancelflow", "kafka-acls"]
+    assert env_of(acls)["KAFKA_SASL_USERNAME"] == super_user
+    assert depends_on(acls).get("topics") == "service_completed_successfully"
+    policy = stack_security.access_policy()
+    assert {acl.principal for acl in policy} == {f"User:{u}" for u in users}, "every user, and only they, has ACLs"
+    assert not any(acl.name == "*" and acl.operation != Operation.READ and acl.resource == Resource.TOPIC
+                   for acl in policy), "no principal writes every topic"
+    assert {acl.name for acl in policy if acl.principal == f"User:{stack_security.UPSTREAM}"
+            and acl.operation == Operation.WRITE} == {topics.CONTRACTS, topics.SUBMISSIONS}
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
     accepted = {alias for f in ServiceSettings.model_fields.values() if f.validation_alias
                 for alias in f.validation_alias.choices}
-    for name in ("topics", "intake", "eligibility", "billing", "notifier"):
-        env = overlay["services"][name]["environment"]
-        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094"
-        assert set(env) <= accepted, set(env) - accepted
-        settings = ServiceSettings(**{k: v.replace("${KAFKA_SASL_PASSWORD:-cancelflow-secret}", "x")
-                                      for k, v in env.items()})
+    for name in SERVICES:
+        env = env_of(stack[name])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["KAFKA_SASL_USERNAME"] == name, "each service connects as itself"
+        assert raw[name]["environment"]["KAFKA_SASL_PASSWORD"].startswith(f"${{KAFKA_{name.upper()}_PASSWORD:?")
+        assert depends_on(stack[name]).get("kafka-acls") == "service_completed_successfully"
+        kafka_env = {k: v for k, v in env.items() if k.startswith("KAFKA_")}
+        assert set(kafka_env) <= accepted, set(kafka_env) - accepted
+        settings = ServiceSettings(**kafka_env)
         assert settings.kafka_client_options()["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "cancelflow-secret" not in (ROOT / "docker-compose.sasl.yml").read_text()
 
 
 # ---------------------------------------------------------------- watching it: Prometheus, Grafana, Kafka UI
@@ -709,7 +810,9 @@ def test_cluster_overlay_runs_three_nodes_with_the_settings_of_cancelflow_up_bro
     bootstrap = "kafka:9092,kafka-2:9092,kafka-3:9092"
     for name in ("topics", *SERVICES):
         assert env_of(stack[name])["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap, name
-        assert env_of(stack[name])["DATABASE_URL"] == env_of(base["services"][name])["DATABASE_URL"], \
+    for name in SERVICES:
+        database = f"{name.upper()}_DATABASE_URL"  # each service's own role
+        assert env_of(stack[name])[database] == env_of(base["services"][name])[database], \
             "the overlay adds to the base environment"
     assert option(command_of(stack["topics"]), "--brokers") == "3"
     assert {"kafka", "kafka-2", "kafka-3"} <= set(depends_on(stack["topics"]))

@@ -46,7 +46,9 @@ def test_every_image_comes_from_a_variable_whose_default_is_the_official_image()
         assert by_variable[variable].split(":")[0] == repository
     assert by_variable["APP_BASE_IMAGE"] == "python:3.11-slim"
     sasl = raw("docker-compose.sasl.yml")
-    assert sasl["services"]["kafka-scram"]["image"] == compose["services"]["kafka"]["image"]
+    assert sasl["services"]["kafka-users"]["image"] == compose["services"]["kafka"]["image"]
+    assert sasl["services"]["kafka-acls"]["image"] == compose["x-app"]["image"]
+    assert sasl["services"]["kafka-acls"]["build"]["args"]["BASE_IMAGE"] == images["(project image base)"]
 
 
 def test_local_env_names_a_built_image_for_every_official_one_the_stack_runs():
@@ -119,9 +121,12 @@ def test_the_local_kafka_image_reads_the_sasl_overlay_names_with_dashes(tmp_path
     env = {**env_of(load_compose()["services"]["kafka"]),
            **env_of(load_compose("docker-compose.sasl.yml")["services"]["kafka"])}
     props = kafka_properties(env, tmp_path)
-    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,PLAIN"
     assert props["listener.name.sasl.scram-sha-512.sasl.jaas.config"] == \
         "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    assert props["listener.name.controller.plain.sasl.jaas.config"].startswith(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required")
+    assert props["super.users"] == "User:broker"
 
 
 def test_the_local_kafka_image_refuses_to_start_without_settings(tmp_path):

@@ -62,7 +62,7 @@ def test_every_topic_every_consumer_and_every_event_type_is_documented():
     assert received == set(topics.ALL)  # every SPEC topic has a consumer
     assert {channels[unquote(k)]["address"] for k in senders} == set(topics.all_with_dlq())
     # each service's subscribers, by consumer group
-    for service, subscribed in {"intake": 5, "eligibility": 2, "billing": 2, "notifier": 3}.items():
+    for service, subscribed in {"intake": 5, "eligibility": 2, "billing": 2, "notifier": 4}.items():
         assert sum(k.startswith(service + ":") and channels[k]["address"] in topics.ALL and "Subscribe" in str(
             channels[k]["messages"]) for k in channels) == subscribed, service
     schemas = doc["components"]["schemas"]
@@ -78,6 +78,12 @@ def test_every_topic_every_consumer_and_every_event_type_is_documented():
         "CancellationAcceptedEvent", "CancellationRejectedEvent", "CancellationWithdrawnEvent",
         "WithdrawalRefusedEvent", "CancellationCompletedEvent"}
     assert "EmptyPayload" not in schemas
+    # cancellation.requested v2 added customer_sealed and kept customer, optional (a v1 event still validates)
+    requested = schemas["CancellationRequested"]
+    assert {"customer", "customer_sealed"} <= set(requested["properties"])
+    assert not {"customer", "customer_sealed"} & set(requested["required"])
+    assert requested["properties"]["customer_sealed"]["anyOf"][0]["$ref"] == "#/components/schemas/SealedCustomer"
+    assert "version 2" in requested["description"].lower() and "docs/security.md" in requested["description"]
 
 
 def test_the_document_does_not_depend_on_the_environment(monkeypatch):

@@ -122,6 +122,7 @@ def test_intake_quotes_with_the_offer_policy_eligibility_decides_with(monkeypatc
     from services.intake.settings import IntakeSettings
 
     monkeypatch.setenv("ELIGIBILITY_OFFER_POLICY_JSON", '{"TOO_DIFFICULT": ["discount"]}')
+    monkeypatch.setenv("INTAKE_API_KEYS", "a-key")
     assert IntakeSettings().offer_policy_json == EligibilitySettings().offer_policy_json == \
         '{"TOO_DIFFICULT": ["discount"]}'
 
@@ -152,6 +153,7 @@ def test_intake_quotes_with_the_holdout_eligibility_decides_with(monkeypatch) ->
     from services.eligibility.settings import EligibilitySettings
     from services.intake.settings import IntakeSettings
 
+    monkeypatch.setenv("INTAKE_API_KEYS", "a-key")
     assert IntakeSettings().offer_holdout_percent == EligibilitySettings().offer_holdout_percent == 0
     monkeypatch.setenv("ELIGIBILITY_OFFER_HOLDOUT_PERCENT", "20")
     assert IntakeSettings().offer_holdout_percent == EligibilitySettings().offer_holdout_percent == 20
