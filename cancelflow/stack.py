@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,8 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-
-import httpx
 
 from shared import db_roles, topics
 from shared.kafka_connection import KafkaConnection
@@ -33,7 +30,7 @@ from .stack_record import StackRecord
 __all__ = ["REPO_ROOT", "SERVICES", "Ports", "Stack", "StackConfig"]
 
 
-class Stack:
+class Stack(processes.StackProcesses):
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
         self.root = self.config.root
@@ -241,15 +238,6 @@ class Stack:
 
     # --- starting ---------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, cmd: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=REPO_ROOT, start_new_session=True, **kwargs)
-        self.procs[name] = proc
-        self._save()
-        return proc
-
     def check_ports(self, names: list[str]) -> None:
         for name in names:
             if name == "kafka":
@@ -331,10 +319,6 @@ class Stack:
         for node in self.kafka_nodes.values():
             stack_security.check_data_security(node.data_dir, self.config.security)
 
-    def _raise_if_exited(self, name: str) -> None:
-        """If `name` has exited: its log's cause line, as `PortTaken` when it could not bind its port."""
-        processes.raise_if_exited(name, self.procs.get(name), self.logs / f"{name}.log")
-
     def start_service(self, name: str, instance: int | None = None) -> subprocess.Popen:
         """A service process: `start_service("intake")`, `start_service("intake-2")` or ("intake", 2)."""
         proc = cluster.Process(name)
@@ -360,25 +344,6 @@ class Stack:
             state["pids"][name] = self.start_service(name).pid
             self.record.write(state)
         self.wait_healthy([name])
-
-    def wait_healthy(self, names: list[str], timeout: float = 180) -> None:
-        # As long as a broker gets: at load 80 on two cores, four services starting at once took over 90 s.
-        deadline = time.monotonic() + timeout
-        pending = list(names)
-        while pending and time.monotonic() < deadline:
-            for name in list(pending):
-                proc = self.procs.get(name)
-                if proc is not None and proc.poll() is not None:
-                    self._raise_if_exited(name)
-                try:
-                    r = httpx.get(f"http://127.0.0.1:{self.port_of(name)}/ready", timeout=2)
-                    if r.status_code == 200:
-                        pending.remove(name)
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.2)
-        if pending:
-            raise InfraError(f"not healthy after {timeout:.0f}s: {', '.join(pending)} (see {self.logs})")
 
     def start(self, services: tuple[str, ...] = SERVICES, *, new_ports: Callable[[], Ports] | None = None,
               attempts: int = 3) -> None:
@@ -408,36 +373,7 @@ class Stack:
             raise
         return time.monotonic() - started
 
-    # --- stopping ---------------------------------------------------------------------------------
-
-    def stop_process(self, name: str, pid: int, timeout: float = 20) -> None:
-        processes.terminate(name, pid, timeout)
-        popen = self.procs.pop(name, None)
-        self.adopted.pop(name, None)
-        if popen is not None:
-            popen.wait(timeout=5)
-
-    def pid_of(self, name: str) -> int:
-        return self.procs[name].pid if name in self.procs else (self.adopted | self.recorded_pids())[name]
-
-    def kill(self, name: str) -> None:
-        """kill -9, for chaos tests."""
-        os.kill(self.pid_of(name), signal.SIGKILL)
-        self.adopted.pop(name, None)
-        if name in self.procs:
-            self.procs.pop(name).wait(timeout=10)
-
-    def down(self) -> list[str]:
-        """Stop exactly what `up` (and `scale`) started, services first, then the infrastructure."""
-        pids = self.recorded_pids() | self.adopted | {n: p.pid for n, p in self.procs.items()}
-        kinds = {"service": 0, "smtp": 1, "broker": 2, "database": 3}
-        order = sorted(pids, key=lambda n: (kinds[cluster.Process(n).kind], n))
-        stopped = []
-        for name in order:
-            self.stop_process(name, pids[name])
-            stopped.append(name)
-        self.record.remove()
-        return stopped
+    # --- changing it (stopping: see stack_processes) -----------------------------------------------
 
     def scale(self, service: str, count: int, *, wait: bool = True) -> tuple[list[str], list[str]]:
         """`count` instances of `service` on this running stack: (started, stopped)."""

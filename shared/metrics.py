@@ -16,3 +16,5 @@ PROCESSING = Histogram("cancelflow_batch_processing_seconds", "Time to handle on
 LAG = Gauge("cancelflow_consumer_lag", "Records behind the end of the partition", ["service", "topic", "partition"])
 OUTBOX_BACKLOG = Gauge("cancelflow_outbox_backlog", "Outbox rows not yet published", ["service"])
 NOTIFICATIONS_SENT = Counter("cancelflow_notifications_sent_total", "E-mails sent", ["kind"])
+NOTIFICATIONS_RESENT = Counter("cancelflow_notifications_resent_total",
+                               "E-mails sent again, same Message-ID, after their notifier died unconfirmed", ["kind"])

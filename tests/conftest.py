@@ -150,7 +150,9 @@ def infra(infra_choice: Choice):
     # accepted too, as a key being rotated out would be.
     config = StackConfig(root=root, ports=_local_ports(), clock_file=clock_file, api_keys=None, webhook_secret=None,
                          extra_env={"ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2",
-                                    "NOTIFIER_DISPATCH_INTERVAL_S": "0.1"})
+                                    "NOTIFIER_DISPATCH_INTERVAL_S": "0.1",
+                                    # test_dispatch creates it to hold mails before the end of DATA
+                                    "NOTIFIER_TEST_HOLD_FILE": str(root / "notifier.hold")})
     containers = []
     stack = Stack(config)
     config.api_keys = f"{stack.api_key},{OLD_API_KEY}"

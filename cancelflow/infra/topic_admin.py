@@ -3,6 +3,7 @@ existing ones that differ, and apply it to them on request."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from .topic_policy import BUSINESS_RETENTION_DAYS, drift, replication_factor, to
 
 # DescribeConfigs' config_source for a value set on the topic itself (v1+ of the response).
 _TOPIC_CONFIG_SOURCE = 1
+# A topic just created on a cluster is unknown to a broker the controller's metadata has not reached yet.
+_UNKNOWN_TOPIC = 3
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,16 @@ def _entries(response) -> dict[str, dict[str, tuple[str, bool]]]:
     return out
 
 
-async def _describe(admin, names: list[str]) -> dict[str, dict[str, tuple[str, bool]]]:
+async def _describe(admin, names: list[str], unknown_tries: int = 60) -> dict[str, dict[str, tuple[str, bool]]]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     out: dict[str, dict[str, tuple[str, bool]]] = {}
-    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+    for _ in range(unknown_tries):  # asked again while a topic listed is still unknown to the broker asked
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+        if not any(r[0] == _UNKNOWN_TOPIC for response in responses for r in response.resources):
+            break
+        await asyncio.sleep(0.5)
+    for response in responses:
         out |= _entries(response)
     return out
 

@@ -4,7 +4,7 @@ option and how a command fails (one line, not a traceback)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +29,12 @@ BOOTSTRAP = typer.Option(None, "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS",
 def connection(bootstrap: str | None) -> KafkaConnection:
     """The `--bootstrap` option (or KAFKA_BOOTSTRAP_SERVERS) with the security settings around it."""
     return kafka_clients.connection(bootstrap)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on the console and exit status 1: what an operator reads instead of a traceback."""
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
 
 
 def run(coro: Any) -> Any:

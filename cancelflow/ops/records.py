@@ -13,7 +13,7 @@ from shared import topics
 from shared.pii import mask_pii
 
 from ..kafka_clients import Target, read_topics
-from ..report import parse_instant
+from ..report_events import parse_instant
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ def report(html: Path = typer.Option(None, "--html", help="Also write a self-con
     (whole, or from --since days ago)."""
     from datetime import datetime, timedelta, timezone
 
-    from ..report import report_json, report_tables, stream_figures
+    from ..report import report_json, stream_figures
     from ..report_page import render_html
+    from ..report_text import report_tables
 
     start = datetime.now(timezone.utc) - timedelta(days=since) if since is not None else None
     figures = run(stream_figures(connection(bootstrap), start))

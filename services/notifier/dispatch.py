@@ -1,40 +1,43 @@
-"""Sending what is due, each notification exactly once across crashes.
+"""Sending what is due: every notification at least once, under one deterministic Message-ID.
 
-Due rows are locked (FOR UPDATE SKIP LOCKED), marked sent and their `notification.sent` queued in the
-outbox, all in one open transaction. Each mail then goes over SMTP up to, but not including, the final
-"." of DATA; only then is the transaction committed, and the "." sent. SMTP servers discard a message
-whose DATA never ended, so:
-- a crash before the commit leaves the rows pending and the half-sent mails discarded: sent again later;
-- the commit succeeded: the "." follows at once (no round trip in between). If the server then refuses
-  a mail, its row is put back to pending.
-The remaining window, a crash between PostgreSQL's commit and writing five bytes per mail, is a few
-syscalls long. The Message-ID is deterministic, so even then a receiving system could drop a copy.
+SMTP cannot be exactly-once: between the server's 250 and our record of it there is always a moment where
+a crash leaves us not knowing. So a mail is sent at least once, and never twice without cause:
+- a claim (one statement, FOR UPDATE SKIP LOCKED, committed) marks up to `smtp_connections` due rows
+  'sending', with the database's time as `claimed_at`;
+- each mail goes over SMTP on its own kept-open connection; after the server's 250 its row becomes 'sent'
+  and its `notification.sent` goes to the outbox, in one transaction: the event is emitted once, on
+  confirmation. A mail the server refused, or whose DATA never ended, goes back to 'pending';
+- a row still 'sending' after `sending_lease_s` (its notifier was killed between the claim and the
+  confirmation) is claimed again by whichever notifier gets it first and sent again with the same
+  Message-ID (`<request.kind.due@cancelflow>`), so that the receiving side keeps one copy. Such resends
+  are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
 
-Throughput: a transaction claims up to `smtp_connections` due rows and sends them at once, each on its own SMTP
-connection (kept open between mails), so one commit and a handful of round trips serve several mails;
-up to `WORKERS` such transactions run side by side when more than a batch is due (SKIP LOCKED keeps
-them apart). The loop is woken by `NOTIFY notifier_due` when the consumer schedules something due now,
-and polls every `dispatch_interval_s` for what falls due later (reminders, a moved clock).
+Throughput: up to `WORKERS` batches run side by side when more than a batch is due (SKIP LOCKED keeps them
+apart). The loop is woken by `NOTIFY notifier_due` when the consumer schedules something due now, and
+polls every `dispatch_interval_s` for what falls due later (reminders, a moved clock) and for expired
+leases.
 
-The connection that holds DATA open is smtp_client.py; a mail's bytes, mime.py; its text, texts.py.
+The SMTP connection is smtp_client.py; a mail's bytes, mime.py; its text, texts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 from shared import metrics
 from shared.db import is_lost
 from shared.events import NotificationSent
-from shared.messaging.outbox import Emitter, Outbox
+from shared.messaging.outbox import Emitter, outbox_transaction
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
 from shared.pii import mask_email
 from shared.retry import until_it_works
 
-from .keyring import Keyring
+from .keyring import Keyring, Recipient
 from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 from .smtp_client import MailRefused, Mailer
@@ -42,141 +45,181 @@ from .texts import render
 
 log = logging.getLogger(__name__)
 
-# Two lanes, each by its own partial index: what a customer just did (days_before IS NULL) first, then the
-# scheduled reminders, which all fall due at 10:00 Tokyo at once; a day's burst of them never holds back an
-# acknowledgement (a reminder minutes late says the same thing).
-_DUE = """
-SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, r.contract_id, r.customer_name, r.email,
-       r.customer_sealed,
-       q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy, q.paid_through, q.taken_offer
-FROM notifications n
+# Three lanes, in this order: rows whose lease expired (sent again), what a customer just did
+# (days_before IS NULL), then the scheduled reminders, which all fall due at 10:00 Tokyo at once; a day's
+# burst of them never holds back an acknowledgement. Each lane reads its own partial index.
+_CLAIM = """
+WITH stale AS (
+    SELECT n.id, 0 AS lane FROM notifications n
+    WHERE n.status = 'sending' AND n.claimed_at < now() - make_interval(secs => $3::float8)
+    ORDER BY n.claimed_at, n.id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), due_now AS (
+    SELECT n.id, 1 AS lane FROM notifications n JOIN recipients r USING (request_id)
+    WHERE n.status = 'pending' AND n.days_before IS NULL AND n.due_at <= $1
+    ORDER BY n.due_at, n.id LIMIT $2 - (SELECT count(*) FROM stale)
+    FOR UPDATE OF n SKIP LOCKED
+), due_scheduled AS (
+    SELECT n.id, 2 AS lane FROM notifications n JOIN recipients r USING (request_id)
+    WHERE n.status = 'pending' AND n.days_before IS NOT NULL AND n.due_at <= $1
+    ORDER BY n.due_at, n.id LIMIT $2 - (SELECT count(*) FROM stale) - (SELECT count(*) FROM due_now)
+    FOR UPDATE OF n SKIP LOCKED
+), picked AS (
+    SELECT * FROM stale UNION ALL SELECT * FROM due_now UNION ALL SELECT * FROM due_scheduled
+), claimed AS (
+    -- By id through the primary key: a join with the picked rows was planned as a hash of the whole table
+    -- (the lanes' computed LIMITs are estimated at thousands of rows), a second a claim at 640,000 rows.
+    UPDATE notifications n SET status = 'sending', claimed_at = now()
+    WHERE n.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING n.id, n.request_id, n.kind, n.due_at, n.days_before
+)
+SELECT c.id, c.request_id, c.kind, c.due_at, c.days_before, p.lane = 0 AS resent, r.contract_id,
+       r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
+       q.paid_through, q.taken_offer
+FROM claimed c
+JOIN picked p USING (id)
 JOIN recipients r USING (request_id)
 LEFT JOIN requests q USING (request_id)
-WHERE n.status = 'pending' AND n.days_before IS {lane} AND n.due_at <= $1
-ORDER BY n.due_at, n.id
-LIMIT $2
-FOR UPDATE OF n SKIP LOCKED
+ORDER BY p.lane, c.due_at, c.id
 """
-DUE_LANES = (_DUE.format(lane="NULL"), _DUE.format(lane="NOT NULL"))
 
-MARK_SENT = """
-UPDATE notifications AS n SET status = 'sent', sent_at = $2, message_id = u.message_id
+# Confirmed by the server's 250; only a row still 'sending' (a resend may have confirmed it first).
+_CONFIRM = """
+UPDATE notifications AS n SET status = 'sent', sent_at = $2, message_id = u.message_id, claimed_at = NULL
 FROM unnest($1::bigint[], $3::text[]) AS u(id, message_id)
-WHERE n.id = u.id
+WHERE n.id = u.id AND n.status = 'sending'
+RETURNING n.id
 """
+_RELEASE = ("UPDATE notifications SET status = 'pending', claimed_at = NULL"
+            " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
+_ERASED = ("UPDATE notifications SET status = 'erased', claimed_at = NULL"
+           " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
 
-WORKERS = 2  # dispatch transactions running side by side
+WORKERS = 2  # dispatch batches running side by side
 
 
-async def claim_due(conn, now, most: int) -> list:
-    """Lock up to `most` due rows, what a customer just did first (inside the caller's transaction)."""
-    rows: list = []
-    for due in DUE_LANES:
-        if len(rows) < most:
-            rows += await conn.fetch(due, now, most - len(rows))
-    return rows
+async def claim_due(conn, now, most: int, lease_s: float) -> list:
+    """Mark up to `most` due rows 'sending' (expired leases first, then what a customer just did, then the
+    scheduled reminders) and return them with what their mails say; committed unless inside a transaction."""
+    return await conn.fetch(_CLAIM, now, most, lease_s)
 
 
 def message_id(row) -> str:
     return f"<{row['request_id']}.{row['kind']}.{int(row['due_at'].timestamp())}@cancelflow>"
 
 
-ERASED = "UPDATE notifications SET status = 'erased' WHERE id = ANY($1::bigint[])"
+class _NotSent(Exception):
+    """The mail certainly was not taken (refused, or its DATA never ended): due again now."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
-async def send_batch(rt: Runtime, mailers: list[Mailer], keyring: Keyring) -> int:
-    """Claim up to len(mailers) due rows in one transaction and send them at once; 0 when nothing is due.
-    A row whose customer was erased is marked so, never sent."""
+async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings, keyring: Keyring) -> int:
+    """Claim up to len(mailers) due rows and send them at once; how many were claimed (0: nothing due). A row
+    whose customer was erased is marked so, never sent."""
     async with rt.pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        committed = False
-        outbox = None
-        used: list[Mailer] = []
-        try:
-            rows = await claim_due(conn, rt.clock.now(), len(mailers))
-            if not rows:
-                await tx.rollback()
-                return 0
-            claimed = len(rows)
-            recipients = await keyring.open(rows)
-            if len(recipients) < claimed:
-                await conn.execute(ERASED, [r["id"] for r in rows if r["id"] not in recipients])
-                rows = [r for r in rows if r["id"] in recipients]
-                if not rows:
-                    await tx.commit()
-                    committed = True
-                    return claimed
-            sent_at = rt.clock.now()
-            msg_ids = [message_id(row) for row in rows]
-            await conn.execute(MARK_SENT, [row["id"] for row in rows], sent_at, msg_ids)
-            messages = []
-            outbox = Outbox(conn, rt.schema, rt.relay)  # the notification.sent events: one INSERT
-            for row, msg_id in zip(rows, msg_ids):
-                kind, recipient = NotificationKind(row["kind"]), recipients[row["id"]]
-                Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
-                    request_id=row["request_id"], kind=kind, channel="email",
-                    recipient=mask_email(recipient.email), sent_at=sent_at, due_at=row["due_at"]),
-                    key=row["contract_id"])
-                content = render(
-                    kind, customer_name=recipient.name, request_id=row["request_id"],
-                    contract_id=row["contract_id"], effective_date=row["effective_date"],
-                    total_jpy=row["total_jpy"], paid_through=row["paid_through"],
-                    offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
-                    earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"],
-                    taken_offer=row["taken_offer"])
-                messages.append(mailers[len(messages)].compose(recipient.email, content.subject, content.body, msg_id, {
-                    "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": kind.value,
-                    "X-Cancelflow-Due-At": row["due_at"].isoformat()}))
-            await outbox.flush()
-            used = mailers[:len(rows)]
-            # Every mail up to its final "." at once, each on its own connection.
-            begun = await asyncio.gather(*(m.begin(msg) for m, msg in zip(used, messages)), return_exceptions=True)
-            failed = next((r for r in begun if isinstance(r, BaseException)), None)
-            if failed is not None:
-                raise failed
-            await tx.commit()
-            committed = True
-            not_ended = []
-            for mailer in used:  # the "." of every mail, back to back, right after the commit
-                try:
-                    mailer.end_data()
-                    not_ended.append(None)
-                except Exception as exc:  # noqa: BLE001 - the connection broke: this DATA never ended
-                    mailer.close()
-                    not_ended.append(exc)
-            outbox.committed()  # the notification.sent events to the relay
-        except BaseException:
-            if not committed:
-                if outbox is not None:
-                    outbox.abandoned()
-                for mailer in used:
-                    mailer.close()  # abandon every unfinished DATA: the server discards them
-                if not conn.is_closed():
-                    try:
-                        await tx.rollback()
-                    except Exception:  # noqa: BLE001 - the connection is gone: PostgreSQL rolled back
-                        pass
-            raise
-        outcomes = await asyncio.gather(*(m.result() if e is None else _failed(e) for m, e in zip(used, not_ended)),
-                                        return_exceptions=True)
-        refused = [row["id"] for row, o, e in zip(rows, outcomes, not_ended) if isinstance(o, MailRefused) or e]
-        if refused:
-            # Committed as sent, then refused by the server or never ended (rare): due again. Its
-            # notification.sent event is already out; the retry publishes another one for the same
-            # (request, kind, due).
-            await conn.execute("UPDATE notifications SET status = 'pending', sent_at = NULL WHERE id = ANY($1)",
-                               refused)
-    for row, outcome in zip(rows, outcomes):
-        if not isinstance(outcome, BaseException):
-            metrics.NOTIFICATIONS_SENT.labels(row["kind"]).inc()
+        rows = await claim_due(conn, rt.clock.now(), len(mailers), settings.sending_lease_s)
+    if not rows:
+        return 0
+    claimed = len(rows)
+    try:
+        recipients = await keyring.open(rows)
+    except Exception:
+        await _release(rt, [row["id"] for row in rows])  # no intake answered: due again, as when SMTP is down
+        raise
+    if len(recipients) < claimed:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(_ERASED, [row["id"] for row in rows if row["id"] not in recipients])
+        rows = [row for row in rows if row["id"] in recipients]
+        if not rows:
+            return claimed
+    resent = [row for row in rows if row["resent"]]
+    if resent:
+        for row in resent:
+            metrics.NOTIFICATIONS_RESENT.labels(row["kind"]).inc()
+        log.warning("sending again %d notification(s) left unconfirmed past the %.0f s lease (same Message-ID)",
+                    len(resent), settings.sending_lease_s)
+    msg_ids = [message_id(row) for row in rows]
+    used = mailers[:len(rows)]
+    messages = [mailer.compose(recipients[row["id"]].email, *_text(row, recipients[row["id"]]), msg_id, {
+        "X-Cancelflow-Request-Id": row["request_id"], "X-Cancelflow-Kind": row["kind"],
+        "X-Cancelflow-Due-At": row["due_at"].isoformat()}) for mailer, row, msg_id in zip(used, rows, msg_ids)]
+    # Every mail up to its final "." at once, each on its own connection; then the "." of each, back to back.
+    begun = await asyncio.gather(*(m.begin(msg) for m, msg in zip(used, messages)), return_exceptions=True)
+    if settings.test_hold_file:
+        await _hold(settings.test_hold_file, [i for i, b in zip(msg_ids, begun) if b is None])
+    for k, (mailer, b) in enumerate(zip(used, begun)):
+        if b is None:
+            try:
+                mailer.end_data()
+            except Exception as exc:  # noqa: BLE001 - the connection broke: this DATA never ended
+                mailer.close()
+                begun[k] = exc
+    outcomes = await asyncio.gather(*(m.result() if b is None else _raise(_NotSent(b)) for m, b in zip(used, begun)),
+                                    return_exceptions=True)
+    outcomes = [_NotSent(o) if isinstance(o, MailRefused) else o for o in outcomes]
+    sent = [(row, i, recipients[row["id"]]) for row, i, o in zip(rows, msg_ids, outcomes) if o is None]
+    if sent:
+        async def confirm() -> None:
+            await _confirm(rt, sent)
+        # Retried: only this process's death (or a database down past the lease) makes them go out again.
+        await until_it_works("the database (confirming mails sent)", confirm, first_s=0.2, most_s=2.0)
+    await _release(rt, [row["id"] for row, o in zip(rows, outcomes) if isinstance(o, _NotSent)])
+    # A mail whose answer never came (the connection lost after its ".") stays 'sending': the lease resends it.
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
-        raise error
+        raise error.cause if isinstance(error, _NotSent) else error
     return claimed
 
 
-async def _failed(error: BaseException) -> None:
+async def _release(rt: Runtime, ids: list[int]) -> None:
+    """Claimed rows certainly not sent: due again now (else when their lease runs out)."""
+    if not ids:
+        return
+    try:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(_RELEASE, ids)
+    except Exception:  # noqa: BLE001 - the database is gone: their lease runs out instead
+        log.warning("%d unsent notification(s) stay claimed until their lease runs out", len(ids))
+
+
+def _text(row, recipient: Recipient) -> tuple[str, str]:
+    content = render(
+        NotificationKind(row["kind"]), customer_name=recipient.name, request_id=row["request_id"],
+        contract_id=row["contract_id"], effective_date=row["effective_date"], total_jpy=row["total_jpy"],
+        paid_through=row["paid_through"], offers=tuple(row["offers"] or ()), codes=tuple(row["codes"] or ()),
+        earliest_effective_date=row["earliest_effective_date"], days_before=row["days_before"],
+        taken_offer=row["taken_offer"])
+    return content.subject, content.body
+
+
+async def _confirm(rt: Runtime, sent: list) -> None:
+    """The mails the server accepted: 'sent', and their notification.sent, in one transaction."""
+    sent_at = rt.clock.now()
+    async with rt.pool.acquire() as conn, outbox_transaction(conn, rt.schema, rt.relay) as outbox:
+        confirmed = {r["id"] for r in await conn.fetch(_CONFIRM, [row["id"] for row, _, _ in sent], sent_at,
+                                                       [i for _, i, _ in sent])}
+        for row, _, recipient in sent:
+            if row["id"] in confirmed:
+                Emitter(outbox, rt.name, correlation_id=row["request_id"])(NotificationSent(
+                    request_id=row["request_id"], kind=NotificationKind(row["kind"]), channel="email",
+                    recipient=mask_email(recipient.email), sent_at=sent_at, due_at=row["due_at"]),
+                    key=row["contract_id"])
+    for row, _, _ in sent:
+        metrics.NOTIFICATIONS_SENT.labels(row["kind"]).inc()
+
+
+async def _hold(path: str, msg_ids: list[str]) -> None:
+    """Tests only: the moment after the claim's commit and before the end of DATA, held open."""
+    if msg_ids and os.path.exists(path):
+        Path(path + ".held").write_text("\n".join(msg_ids) + "\n")
+        while os.path.exists(path):
+            await asyncio.sleep(0.05)
+
+
+async def _raise(error: BaseException) -> None:
     raise error
 
 
@@ -192,7 +235,7 @@ def dispatch_loop(settings: NotifierSettings):
 
         async def drain(mailers: list[Mailer]) -> None:
             # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            while await send_batch(rt, mailers, keyring) == len(mailers):
+            while await send_batch(rt, mailers, settings, keyring) == len(mailers):
                 pass
 
         async def send_due() -> None:
@@ -206,7 +249,7 @@ def dispatch_loop(settings: NotifierSettings):
                     await listener.add_listener(DUE_CHANNEL, on_notify)
                 wake.clear()
                 # One worker first; the others join only when there is more than a batch to send.
-                if await send_batch(rt, workers[0], keyring) == settings.smtp_connections:
+                if await send_batch(rt, workers[0], settings, keyring) == settings.smtp_connections:
                     outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                     if error is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "NotificationKind",
     "RequestFacts",
     "ScheduledNotification",
+    "acknowledgement",
     "acknowledgement_cancelled",
     "acknowledgement_due",
     "cancelled_by_completion",
@@ -103,6 +104,15 @@ def acknowledgement_cancelled(facts: RequestFacts) -> datetime | None:
     the two topics was read first (what `cancelflow rebuild` needs: it reads one topic after the other)."""
     if facts.status == "withdrawn" and facts.accepted_at is not None and facts.settlement == "issued":
         return facts.accepted_at
+    return None
+
+
+def acknowledgement(facts: RequestFacts) -> tuple[datetime, bool] | None:
+    """The acknowledgement row these facts call for: (due at, recorded as cancelled), or None."""
+    if (due := acknowledgement_due(facts)) is not None:
+        return due, False
+    if (due := acknowledgement_cancelled(facts)) is not None:
+        return due, True
     return None
 
 

@@ -10,8 +10,8 @@ from shared.messaging.consumer import Context, Subscription
 from shared.service import Runtime
 from shared.vocabulary import NotificationKind
 
-from .domain import (RequestFacts, acknowledgement_cancelled, acknowledgement_due, cancelled_by_completion,
-                     cancelled_by_withdrawal, reminder_schedule, withdrawal_notice)
+from .domain import (acknowledgement, cancelled_by_completion, cancelled_by_withdrawal, reminder_schedule,
+                     withdrawal_notice)
 from .store import NotifierStore
 
 Ctx = Context[NotifierStore]
@@ -23,20 +23,12 @@ async def on_requested(ctx: Ctx, e: CancellationRequested) -> None:
 
 async def on_accepted(ctx: Ctx, e: CancellationAccepted) -> None:
     accepted_at = e.decided_at or ctx.envelope.occurred_at
-    known = await ctx.store.accepted(
-        e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at))
-    _acknowledge_if_due(ctx, e.request_id, known)
+    await ctx.store.accepted(e, accepted_at, reminder_schedule(effective_date=e.effective_date, accepted_at=accepted_at),
+                             acknowledge=acknowledgement)
 
 
 async def on_settlement_issued(ctx: Ctx, e: SettlementIssued) -> None:
-    _acknowledge_if_due(ctx, e.request_id, await ctx.store.settled(e))
-
-
-def _acknowledge_if_due(ctx: Ctx, request_id: str, known: RequestFacts) -> None:
-    if (due := acknowledgement_due(known)) is not None:
-        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due)
-    elif (due := acknowledgement_cancelled(known)) is not None:
-        ctx.store.schedule(request_id, NotificationKind.acknowledgement, due, cancelled=True)
+    await ctx.store.settled(e, acknowledge=acknowledgement)
 
 
 async def on_settlement_voided(ctx: Ctx, e: SettlementVoided) -> None:

@@ -29,3 +29,9 @@ class NotifierSettings(ServiceSettings):
                           "`cancelflow up` generates one per stack.")
     keyring_ttl_s: float = Field(300.0, ge=0, le=3600, description="How long a data key is kept in memory.")
     dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")
+    sending_lease_s: float = Field(
+        60, gt=0, description="A notification claimed for sending and not confirmed by the server's answer "
+                              "within this long (its notifier died) is sent again, with the same Message-ID.")
+    test_hold_file: str | None = Field(
+        None, description="Tests only: while this file exists, the dispatcher holds every mail before the end of "
+                          "its DATA (after the claim's commit) and writes the held Message-IDs to <file>.held.")

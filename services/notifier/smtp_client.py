@@ -1,9 +1,8 @@
 """The notifier's SMTP client: one kept-open connection that can hold a mail's DATA open.
 
 `Mailer.begin` sends MAIL, RCPT, DATA and the content, everything but the final "."; `end_data` writes
-the "." (without awaiting, so it can follow a database commit at once) and `result` reads the server's
-answer. A server discards a message whose DATA never ended, which is what lets the dispatcher
-(dispatch.py) decide a send by its commit. aiosmtplib connects, greets, secures (TLS, STARTTLS) and
+the "." (without awaiting) and `result` reads the server's answer. A server discards a message whose DATA
+never ended, so a mail that fails before its "." is certainly not sent (dispatch.py puts it back due). aiosmtplib connects, greets, secures (TLS, STARTTLS) and
 logs in; the mails then go over `_Replies`, with MAIL/RCPT/DATA pipelined (RFC 2920) when the server
 offers it. Why not aiosmtplib for the mails as well: it does not pipeline, its API holds DATA open only by
 writing on its protocol object, and doing this job it sends about half as many mails per second at twice

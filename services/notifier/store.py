@@ -7,7 +7,7 @@ trips, in order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -40,19 +40,30 @@ ORDER BY r.request_id
 ON CONFLICT (request_id) DO UPDATE SET status = requests.status
 RETURNING request_id, status, accepted_at, settlement_status
 """
+# The acceptance and its notifications (the reminders, and the acknowledgement if the settlement is in),
+# the settlement and its acknowledgement (if the acceptance is in): one statement each, whatever the rule
+# decided, so that a batch's run of them is one executemany round trip.
 _ACCEPTED = """
 WITH request AS (
     INSERT INTO requests (request_id, contract_id, status, accepted_at, effective_date, offers)
     VALUES ($1, $2, 'accepted', $3, $4, $5)
     ON CONFLICT (request_id) DO UPDATE SET status = 'accepted', accepted_at = excluded.accepted_at,
         effective_date = excluded.effective_date, offers = excluded.offers)
-INSERT INTO notifications (request_id, kind, due_at, days_before)
-SELECT $1, kind, due_at, days_before FROM unnest($6::text[], $7::timestamptz[], $8::int[]) AS r(kind, due_at, days_before)
+INSERT INTO notifications (request_id, kind, due_at, days_before, status)
+SELECT $1, kind, due_at, days_before, status
+FROM unnest($6::text[], $7::timestamptz[], $8::int[], $9::text[]) AS r(kind, due_at, days_before, status)
 ON CONFLICT (request_id, kind, due_at) DO NOTHING
 """
-_SETTLED = ("INSERT INTO requests (request_id, contract_id, status, total_jpy, paid_through, settlement_status)"
-            " VALUES ($1, $2, 'received', $3, $4, 'issued') ON CONFLICT (request_id) DO UPDATE SET"
-            " total_jpy = excluded.total_jpy, paid_through = excluded.paid_through, settlement_status = 'issued'")
+_SETTLED = """
+WITH request AS (
+    INSERT INTO requests (request_id, contract_id, status, total_jpy, paid_through, settlement_status)
+    VALUES ($1, $2, 'received', $3, $4, 'issued')
+    ON CONFLICT (request_id) DO UPDATE SET total_jpy = excluded.total_jpy, paid_through = excluded.paid_through,
+        settlement_status = 'issued')
+INSERT INTO notifications (request_id, kind, due_at, days_before, status)
+SELECT $1, 'acknowledgement', $5, NULL, $6 WHERE $5::timestamptz IS NOT NULL
+ON CONFLICT (request_id, kind, due_at) DO NOTHING
+"""
 _VOIDED = "UPDATE requests SET settlement_status = 'voided' WHERE request_id = $1"
 _REJECTED = ("INSERT INTO requests (request_id, contract_id, status, codes, earliest_effective_date)"
              " VALUES ($1, $2, 'rejected', $3, $4) ON CONFLICT (request_id) DO UPDATE SET status = 'rejected',"
@@ -62,6 +73,10 @@ _WITHDRAWN = ("INSERT INTO requests (request_id, contract_id, status, taken_offe
 _COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1"
 _CANCEL_PENDING = ("UPDATE notifications SET status = 'cancelled' WHERE request_id = $1 AND status = 'pending'"
                    " AND kind = ANY($2::text[])")
+
+
+# The acknowledgement rule (domain.acknowledgement): what is known of a request -> (due at, cancelled) or None.
+Acknowledge = Callable[[RequestFacts], "tuple[datetime, bool] | None"]
 
 
 def _facts(row: Any) -> RequestFacts:
@@ -106,23 +121,34 @@ class NotifierStore(Store):
         self.conn.defer(_ERASE_RECIPIENTS, contract_id, at)
 
     async def accepted(self, e: CancellationAccepted, accepted_at: datetime,
-                       reminders: Sequence[ScheduledNotification]) -> RequestFacts:
-        """What the acceptance says and its reminders; what is known of the request then."""
-        known = await self.facts(e.request_id, e.contract_id or "")
+                       reminders: Sequence[ScheduledNotification], *, acknowledge: Acknowledge) -> None:
+        """What the acceptance says, its reminders, and the acknowledgement `acknowledge` asks for given what
+        is known of the request then."""
+        known = replace(await self.facts(e.request_id, e.contract_id or ""), status="accepted", accepted_at=accepted_at)
+        kinds = [r.kind.value for r in reminders]
+        due = [r.due_at for r in reminders]
         days = [days_before(r, effective_date=e.effective_date, accepted_at=accepted_at) for r in reminders]
+        statuses = ["pending"] * len(reminders)
+        if (ack := acknowledge(known)) is not None:
+            kinds.append(NotificationKind.acknowledgement.value)
+            due.append(ack[0])
+            days.append(None)
+            statuses.append("cancelled" if ack[1] else "pending")
         self.conn.defer(_ACCEPTED, e.request_id, e.contract_id or "", accepted_at, e.effective_date,
-                        [o.value for o in e.offers], [r.kind.value for r in reminders], [r.due_at for r in reminders],
-                        days)
+                        [o.value for o in e.offers], kinds, due, days, statuses)
         self.outbox.notify(DUE_CHANNEL)
         self._learned(e.request_id, status="accepted", accepted_at=accepted_at)
-        return replace(known, status="accepted", accepted_at=accepted_at)
 
-    async def settled(self, e: SettlementIssued) -> RequestFacts:
-        """The settlement's figures; what is known of the request then."""
-        known = await self.facts(e.request_id, e.contract_id or "")
-        self.conn.defer(_SETTLED, e.request_id, e.contract_id or "", e.total_jpy, e.paid_through)
+    async def settled(self, e: SettlementIssued, *, acknowledge: Acknowledge) -> None:
+        """The settlement's figures, and the acknowledgement `acknowledge` asks for given what is known of the
+        request then."""
+        known = replace(await self.facts(e.request_id, e.contract_id or ""), settlement="issued")
+        ack = acknowledge(known)
+        self.conn.defer(_SETTLED, e.request_id, e.contract_id or "", e.total_jpy, e.paid_through,
+                        ack[0] if ack else None, "cancelled" if ack and ack[1] else "pending")
+        if ack is not None and not ack[1]:
+            self.outbox.notify(DUE_CHANNEL)
         self._learned(e.request_id, settlement="issued")
-        return replace(known, settlement="issued")
 
     def settlement_voided(self, request_id: str) -> None:
         self.conn.defer(_VOIDED, request_id)

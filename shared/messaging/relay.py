@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 _SCAN = "SELECT id, topic, key, value, headers FROM outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2"
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
+# A committed row older than the handed-over ones that this relay has not published (another instance's
+# commit, or this one's while its relay was not active): it goes first. This process's uncommitted rows
+# ($2 has them, with the published and the handed-over ones) are not older by commit.
+_OLDER = "SELECT EXISTS (SELECT 1 FROM outbox WHERE id < $1 AND id <> ALL($2::bigint[]))"
+
+
+def _lock_key(schema: str) -> int:
+    return zlib.crc32(f"relay:{schema}".encode())
 
 
 class OutboxRelay:
@@ -36,7 +44,9 @@ class OutboxRelay:
     read-back; the rows are deleted in bulk a moment later. Rows from elsewhere (the HTTP API, other
     processes, a previous run) are read from the table when a NOTIFY says so, on start and every
     `poll_ms`. A crash between publishing and deleting publishes a row again: consumers' inboxes skip it.
-    Only one relay per schema publishes (an advisory lock), so per-key order is commit order."""
+    Only one relay per schema publishes (an advisory lock), and it publishes in id order: handed-over rows
+    wait while an older row is in the table (a partition's earlier records committed by another instance
+    before a rebalance gave it to this one), so per-key order is commit order whoever committed."""
 
     DELETE_EVERY = 200      # published rows deleted together ...
     DELETE_AFTER_S = 0.05   # ... or once nothing was handed over for this long
@@ -85,7 +95,7 @@ class OutboxRelay:
         listen_conn = await self.pool.acquire()
         try:
             # Only one relay per schema publishes, so per-key order is the order of the commits.
-            lock_key = zlib.crc32(f"relay:{self.schema}".encode())
+            lock_key = _lock_key(self.schema)
             while not await listen_conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(1.0)
 
@@ -110,20 +120,24 @@ class OutboxRelay:
     async def _loop(self, conn: asyncpg.Connection) -> None:
         while True:
             if self._handed:
-                rows, self._handed = self._handed, []
                 if self._scanned:
                     # A commit that landed just as a scan read the table: already published by the scan.
                     scanned = set(self._scanned)
-                    rows = [r for r in rows if r.id not in scanned]
-                await self._publish(rows)
-                self._to_delete += [r.id for r in rows]
-                if len(self._to_delete) >= self.DELETE_EVERY:
-                    await self._delete(conn)
-                continue
+                    self._handed = [r for r in self._handed if r.id not in scanned]
+                rows = list(self._handed)
+                known = self._to_delete + [r.id for r in rows] + list(self._in_flight)
+                if rows and not await conn.fetchval(_OLDER, max(r.id for r in rows), known):
+                    del self._handed[:len(rows)]  # more may have been handed over meanwhile
+                    await self._publish(rows)
+                    self._to_delete += [r.id for r in rows]
+                    if len(self._to_delete) >= self.DELETE_EVERY:
+                        await self._delete(conn)
+                    continue
+                self._scan = self._scan or bool(rows)  # older rows first: the scan reads the table in id order
             if self._scan:
                 self._scan = False
                 await self._delete(conn)
-                # Handed-over rows are not waiting here: they were published just above.
+                # Handed-over rows waiting are read too, in id order after the older ones (then skipped above).
                 rows = _rows(await conn.fetch(_SCAN, list(self._in_flight), self.batch_size))
                 if rows:
                     await self._publish(rows)
@@ -161,12 +175,19 @@ class OutboxRelay:
         self.published += len(rows)
 
     async def drain(self) -> None:
-        """At shutdown, with the relay task stopped: delete what it published, publish what is left."""
+        """At shutdown, with the relay task stopped: delete what it published, publish what is left - unless
+        another instance's relay holds the lock (it publishes them; two publishers could interleave)."""
         if self._to_delete:
             await self.pool.execute(_DELETE, self._to_delete)
             self._to_delete = []
-        while await self.publish_batch():
-            pass
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(self.schema)):
+                return
+            try:
+                while await self.publish_batch():
+                    pass
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(self.schema))
 
     async def publish_batch(self) -> int:
         """One batch through the pool; how many were published."""

@@ -23,6 +23,8 @@ def cluster_stack():
     stack = Stack(StackConfig(root=root, ports=Ports.from_base(free_port_block(40)), api_keys=API_KEY,
                               clock_file=root / "clock", brokers=3, instances=2,
                               extra_env={"NOTIFIER_DISPATCH_INTERVAL_S": "0.1",
+                                         # a killed notifier's unconfirmed mails go out again 10 s later
+                                         "NOTIFIER_SENDING_LEASE_S": "10",
                                          "ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2"}))
     try:
         stack.up()

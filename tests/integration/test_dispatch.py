@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -95,12 +96,89 @@ async def test_a_burst_of_due_reminders_does_not_hold_back_an_acknowledgement(in
             [(f"R{i}", "data_export_reminder", now - timedelta(hours=1, seconds=i), 14) for i in range(200)]
             + [("R200", "acknowledgement", now - timedelta(seconds=1), None),
                ("R200", "data_export_reminder", now + timedelta(days=3), 3)])  # not due yet
-        async with conn.transaction():
-            first = await claim_due(conn, now, 4)
+        tx = conn.transaction()
+        await tx.start()
+        first = await claim_due(conn, now, 4, 60)
+        await tx.rollback()  # the claim marks its rows 'sending': undone, to claim them all below
         assert [r["kind"] for r in first] == ["acknowledgement", *["data_export_reminder"] * 3]
         assert [r["request_id"] for r in first[1:]] == ["R199", "R198", "R197"]  # then the oldest reminders
-        async with conn.transaction():
-            assert len(await claim_due(conn, now, 500)) == 201  # the one due in 3 days is not claimed
+        assert len(await claim_due(conn, now, 500, 60)) == 201  # the one due in 3 days is not claimed
+        assert await claim_due(conn, now, 500, 60) == []  # claimed: 'sending', not due again within the lease
+        # A lease run out (its notifier died before the confirmation): claimed again, before anything due.
+        await conn.execute("UPDATE notifications SET claimed_at = claimed_at - interval '61 seconds'"
+                           " WHERE request_id IN ('R0', 'R200')")
+        await conn.execute("UPDATE notifications SET status = 'pending', claimed_at = NULL WHERE request_id = 'R1'")
+        again = await claim_due(conn, now, 500, 60)
+        assert [(r["request_id"], r["resent"]) for r in again] == [("R0", True), ("R200", True), ("R1", False)]
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
+
+
+async def test_a_notifier_killed_before_the_end_of_data_sends_the_mail_after_restart(infra, client, db):
+    """The one window SMTP leaves open: the claim committed, the DATA not ended. A notifier killed -9 there
+    loses nothing: the rows stay 'sending', and after its lease the restarted notifier sends them again
+    under the same Message-ID; every mail arrives once, every notification.sent is emitted once."""
+    from datetime import date
+    from pathlib import Path
+
+    from cancelflow.client import read_topic
+    from shared import topics
+
+    stack = infra.stack
+    if stack is None:
+        pytest.skip("an external stack: its notifier cannot be killed from here")
+    saved_env = dict(stack.config.extra_env)
+    hold = Path(saved_env["NOTIFIER_TEST_HOLD_FILE"])  # the session's notifier holds mails while it exists
+    held = hold.with_name(hold.name + ".held")
+    held.unlink(missing_ok=True)
+
+    def restart(extra: dict[str, str]) -> None:
+        if "notifier" in stack.alive():
+            stack.stop_process("notifier", stack.pid_of("notifier"))
+        stack.config.extra_env = saved_env | extra
+        stack.start_service("notifier")
+        stack.wait_healthy(["notifier"])
+
+    restarted = False
+    try:
+        hold.write_text("")
+        contract = await client.sign_contract(start_date=date(2024, 1, 31))
+        request_id = (await client.submit(client.form(contract))).json()["request_id"]
+        for _ in range(300):  # the dispatcher claims the request's first mails and holds them
+            if held.exists() and request_id in held.read_text():
+                break
+            await asyncio.sleep(0.1)
+        held_ids = [i for i in held.read_text().split() if request_id in i]
+        assert held_ids, "the dispatcher held the request's mails before the end of DATA"
+        rows = await db.fetch("SELECT message_id, status FROM notifier.notifications WHERE request_id = $1", request_id)
+        assert {r["status"] for r in rows} >= {"sending"}, "the claim is committed before the DATA ends"
+        assert client.mails(request_id) == [], "no DATA ended yet"
+
+        stack.kill("notifier")  # kill -9 inside the window
+        hold.unlink()
+        restarted = True
+        restart({"NOTIFIER_SENDING_LEASE_S": "2"})  # the session's notifier again, with a short lease
+        mails = await client.wait_mails(request_id, 3, timeout=60)
+        await asyncio.sleep(1.0)  # a second copy, if any, would land now
+        mails = client.mails(request_id)
+        ids = [m.message_id for m in mails]
+        assert len(ids) == len(set(ids)) == 3, f"each mail once, by Message-ID: {ids}"
+        assert set(held_ids) <= set(ids), "the held mails were sent after the restart, same Message-ID"
+        rows = await db.fetch("SELECT status, message_id FROM notifier.notifications WHERE request_id = $1"
+                              " AND status <> 'pending'", request_id)  # the 14- and 3-day reminders wait
+        assert sorted((r["status"], r["message_id"]) for r in rows) == sorted(("sent", i) for i in ids)
+        for _ in range(40):  # the relay publishes them just after the confirmation's commit
+            events = await read_topic(infra.bootstrap, topics.NOTIFICATIONS, lambda r: r.key == contract.encode())
+            if len(events) >= 3:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+        events = await read_topic(infra.bootstrap, topics.NOTIFICATIONS, lambda r: r.key == contract.encode())
+        sent = sorted((e["data"]["kind"], e["data"]["due_at"]) for e in (orjson.loads(r.value) for r in events))
+        assert len(sent) == len(set(sent)) == 3, f"one notification.sent per mail, on confirmation: {sent}"
+    finally:
+        hold.unlink(missing_ok=True)
+        if restarted:
+            restart({})
+        stack.config.extra_env = saved_env

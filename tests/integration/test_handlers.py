@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timezone
 
-import asyncpg
 import orjson
 import pytest
 from faststream.kafka import TestKafkaBroker
@@ -19,20 +18,16 @@ from shared.contract_calendar import tokyo_date
 from shared.db import create_pool, migrate
 from shared.events import CancellationRequested, ContractSigned, new_envelope
 
+from tests.integration.own_database import own_database
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def handler_db(infra):
     """A database of its own, so the running stack's relays never see these outbox rows."""
-    name = f"handlers_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield infra.admin_url(name)
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    async with own_database(infra, "handlers") as url:
+        yield url
 
 
 async def _service_on_own_db(create, settings_cls, handler_db, infra):

@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
-import asyncpg
 import orjson
 import pytest
 from faststream.kafka import TestKafkaBroker
@@ -20,6 +19,8 @@ from shared.contract_calendar import tokyo_date
 from shared.db import create_pool, migrate
 from shared.events import CancellationRequested, ContractSigned, new_envelope
 from shared.messaging import inbox
+
+from tests.integration.own_database import own_database
 
 pytestmark = pytest.mark.integration
 
@@ -37,20 +38,13 @@ class MovableClock:
 @pytest.fixture
 async def eligibility(infra):
     """eligibility on a database of its own (exact row counts), its clock in the test's hand."""
-    name = f"inbox_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = infra.admin_url(name)
-    app = create_app(EligibilitySettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap))
-    await migrate(url, app.runtime.schema, app.runtime.service_dir)
-    app.runtime.pool = await create_pool(url, app.runtime.schema)
-    app.runtime.clock = MovableClock(datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc))
-    yield app
-    await app.runtime.close_pool()
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    async with own_database(infra, "inbox") as url:
+        app = create_app(EligibilitySettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap))
+        await migrate(url, app.runtime.schema, app.runtime.service_dir)
+        app.runtime.pool = await create_pool(url, app.runtime.schema)
+        app.runtime.clock = MovableClock(datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc))
+        yield app
+        await app.runtime.close_pool()
 
 
 def _signed(contract: str) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import pytest
 
 from cancelflow import kafka_clients
@@ -17,38 +16,33 @@ from shared.messaging.relay import OutboxRelay
 from services.intake.app import create_app
 from services.intake.settings import IntakeSettings
 
+from tests.integration.own_database import own_database
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def relay_setup(infra):
-    name = f"relay_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = infra.admin_url(name)
-    rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap,
-                                   api_keys="relay-tests")).runtime
-    await migrate(url, rt.schema, rt.service_dir)
-    pool = await create_pool(url, rt.schema)
-    topic = f"relay-test-{uuid.uuid4().hex[:8]}"
-    await create_topics(infra.bootstrap, (topic,), 1, **kafka_clients.as_connection(infra.bootstrap).client_options())
-    producer = kafka_clients.producer(infra.bootstrap)  # the security settings too (the SASL compose stack)
-    await producer.start()
-    relay = OutboxRelay(pool=pool, producer=producer, schema=rt.schema, service="test", poll_ms=200)
-    task = asyncio.create_task(relay.run())
-    for _ in range(100):
-        if relay.active:
-            break
-        await asyncio.sleep(0.05)
-    yield relay, pool, topic, rt.schema, infra.bootstrap
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await producer.stop()
-    await pool.close()
-    admin = await asyncpg.connect(infra.admin_url())
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
+    async with own_database(infra, "relay") as url:
+        rt = create_app(IntakeSettings(database_url=url, kafka_bootstrap_servers=infra.bootstrap,
+                                       api_keys="relay-tests")).runtime
+        await migrate(url, rt.schema, rt.service_dir)
+        pool = await create_pool(url, rt.schema)
+        topic = f"relay-test-{uuid.uuid4().hex[:8]}"
+        await create_topics(infra.bootstrap, (topic,), 1, **kafka_clients.as_connection(infra.bootstrap).client_options())
+        producer = kafka_clients.producer(infra.bootstrap)  # the security settings too (the SASL compose stack)
+        await producer.start()
+        relay = OutboxRelay(pool=pool, producer=producer, schema=rt.schema, service="test", poll_ms=200)
+        task = asyncio.create_task(relay.run())
+        for _ in range(100):
+            if relay.active:
+                break
+            await asyncio.sleep(0.05)
+        yield relay, pool, topic, rt.schema, infra.bootstrap
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()
+        await pool.close()
 
 
 async def _published(bootstrap: str, topic: str, expected: int) -> list[bytes]:
@@ -101,3 +95,43 @@ async def test_handed_over_table_only_and_rolled_back_rows(relay_setup):
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0, "published rows are deleted"
     assert not relay._in_flight, "the rolled-back row is forgotten"
     assert relay.published == 4
+
+
+class _GatedProducer:
+    """The real producer, whose sends wait while `gate` is closed (the relay busy on a slow broker)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def send(self, *args, **kwargs):
+        self.waiting.set()
+        await self.gate.wait()
+        return await self.producer.send(*args, **kwargs)
+
+
+async def test_a_row_committed_elsewhere_goes_before_later_handed_over_rows_of_its_key(relay_setup):
+    """Found by the chaos run: the partition's earlier record was committed by another instance (a row only
+    in the table), its next one by the relay's own process after a rebalance (handed over); the handed-over
+    row was published first, so the contract's two requests were on the topic in the wrong order."""
+    relay, pool, topic, schema, bootstrap = relay_setup
+    gated = _GatedProducer(relay.producer)
+    relay.producer = gated
+
+    async def write(value: bytes, *, hand_over: bool) -> None:
+        async with pool.acquire() as conn:
+            outbox = Outbox(conn, schema, relay if hand_over else None)
+            async with conn.transaction():
+                outbox.add(topic, b"contract-1", value, [("event_type", "test")])
+                await outbox.flush()
+            outbox.committed()
+
+    await write(b"first-here", hand_over=True)
+    await asyncio.wait_for(gated.waiting.wait(), 10)  # the relay is publishing it, held at the gate
+    await write(b"second-elsewhere", hand_over=False)  # another instance's commit: in the table, NOTIFY
+    await write(b"third-here", hand_over=True)
+    await asyncio.sleep(0.3)  # the NOTIFY is in; without it the order must hold just the same
+    gated.gate.set()
+    values = await _published(bootstrap, topic, 3)
+    assert values == [b"first-here", b"second-elsewhere", b"third-here"], "per key, commit order"

@@ -192,12 +192,16 @@ class FakeNotifierStore:
         self.known[request_id] = replace(self.known.get(request_id, RequestFacts("received")), **changes)
         return self.known[request_id]
 
-    async def accepted(self, e, accepted_at, reminders) -> RequestFacts:
+    async def accepted(self, e, accepted_at, reminders, *, acknowledge) -> None:
         self.scheduled += [(e.request_id, r.kind, r.due_at) for r in reminders]
-        return self._learn(e.request_id, status="accepted", accepted_at=accepted_at)
+        self._acknowledge(e.request_id, acknowledge(self._learn(e.request_id, status="accepted", accepted_at=accepted_at)))
 
-    async def settled(self, e) -> RequestFacts:
-        return self._learn(e.request_id, settlement="issued")
+    async def settled(self, e, *, acknowledge) -> None:
+        self._acknowledge(e.request_id, acknowledge(self._learn(e.request_id, settlement="issued")))
+
+    def _acknowledge(self, request_id, ack) -> None:
+        if ack is not None:
+            self.schedule(request_id, NotificationKind.acknowledgement, ack[0], cancelled=ack[1])
 
     def schedule(self, request_id, kind, due_at, *, cancelled=False) -> None:
         self.scheduled.append((request_id, kind, due_at) + (("cancelled",) if cancelled else ()))

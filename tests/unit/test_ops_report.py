@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import uuid
 
 import pytest
 
 from cancelflow.report import Rate, compute_report, nearest_rank
 from cancelflow.report_page import render_html
-
-
-def env(event_type: str, data: dict, at: str = "2025-03-01T00:00:00Z", event_id: str | None = None) -> dict:
-    return {"event_id": event_id or str(uuid.uuid4()), "event_type": event_type, "schema_version": 1,
-            "occurred_at": at, "producer": "test", "correlation_id": data.get("request_id", "x"),
-            "causation_id": None, "data": data}
+from tests.unit.report_pages import env, most_held, overflow, pixels_by_color, screenshot
 
 
 def requested(rid: str, at: str, reason: str) -> dict:
@@ -119,33 +111,12 @@ def test_html_escapes_what_comes_from_the_log():
     assert "<script>x" not in page and "&lt;script&gt;x" in page
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("chromium is not installed: the report page is checked in a headless browser. "
-                "Install it with ./scripts/install (as root) or `apt-get install chromium`.")
-
-
 def test_the_page_renders_in_headless_chromium(tmp_path):
     """The page as a browser draws it: the bars in their blue and the save-rate line in its orange are on
     the screenshot (so the SVG rendered, not just parsed), and the text is there around them."""
-    from PIL import Image
-
-    chromium = _chromium()
-    page = tmp_path / "report.html"
-    page.write_text(render_html(compute_report(log())), encoding="utf-8")
-    shot = tmp_path / "report.png"
-    profile = tmp_path / "profile"
-    done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
-        capture_output=True, timeout=90, cwd=tmp_path)
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
-    image = Image.open(shot).convert("RGB")
+    image = screenshot(render_html(compute_report(log())), tmp_path, 1200, 1600)
     assert image.size == (1200, 1600)
-    colors = {rgb: n for n, rgb in image.getcolors(maxcolors=1 << 20)}
+    colors = pixels_by_color(image)
     bar_blue, line_orange, white = (0x3E, 0x7B, 0xFA), (0xE8, 0x59, 0x0C), (255, 255, 255)
     # 5 bars of 24 px height, 160 to 320 px long: about 20,000 pixels of the bars' blue.
     assert colors.get(bar_blue, 0) > 10_000, "the reason bars were not drawn"
@@ -168,39 +139,12 @@ def month_of_every_reason() -> list[dict]:
     return out
 
 
-# Every element of the page that reaches past the right edge of the viewport (or starts left of it).
-_OVERFLOW_JS = """() => {
-  const width = document.documentElement.clientWidth;
-  const wide = [];
-  for (const el of document.querySelectorAll('body *')) {
-    const box = el.getBoundingClientRect();
-    if (box.width > 0 && (box.right > width + 0.5 || box.left < -0.5)) {
-      wide.push(`${el.tagName.toLowerCase()}${el.className && el.className.baseVal === undefined && el.className
-        ? '.' + el.className : ''} ${Math.round(box.left)}..${Math.round(box.right)}`);
-    }
-  }
-  return {width, scrollWidth: document.documentElement.scrollWidth, wide: wide.slice(0, 20)};
-}"""
-
-
 @pytest.mark.parametrize("width", [1280, 1024])
 def test_no_element_of_the_page_is_wider_than_the_window(tmp_path, width):
     """A month of every reason, in Debian's chromium driven by Playwright: nothing runs past the right edge,
     and the page needs no horizontal scrolling."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = _chromium()
-    page_file = tmp_path / "report.html"
-    page_file.write_text(render_html(compute_report(month_of_every_reason())), encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": width, "height": 900})
-            page.goto(page_file.as_uri())
-            found = page.evaluate(_OVERFLOW_JS)
-            table_rows = page.locator("table.by-day tbody tr").count()
-        finally:
-            browser.close()
+    found, table_rows = overflow(render_html(compute_report(month_of_every_reason())), tmp_path, width,
+                                 "table.by-day tbody tr")
     assert found["wide"] == [] and found["scrollWidth"] <= found["width"], found
     assert table_rows >= 8 * 5, "every reason (and the total) in a row, for each block of days"
 
@@ -238,11 +182,9 @@ def test_a_year_read_in_time_order_holds_only_the_open_requests_and_gives_the_sa
     from cancelflow.report import ReportBuilder
 
     events = year_in_time_order()
-    builder, most = ReportBuilder(), 0
-    for e in events:
-        builder.add(e)
-        most = max(most, len(builder.open) + len(builder.received) + len(builder.issued_open)
-                   + len(builder.seen.ids))
+    builder = ReportBuilder()
+    most = most_held(builder, events,
+                     lambda b: len(b.open) + len(b.received) + len(b.issued_open) + len(b.reader.seen))
     f = builder.figures(generated_at=None)
     n, w = 8 * 365, 2 * 365  # k = 0 and 5 of each day withdrawn
     assert (f.accepted, f.withdrawn, f.completed) == (n, w, n - w)

@@ -4,24 +4,17 @@ verdict, masked feedback, the JSON, and the two charts as headless Chromium draw
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import uuid
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cancelflow.report import compute_report, report_json
-from cancelflow.report_page import render_html
-from cancelflow.retention_report import (Group, OfferFigures, compute_retention, lift_between, mask_feedback,
-                                         retention_json, wilson)
-
-
-def env(event_type: str, data: dict, at: str = "2025-03-01T00:00:00Z") -> dict:
-    return {"event_id": str(uuid.uuid4()), "event_type": event_type, "schema_version": 1, "occurred_at": at,
-            "producer": "test", "correlation_id": data.get("request_id", "x"), "causation_id": None, "data": data}
+from cancelflow.report_page import render_html, retention_html
+from cancelflow.retention_report import (Group, OfferFigures, RetentionBuilder, compute_retention, lift_between,
+                                         mask_feedback, retention_json, wilson)
+from tests.unit.report_pages import env, most_held, overflow, pixels_by_color, screenshot
 
 
 def requested(rid: str, at: str, reason: str, feedback: str = "", name: str = "山田 太郎",
@@ -146,6 +139,68 @@ def test_feedback_is_masked(text, personal, expected):
     assert mask_feedback(text, personal) == expected
 
 
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(range(len(log()))))
+def test_any_reading_order_gives_the_same_figures(order):
+    """Across topics the log is read in any order: what comes early (a withdrawal, an offer taken) waits for
+    its acceptance, and an offer taken read after its request was folded still counts."""
+    events = log()
+    assert compute_retention([events[i] for i in order], min_group=2) == compute_retention(events, min_group=2)
+
+
+def test_an_offer_taken_read_after_the_withdrawal_it_belongs_to_still_counts():
+    late = [accepted("R1", "SWITCHING_TOOL", ["discount"]), withdrawn("R1"), taken("R1", "discount")]
+    r = compute_retention(late)
+    assert r.by_offer["discount"] == OfferFigures(1, 1) and r.saves_without_offer["offered"] == 0
+
+
+def year_of_offers(days: int = 365, per_day: int = 8) -> list[dict]:
+    """A year in time order, as the topics hold it: eight acceptances a day, seven with offers and one held out;
+    withdrawn 10 days later are k = 0 (its offer in the withdrawal, retention.offer_taken a second after), k = 1
+    (offer_taken a second before a withdrawal that names none), k = 2 (none taken) and, every other day, the
+    held-out k = 7; the others complete 45 days after their acceptance."""
+    from datetime import datetime, timedelta, timezone
+
+    t0, iso = datetime(2026, 1, 1, 1, tzinfo=timezone.utc), lambda t: t.isoformat()
+    timed = []
+    for day in range(days):
+        for k in range(per_day):
+            rid, at = f"Y{day}-{k}", t0 + timedelta(days=day, minutes=k)
+            held = k == 7
+            timed.append((at, env("cancellation.accepted", {
+                "request_id": rid, "contract_id": "C-" + rid, "offers": [] if held else ["consultation", "discount"],
+                "holdout": held, "decided_at": iso(at)}, iso(at))))
+            w, s = at + timedelta(days=10), timedelta(seconds=1)
+            if k in (0, 1, 2) or (held and day % 2 == 0):
+                timed.append((w, withdrawn(rid, "discount" if k == 0 else None) | {"occurred_at": iso(w)}))
+            else:
+                done = at + timedelta(days=45)
+                timed.append((done, env("cancellation.completed", {"request_id": rid}, iso(done))))
+            if k in (0, 1):
+                when = w + s if k == 0 else w - s
+                timed.append((when, taken(rid, "discount") | {"occurred_at": iso(when)}))
+    return [e for _, e in sorted(timed, key=lambda x: x[0])]
+
+
+def test_a_year_read_in_time_order_holds_only_the_open_requests_and_a_week_of_closed_ones():
+    events = year_of_offers()
+    builder = RetentionBuilder()
+    most = most_held(builder, events,
+                     lambda b: len(b.open) + len(b.closed) + len(b.closed_early) + len(b.taken_early))
+    r = builder.figures()
+    days, even_days = 365, 183
+    assert r.by_offer["consultation"] == OfferFigures(7 * days, 0)
+    assert r.by_offer["discount"] == OfferFigures(7 * days, 2 * days)
+    assert r.saves_without_offer == {"offered": days, "no offers": 0, "holdout": even_days}
+    assert (r.lift.offered, r.lift.holdout) == (Group(7 * days, 3 * days), Group(days, even_days))
+    # What it holds at most: the requests open at once (45 days of 8 a day) and a week of closed ones, not the
+    # year's 2,920 requests; at the end only the last week's closed ones.
+    assert builder.open == {} and builder.closed_early == {} and len(builder.taken_early) == 0
+    assert most < 45 * 8 + 7 * 8 * 2 and len(builder.closed) <= 8 * 8
+    # Read in any other order (the topics one after another, reversed), the figures are the same.
+    assert compute_retention(list(reversed(events))) == r
+
+
 def test_report_json_has_the_same_figures_as_the_tables():
     f = compute_report(log())
     doc = orjson.loads(orjson.dumps(report_json(f)))
@@ -173,36 +228,16 @@ def test_the_page_has_the_lift_and_the_takes_charts_and_escapes_the_feedback():
     assert "2025-03-02 09:00</span> ***です。他社の方が安い" in page  # R2, received at 00:00 UTC: Tokyo time
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("chromium is not installed: the report page is checked in a headless browser. "
-                "Install it with ./scripts/install (as root) or `apt-get install chromium`.")
-
-
 def test_the_retention_charts_render_in_headless_chromium(tmp_path):
     """The lift's green and grey bars and the takes' purple bars are on the screenshot."""
-    from PIL import Image
-
     many = [accepted(f"O{n}", "SWITCHING_TOOL", ["consultation", "discount"]) for n in range(40)]
     many += [withdrawn(f"O{n}", "discount") for n in range(20)]
     many += [accepted(f"H{n}", "SWITCHING_TOOL", [], holdout=True) for n in range(40)]
     many += [withdrawn(f"H{n}") for n in range(8)]
-    page = tmp_path / "report.html"
     # Only the retention part, at the top of a page of its own, so it is on the screenshot.
-    from cancelflow.retention_report import retention_html
-
-    page.write_text(f"<!DOCTYPE html><html><body>{retention_html(compute_retention(many))}</body></html>",
-                    encoding="utf-8")
-    shot = tmp_path / "retention.png"
-    done = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
-        capture_output=True, timeout=90, cwd=tmp_path)
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
-    colors = {rgb: n for n, rgb in Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)}
+    image = screenshot(f"<!DOCTYPE html><html><body>{retention_html(compute_retention(many))}</body></html>",
+                       tmp_path, 1000, 1400)
+    colors = pixels_by_color(image)
     green, grey, purple = (0x2F, 0x9E, 0x44), (0x86, 0x8E, 0x96), (0x70, 0x48, 0xE8)
     # offered 50 % and holdout 20 % of a 560 px scale, 30 px high: ~8,400 and ~3,400 pixels
     assert colors.get(green, 0) > 5_000, "the offered bar was not drawn"
@@ -215,22 +250,8 @@ def test_the_retention_charts_render_in_headless_chromium(tmp_path):
 def test_the_retention_part_fits_the_window_whatever_the_feedback(tmp_path, width):
     """Long unbroken feedback (a URL, a pasted log line) and every chart, in Debian's chromium driven by
     Playwright: nothing runs past the right edge of the window."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.unit.test_ops_report import _OVERFLOW_JS
-
     long = [requested(f"L{n}", f"2025-03-0{n + 1}T00:00:00Z", "SWITCHING_TOOL", "https://example.jp/" + "x" * 400)
             for n in range(3)]
-    page_file = tmp_path / "report.html"
-    page_file.write_text(render_html(compute_report(log() + long)), encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": width, "height": 900})
-            page.goto(page_file.as_uri())
-            found = page.evaluate(_OVERFLOW_JS)
-            shown = page.locator("ul.feedback li").count()
-        finally:
-            browser.close()
+    found, shown = overflow(render_html(compute_report(log() + long)), tmp_path, width, "ul.feedback li")
     assert found["wide"] == [] and found["scrollWidth"] <= found["width"], found
     assert shown == 6  # SWITCHING_TOOL: R1, R2, R4 and the three long ones

@@ -11,6 +11,7 @@ fields.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -162,6 +163,18 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
             return page("reason.html", status_code=422, step=1, draft=asdict(draft), errors=errors, **context)
         return state, form, draft, context
 
+    def step_route(path: str) -> Callable:
+        """Registers `handler(token, state, form, draft, context)` as the POST of a step: it runs only on a
+        post `step()` accepted (the link valid, the CSRF token right, the form complete)."""
+        def register(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+            async def route(request: Request, token: str) -> Response:
+                got = await step(request, token)
+                return got if isinstance(got, Response) else await handler(token, *got)
+
+            app.post(f"/cancel/{{token}}/{path}", include_in_schema=False, name=handler.__name__)(route)
+            return handler
+        return register
+
     def quote_page(context: dict, state: ContractState, draft: Draft, status_code: int = 200) -> HTMLResponse:
         q = quoter.quote(state, desired_effective_date=draft.date(), reason=Reason(draft.reason))
         return page("quote.html", status_code=status_code, step=3, draft=asdict(draft), quote=q, **context)
@@ -183,43 +196,27 @@ def install_page(runtime: Runtime, app: FastAPI, quoter: Quoter) -> None:
         draft = Draft(name=c.name, email=str(c.email), phone=c.phone) if c else Draft()
         return page("reason.html", cookie=cookie, step=1, draft=asdict(draft), errors={}, **context)
 
-    @app.post("/cancel/{token}/offers", include_in_schema=False)
-    async def offers(request: Request, token: str) -> Response:
-        got = await step(request, token)
-        if isinstance(got, Response):
-            return got
-        state, form, draft, context = got
+    @step_route("offers")
+    async def offers(token: str, state: ContractState, form: Any, draft: Draft, context: dict) -> Response:
         q = quoter.quote(state, desired_effective_date=None, reason=Reason(draft.reason))
         if not q.offers:
             return quote_page(context, state, draft)
         return page("offers.html", step=2, draft=asdict(draft), offers=q.offers, **context)
 
-    @app.post("/cancel/{token}/quote", include_in_schema=False)
-    async def quote_step(request: Request, token: str) -> Response:
-        got = await step(request, token)
-        if isinstance(got, Response):
-            return got
-        state, form, draft, context = got
+    @step_route("quote")
+    async def quote_step(token: str, state: ContractState, form: Any, draft: Draft, context: dict) -> Response:
         return quote_page(context, state, draft)
 
-    @app.post("/cancel/{token}/confirm", include_in_schema=False)
-    async def confirm(request: Request, token: str) -> Response:
-        got = await step(request, token)
-        if isinstance(got, Response):
-            return got
-        state, form, draft, context = got
+    @step_route("confirm")
+    async def confirm(token: str, state: ContractState, form: Any, draft: Draft, context: dict) -> Response:
         q = quoter.quote(state, desired_effective_date=draft.date(), reason=Reason(draft.reason))
         if q.codes:  # the rules it breaks, shown on the quote step with the earliest date
             return quote_page(context, state, draft, status_code=422)
         # One key per confirmation shown: pressing the button twice is one request.
         return page("confirm.html", step=4, draft=asdict(draft), quote=q, attempt=uuid.uuid4().hex, **context)
 
-    @app.post("/cancel/{token}/submit", include_in_schema=False)
-    async def submit(request: Request, token: str) -> Response:
-        got = await step(request, token)
-        if isinstance(got, Response):
-            return got
-        state, form, draft, context = got
+    @step_route("submit")
+    async def submit(token: str, state: ContractState, form: Any, draft: Draft, context: dict) -> Response:
         attempt = str(form.get("attempt", ""))
         try:
             # As the API records a form (source http, the key as submission_id): the same events follow.
