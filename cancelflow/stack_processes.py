@@ -73,7 +73,8 @@ class StackProcesses:
         self._save()
         return proc
 
-    def wait_healthy(self, names: list[str], timeout: float = 90) -> None:
+    def wait_healthy(self, names: list[str], timeout: float = 180) -> None:
+        # As long as a broker gets: at load 80 on two cores, four services starting at once took over 90 s.
         deadline = time.monotonic() + timeout
         pending = list(names)
         while pending and time.monotonic() < deadline:

@@ -13,10 +13,10 @@ import uuid
 import httpx
 import psutil
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.structs import TopicPartition
 
+from cancelflow import kafka_clients
 from cancelflow.stack import SERVICES
 from shared import topics
 
@@ -25,17 +25,17 @@ pytestmark = pytest.mark.integration
 
 async def test_produce_consume_round_trip_with_group_commit(infra):
     topic, group = f"roundtrip-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap)
+    admin = kafka_clients.admin(infra.bootstrap)  # the security settings too (the SASL compose stack)
     await admin.start()
     await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all", enable_idempotence=True)
+    producer = kafka_clients.producer(infra.bootstrap)
     await producer.start()
     sent = {f"m{i}".encode() for i in range(20)}
     for value in sorted(sent):
         await producer.send_and_wait(topic, value, key=value[-1:])
     await producer.stop()
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=infra.bootstrap, group_id=group,
+    consumer = kafka_clients.consumer(infra.bootstrap, topic, group_id=group,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     received: set[bytes] = set()
@@ -50,7 +50,7 @@ async def test_produce_consume_round_trip_with_group_commit(infra):
     committed = await admin.list_consumer_group_offsets(group)
     assert sum(meta.offset for tp, meta in committed.items() if tp.topic == topic) == len(sent)
     # A new member of the same group starts after the commit: nothing is delivered again.
-    again = AIOKafkaConsumer(topic, bootstrap_servers=infra.bootstrap, group_id=group, enable_auto_commit=False)
+    again = kafka_clients.consumer(infra.bootstrap, topic, group_id=group, enable_auto_commit=False)
     await again.start()
     batches = await again.getmany(timeout_ms=1500)
     await again.stop()
@@ -60,7 +60,7 @@ async def test_produce_consume_round_trip_with_group_commit(infra):
 
 
 async def test_spec_topics_exist_with_dlq_companions(infra):
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap)
+    admin = kafka_clients.admin(infra.bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -7,8 +7,8 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from cancelflow import kafka_clients
 from cancelflow.infra.kafka import create_topics
 from shared.db import create_pool, migrate
 from shared.messaging.outbox import Outbox
@@ -29,8 +29,8 @@ async def relay_setup(infra):
         await migrate(url, rt.schema, rt.service_dir)
         pool = await create_pool(url, rt.schema)
         topic = f"relay-test-{uuid.uuid4().hex[:8]}"
-        await create_topics(infra.bootstrap, (topic,), 1)
-        producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, enable_idempotence=True, acks="all")
+        await create_topics(infra.bootstrap, (topic,), 1, **kafka_clients.as_connection(infra.bootstrap).client_options())
+        producer = kafka_clients.producer(infra.bootstrap)  # the security settings too (the SASL compose stack)
         await producer.start()
         relay = OutboxRelay(pool=pool, producer=producer, schema=rt.schema, service="test", poll_ms=200)
         task = asyncio.create_task(relay.run())
@@ -46,7 +46,7 @@ async def relay_setup(infra):
 
 
 async def _published(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = kafka_clients.consumer(bootstrap, topic, auto_offset_reset="earliest")
     await consumer.start()
     values: list[bytes] = []
     try:

@@ -106,15 +106,17 @@ def test_http_api_fuzzed_from_its_openapi_never_answers_500(case, client, infra)
 def test_http_api_passes_every_schemathesis_check_in_every_phase(client, infra, tmp_path):
     """`schemathesis run -c all` against the live API, as an upstream team would run it: examples,
     coverage (incl. unsupported methods and their Allow header), fuzzing and stateful phases, zero failures.
-    A fixed seed makes a failure reproducible (`st replay`); the report lands in the test's tmp dir."""
+    A fixed seed makes a failure reproducible (`st replay`); the report lands in the test's tmp dir.
+    Bounded by work (-n), not by time: a --max-time budget was spent on a loaded machine before the first
+    request, and schemathesis then ends "Empty test suite" with exit code 0."""
     done = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "--config-file", str(SCHEMATHESIS_CONFIG),
          "run", f"{infra.intake_url}/openapi.json", "-H", f"X-API-Key: {client.api_key}", "-c", "all",
-         "-n", "20", "--max-time", "60", "--seed", "20261201", "--request-timeout", "10",
+         "-n", "10", "--seed", "20261201", "--request-timeout", "10",
          "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=540, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "No issues found" in done.stdout or " passed" in done.stdout, done.stdout[-2000:]
+    assert "Empty test suite" not in done.stdout and " passed" in done.stdout, done.stdout[-2000:]
 
 
 def _start_service(name: str, env: dict, port: int, log) -> subprocess.Popen:

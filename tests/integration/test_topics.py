@@ -9,9 +9,9 @@ import os
 import sys
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from cancelflow import kafka_clients
 from cancelflow.infra import topic_admin
 from cancelflow.infra.topic_policy import DAY_MS
 from shared import topics
@@ -19,8 +19,12 @@ from shared import topics
 pytestmark = pytest.mark.integration
 
 
+def _security(bootstrap: str) -> dict:
+    return kafka_clients.as_connection(bootstrap).client_options()
+
+
 async def _configs(bootstrap: str, topic: str) -> dict[str, str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin(bootstrap)  # the security settings too (the SASL compose stack)
     await admin.start()
     try:
         [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -30,7 +34,7 @@ async def _configs(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 async def _alter(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_clients.admin(bootstrap)  # the security settings too (the SASL compose stack)
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
@@ -50,7 +54,7 @@ async def _cli(infra, *args: str) -> tuple[int, str]:
 async def test_every_topic_of_the_stack_has_the_policy(infra):
     if infra.stack is None:
         pytest.skip("an external broker's topics were made by whoever runs it")
-    assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq()) == []
+    assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), **_security(infra.bootstrap)) == []
     contracts = await _configs(infra.bootstrap, topics.CONTRACTS)
     assert contracts["retention.ms"] == "-1" and contracts["retention.bytes"] == "-1"
     for topic in (topics.REQUESTS, topics.NOTIFICATIONS):
@@ -76,7 +80,7 @@ async def test_topics_reports_a_topic_with_other_settings_and_fix_applies_the_po
         after = await _configs(infra.bootstrap, topic)
         assert after["retention.ms"] == str(30 * DAY_MS)
         assert after["segment.ms"] == str(3 * DAY_MS)  # the topic's own other setting is kept
-        assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq()) == []
+        assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), **_security(infra.bootstrap)) == []
         code, out = await _cli(infra)
         assert code == 0 and "differ" not in out, out
     finally:
@@ -90,7 +94,8 @@ async def test_the_business_retention_is_a_setting(infra):
     for topic in (topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
         assert topic in out
     assert f"{topics.CONTRACTS} " not in out.replace(f"{topics.CONTRACTS}.dlq", "")
-    drifted = await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), business_retention_days=500)
+    drifted = await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), business_retention_days=500,
+                                               **_security(infra.bootstrap))
     assert {d.topic for d in drifted} == {topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS,
                                           topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION}
     code, out = await _cli(infra, "--retention-days", "0")

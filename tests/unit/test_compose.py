@@ -61,6 +61,18 @@ def test_kafka_and_postgres_have_healthchecks(compose):
     assert "pg_isready" in healthcheck_text(postgres)
 
 
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.sasl.yml", "docker-compose.cluster.yml"])
+def test_every_kafka_health_check_execs_its_jvm_tool(name):
+    """A check past its timeout is killed, but only the process the engine started: a JVM under `sh -c`
+    stays, one more each interval, until the broker starves (seen on the cluster and the SASL overlay)."""
+    services = yaml.safe_load((ROOT / name).read_text())["services"]
+    checks = {svc: healthcheck_text(d) for svc, d in services.items() if "kafka" in svc and has_healthcheck(d)}
+    assert checks, f"{name} health-checks no Kafka node"
+    for svc, text in checks.items():
+        assert re.search(r"(^|&&|;)\s*exec /opt/kafka/bin/kafka-broker-api-versions\.sh", text.removeprefix("CMD-SHELL ")), \
+            f"{name} {svc}: {text}"
+
+
 def test_postgres_matches_the_service_database_url(compose):
     """Each service connects as its own role (made by the one-shot db-roles as the admin role)."""
     postgres = compose["services"]["postgres"]
