@@ -67,7 +67,7 @@ class Keyring:
 
     async def keys(self, contract_ids: set[str]) -> dict[str, DataKey | None]:
         now = time.monotonic()
-        known = {cid: entry[1] for cid, entry in self._cache.items() if cid in contract_ids and entry[0] > now}
+        known = {cid: entry[1] for cid in contract_ids if (entry := self._cache.get(cid)) and entry[0] > now}
         missing = sorted(contract_ids - set(known))
         if missing:
             fetched = await self._fetch(missing)
