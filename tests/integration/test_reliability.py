@@ -146,7 +146,9 @@ async def _wait(predicate, timeout: float = 30) -> None:
 async def test_service_started_while_database_and_kafka_are_down_becomes_ready_when_they_return(infra, tmp_path):
     """The health endpoint says what it waits for; backoff until PostgreSQL, then Kafka, answer."""
     pg_port, kafka_port, http_port = free_port(), free_port(), free_port()
-    kafka_host, kafka_real_port = infra.bootstrap.split(":")
+    # One broker of the stack's (the compose cluster overlay gives three): the client finds the others in
+    # the metadata it answers.
+    kafka_host, kafka_real_port = infra.bootstrap.split(",")[0].rsplit(":", 1)
     env = os.environ | {
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/cancelflow",
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",

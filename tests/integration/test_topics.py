@@ -12,7 +12,7 @@ import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from cancelflow import kafka_clients
-from cancelflow.infra import topic_admin
+from cancelflow.infra import topic_admin, topic_policy
 from cancelflow.infra.topic_policy import DAY_MS
 from shared import topics
 
@@ -42,9 +42,26 @@ async def _alter(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
         await admin.close()
 
 
+async def _brokers(bootstrap: str) -> int:
+    """The cluster's size: the policy's replication and min.insync.replicas depend on it (the compose
+    cluster overlay has 3 nodes; `cancelflow topics` is told with --brokers, as its compose service is)."""
+    admin = kafka_clients.admin(bootstrap)
+    await admin.start()
+    try:
+        return len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
+
+
+async def _check(bootstrap: str, **policy) -> list[topic_admin.TopicDrift]:
+    return await topic_admin.check_topics(bootstrap, topics.all_with_dlq(), brokers=await _brokers(bootstrap),
+                                          **policy, **_security(bootstrap))
+
+
 async def _cli(infra, *args: str) -> tuple[int, str]:
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "COLUMNS": "250", "NO_COLOR": "1"}
     env.pop("CANCELFLOW_TOPIC_RETENTION_DAYS", None)
+    args = ("--brokers", str(await _brokers(infra.bootstrap)), *args)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "topics", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
@@ -54,7 +71,7 @@ async def _cli(infra, *args: str) -> tuple[int, str]:
 async def test_every_topic_of_the_stack_has_the_policy(infra):
     if infra.stack is None:
         pytest.skip("an external broker's topics were made by whoever runs it")
-    assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), **_security(infra.bootstrap)) == []
+    assert await _check(infra.bootstrap) == []
     contracts = await _configs(infra.bootstrap, topics.CONTRACTS)
     assert contracts["retention.ms"] == "-1" and contracts["retention.bytes"] == "-1"
     for topic in (topics.REQUESTS, topics.NOTIFICATIONS):
@@ -80,12 +97,12 @@ async def test_topics_reports_a_topic_with_other_settings_and_fix_applies_the_po
         after = await _configs(infra.bootstrap, topic)
         assert after["retention.ms"] == str(30 * DAY_MS)
         assert after["segment.ms"] == str(3 * DAY_MS)  # the topic's own other setting is kept
-        assert await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), **_security(infra.bootstrap)) == []
+        assert await _check(infra.bootstrap) == []
         code, out = await _cli(infra)
         assert code == 0 and "differ" not in out, out
     finally:
-        await _alter(infra.bootstrap, topic, {"retention.ms": str(30 * DAY_MS), "retention.bytes": "-1",
-                                              "cleanup.policy": "delete", "max.message.bytes": str(3 * 1024 * 1024)})
+        # The policy's whole set (AlterConfigs replaces the topic's own configs: min.insync.replicas too).
+        await _alter(infra.bootstrap, topic, topic_policy.topic_configs(topic, brokers=await _brokers(infra.bootstrap)))
 
 
 async def test_the_business_retention_is_a_setting(infra):
@@ -94,8 +111,7 @@ async def test_the_business_retention_is_a_setting(infra):
     for topic in (topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS):
         assert topic in out
     assert f"{topics.CONTRACTS} " not in out.replace(f"{topics.CONTRACTS}.dlq", "")
-    drifted = await topic_admin.check_topics(infra.bootstrap, topics.all_with_dlq(), business_retention_days=500,
-                                               **_security(infra.bootstrap))
+    drifted = await _check(infra.bootstrap, business_retention_days=500)
     assert {d.topic for d in drifted} == {topics.SUBMISSIONS, topics.REQUESTS, topics.DECISIONS,
                                           topics.SETTLEMENTS, topics.NOTIFICATIONS, topics.RETENTION}
     code, out = await _cli(infra, "--retention-days", "0")
