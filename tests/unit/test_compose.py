@@ -73,6 +73,23 @@ def test_every_kafka_health_check_execs_its_jvm_tool(name):
             f"{name} {svc}: {text}"
 
 
+def _seconds(duration: str) -> float:
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.cluster.yml"])
+def test_every_kafka_health_check_gives_its_jvm_time_on_a_loaded_machine(name):
+    """The check's JVM took 27 s at load 28: with a 10 s timeout every check failed and the brokers never
+    became healthy; and a JVM every 5 s per broker is a large share of two cores."""
+    services = yaml.safe_load((ROOT / name).read_text())["services"]
+    timings = {svc: d["healthcheck"] for svc, d in services.items() if "kafka" in svc and has_healthcheck(d)}
+    assert timings, f"{name} health-checks no Kafka node"
+    for svc, check in timings.items():
+        assert _seconds(check["timeout"]) >= 60, f"{name} {svc}: timeout {check['timeout']}"
+        assert _seconds(check["interval"]) >= 10, f"{name} {svc}: interval {check['interval']}"
+        assert _seconds(check["interval"]) * check["retries"] >= 180, f"{name} {svc}: gives up too early"
+
+
 def test_postgres_matches_the_service_database_url(compose):
     """Each service connects as its own role (made by the one-shot db-roles as the admin role)."""
     postgres = compose["services"]["postgres"]
