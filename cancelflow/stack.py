@@ -174,11 +174,6 @@ class Stack(processes.StackProcesses):
             "INTAKE_API_KEYS": self.api_keys,
             "INTAKE_WEBHOOK_SECRET": self.webhook_secret,
             "INTAKE_LINK_SECRET": self.config.link_secret,
-            # notifier asks intake (any instance) for the data keys that open the sealed customers.
-            "INTAKE_KEYRING_TOKEN": stack_security.keyring_token(self.security_dir),
-            "NOTIFIER_KEYRING_TOKEN": stack_security.keyring_token(self.security_dir),
-            "NOTIFIER_INTAKE_URL": ",".join(f"http://127.0.0.1:{self.ports.service('intake', k)}"
-                                            for k in range(1, self.instances_of("intake") + 1)),
             "INTAKE_PUBLIC_URL": f"http://127.0.0.1:{self.ports.intake}",
             "NOTIFIER_SMTP_PORT": str(self.ports.smtp),
             "PYTHONUNBUFFERED": "1",

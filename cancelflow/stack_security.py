@@ -51,11 +51,6 @@ def recorded_api_key(security_dir: Path) -> str | None:
     return json.loads(path.read_text())["api_key"] if path.exists() else None
 
 
-def keyring_token(security_dir: Path) -> str:
-    """What notifier shows intake to get the contracts' data keys, generated once per stack."""
-    return generated(security_dir / "keyring.json", lambda: {"token": secrets.token_urlsafe(32)})["token"]
-
-
 def principals(security_dir: Path) -> dict[str, str]:
     """Every SCRAM principal of a `--security scram` stack and its password, generated once."""
     return generated(security_dir / "principals.json",

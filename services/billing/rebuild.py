@@ -18,28 +18,28 @@ _ISSUED = ("UPDATE settlements SET status = CASE WHEN status = 'voided' THEN 'vo
 
 
 async def _signed(conn, envelope, e: ContractSigned) -> None:
-    await conn.execute(s._UPSERT_CONTRACT, e.contract_id, e.start_date, e.monthly_fee_jpy)
+    conn.defer(s._UPSERT_CONTRACT, e.contract_id, e.start_date, e.monthly_fee_jpy)
 
 
 async def _payment(conn, envelope, e: PaymentRecorded) -> None:
-    await conn.execute(s._PAYMENT, e.contract_id, e.billing_date, e.amount_jpy)
+    conn.defer(s._PAYMENT, e.contract_id, e.billing_date, e.amount_jpy)
 
 
 async def _accepted(conn, envelope, e: CancellationAccepted) -> None:
     if e.received_on is not None:  # without it billing dead-lettered the acceptance: no settlement
-        await conn.execute(s._AWAIT_CONTRACT, e.request_id, e.contract_id, e.received_on, e.effective_date)
+        conn.defer(s._AWAIT_CONTRACT, e.request_id, e.contract_id, e.received_on, e.effective_date)
 
 
 async def _withdrawn(conn, envelope, e: CancellationWithdrawn) -> None:
     held = await conn.fetchrow(s._SETTLEMENT, e.request_id)
     if voiding(held["status"] if held else None).void:
-        await conn.execute(s._VOID, e.request_id, e.withdrawn_at or envelope.occurred_at)
+        conn.defer(s._VOID, e.request_id, e.withdrawn_at or envelope.occurred_at)
 
 
 async def _issued(conn, envelope, e: SettlementIssued) -> None:
     charges = [{"billing_date": c.billing_date.isoformat(), "amount_jpy": c.amount_jpy} for c in e.charges]
-    await conn.execute(_ISSUED, e.request_id, charges, e.total_jpy, e.paid_through,
-                       e.issued_at or envelope.occurred_at)
+    conn.defer(_ISSUED, e.request_id, charges, e.total_jpy, e.paid_through,
+               e.issued_at or envelope.occurred_at)
 
 
 PROJECTION = Projection(

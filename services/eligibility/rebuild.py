@@ -15,25 +15,25 @@ _ONCE = " ON CONFLICT (request_id) DO NOTHING"
 
 
 async def _signed(conn, envelope, e: ContractSigned) -> None:
-    await conn.execute(s._UPSERT_CONTRACT, e.contract_id, e.account_id, e.plan.value, e.monthly_fee_jpy,
-                       e.start_date)
+    conn.defer(s._UPSERT_CONTRACT, e.contract_id, e.account_id, e.plan.value, e.monthly_fee_jpy,
+               e.start_date)
 
 
 async def _accepted(conn, envelope, e: CancellationAccepted) -> None:
-    await conn.execute(s._ACCEPTED + _ONCE, e.request_id, e.contract_id, e.reason.value if e.reason else None,
-                       e.received_on, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
-                       e.decided_at or envelope.occurred_at, e.holdout)
+    conn.defer(s._ACCEPTED + _ONCE, e.request_id, e.contract_id, e.reason.value if e.reason else None,
+               e.received_on, e.effective_date, e.first_anniversary, [o.value for o in e.offers],
+               e.decided_at or envelope.occurred_at, e.holdout)
 
 
 async def _rejected(conn, envelope, e: CancellationRejected) -> None:
-    await conn.execute(s._REJECTED + _ONCE, e.request_id, e.contract_id, e.reason.value if e.reason else None,
-                       e.received_on, [c.value for c in e.codes], e.earliest_effective_date,
-                       e.decided_at or envelope.occurred_at)
+    conn.defer(s._REJECTED + _ONCE, e.request_id, e.contract_id, e.reason.value if e.reason else None,
+               e.received_on, [c.value for c in e.codes], e.earliest_effective_date,
+               e.decided_at or envelope.occurred_at)
 
 
 async def _withdrawn(conn, envelope, e: CancellationWithdrawn) -> None:
-    await conn.execute(s._WITHDRAW, e.request_id, e.withdrawn_at or envelope.occurred_at,
-                       e.taken_offer.value if e.taken_offer else None)
+    conn.defer(s._WITHDRAW, e.request_id, e.withdrawn_at or envelope.occurred_at,
+               e.taken_offer.value if e.taken_offer else None)
 
 
 async def _completed(conn, envelope, e: CancellationCompleted) -> None:
@@ -41,7 +41,7 @@ async def _completed(conn, envelope, e: CancellationCompleted) -> None:
         "UPDATE cancellations SET status = 'completed', closed_at = $2 WHERE request_id = $1 RETURNING contract_id",
         e.request_id, e.completed_at or envelope.occurred_at)
     if contract_id is not None:
-        await conn.execute(s._END_CONTRACT, contract_id, e.effective_date)
+        conn.defer(s._END_CONTRACT, contract_id, e.effective_date)
 
 
 PROJECTION = Projection(

@@ -11,7 +11,6 @@ from shared.settings import load_settings
 
 from .api import install
 from .handlers import subscriptions
-from .keyring import install_keyring
 from .page import install_page
 from .quote import install_quote
 from .settings import IntakeSettings
@@ -19,7 +18,6 @@ from .settings import IntakeSettings
 
 def _http(runtime: Runtime, app: FastAPI) -> None:
     install(runtime, app)
-    install_keyring(runtime, app)
     install_page(runtime, app, install_quote(runtime, app))
 
 

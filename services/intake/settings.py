@@ -17,9 +17,6 @@ class IntakeSettings(ServiceSettings):
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 secret of signed upstream calls (`X-Signature: t=...,v1=...`); "
                           "`cancelflow up` generates one per stack.")
-    keyring_token: SecretStr | None = Field(
-        None, description="What notifier sends (X-Keyring-Token) to get the contracts' data keys; unset: no "
-                          "one gets them. `cancelflow up` generates one per stack.")
     signature_tolerance_s: int = Field(
         300, ge=1, le=86_400, description="A signed call whose `t` is further than this from now is refused; a "
                                           "signature is remembered this long, so a replay within it is refused.")

@@ -37,7 +37,7 @@ from shared.vocabulary import NotificationKind
 from shared.pii import mask_email
 from shared.retry import until_it_works
 
-from .keyring import Keyring, Recipient
+from .recipients import Recipient, open_recipients
 from .store import DUE_CHANNEL
 from .settings import NotifierSettings
 from .smtp_client import MailRefused, Mailer
@@ -75,11 +75,12 @@ WITH stale AS (
 )
 SELECT c.id, c.request_id, c.kind, c.due_at, c.days_before, p.lane = 0 AS resent, r.contract_id,
        r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
-       q.paid_through, q.taken_offer
+       q.paid_through, q.taken_offer, k.key_id AS data_key_id, k.key AS data_key
 FROM claimed c
 JOIN picked p USING (id)
 JOIN recipients r USING (request_id)
 LEFT JOIN requests q USING (request_id)
+LEFT JOIN intake.data_keys k ON k.contract_id = r.contract_id
 ORDER BY p.lane, c.due_at, c.id
 """
 
@@ -116,7 +117,7 @@ class _NotSent(Exception):
         self.cause = cause
 
 
-async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings, keyring: Keyring) -> int:
+async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings) -> int:
     """Claim up to len(mailers) due rows and send them at once; how many were claimed (0: nothing due). A row
     whose customer was erased is marked so, never sent."""
     async with rt.pool.acquire() as conn:
@@ -124,11 +125,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSetti
     if not rows:
         return 0
     claimed = len(rows)
-    try:
-        recipients = await keyring.open(rows)
-    except Exception:
-        await _release(rt, [row["id"] for row in rows])  # no intake answered: due again, as when SMTP is down
-        raise
+    recipients = open_recipients(rows)
     if len(recipients) < claimed:
         async with rt.pool.acquire() as conn:
             await conn.execute(_ERASED, [row["id"] for row in rows if row["id"] not in recipients])
@@ -226,7 +223,6 @@ async def _raise(error: BaseException) -> None:
 def dispatch_loop(settings: NotifierSettings):
     async def dispatch(rt: Runtime) -> None:
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
-        keyring = Keyring(settings)
         wake = asyncio.Event()
         listener = None
 
@@ -235,7 +231,7 @@ def dispatch_loop(settings: NotifierSettings):
 
         async def drain(mailers: list[Mailer]) -> None:
             # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            while await send_batch(rt, mailers, settings, keyring) == len(mailers):
+            while await send_batch(rt, mailers, settings) == len(mailers):
                 pass
 
         async def send_due() -> None:
@@ -249,7 +245,7 @@ def dispatch_loop(settings: NotifierSettings):
                     await listener.add_listener(DUE_CHANNEL, on_notify)
                 wake.clear()
                 # One worker first; the others join only when there is more than a batch to send.
-                if await send_batch(rt, workers[0], settings, keyring) == settings.smtp_connections:
+                if await send_batch(rt, workers[0], settings) == settings.smtp_connections:
                     outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                     if error is not None:
@@ -270,7 +266,6 @@ def dispatch_loop(settings: NotifierSettings):
                 except asyncio.TimeoutError:
                     pass
         finally:
-            await keyring.close()
             for mailers in workers:
                 for mailer in mailers:
                     mailer.close()

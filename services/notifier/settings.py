@@ -22,12 +22,6 @@ class NotifierSettings(ServiceSettings):
     smtp_connections: int = Field(
         32, ge=1, le=500, description="SMTP connections per dispatch worker (two workers): the mails one "
                                       "transaction sends at once, each DATA held open until the commit.")
-    intake_url: str = Field("http://127.0.0.1:8001", description="intake's base URL(s), comma separated (any "
-                            "instance): where the contracts' data keys are asked at send time.")
-    keyring_token: SecretStr | None = Field(
-        None, description="Sent as X-Keyring-Token to get the data keys (intake's INTAKE_KEYRING_TOKEN); "
-                          "`cancelflow up` generates one per stack.")
-    keyring_ttl_s: float = Field(300.0, ge=0, le=3600, description="How long a data key is kept in memory.")
     dispatch_interval_s: float = Field(0.5, gt=0, description="How often due notifications are sent.")
     sending_lease_s: float = Field(
         60, gt=0, description="A notification claimed for sending and not confirmed by the server's answer "

@@ -35,7 +35,7 @@ MUST_SET_EXTRA = {"notifier": {"NOTIFIER_SMTP_PORT"}}
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?([-?])([^}]*))?\}")
 # What the tests give the variables compose requires (${VAR:?message}): a deployment's own secrets.
 REQUIRED = {"INTAKE_API_KEYS": "key-from-env", "INTAKE_WEBHOOK_SECRET": "secret-from-env",
-            "INTAKE_LINK_SECRET": "link-secret-from-env", "INTAKE_KEYRING_TOKEN": "keyring-from-env",
+            "INTAKE_LINK_SECRET": "link-secret-from-env",
             **{f"KAFKA_{p.upper()}_PASSWORD": f"{p}-kafka-pw" for p in
                ("broker", "intake", "eligibility", "billing", "notifier", "upstream", "operator")},
             "POSTGRES_PASSWORD": "admin-pw", **{f"{s.upper()}_DATABASE_PASSWORD": f"{s}-pw" for s in
