@@ -19,8 +19,9 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS"),
            partitions: int = typer.Option(4),
-           brokers: int = typer.Option(1, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
-                                       "replicated on 3, min.insync.replicas=2)."),
+           brokers: int | None = typer.Option(None, "--brokers", help="Kafka nodes the cluster has (3 and more: topics "
+                                       "replicated on 3, min.insync.replicas=2); default: as many as the "
+                                       "cluster's metadata names."),
            retention_days: int = typer.Option(
                400, envvar="CANCELFLOW_TOPIC_RETENTION_DAYS",
                help="Retention of the business topics other than contracts.events (kept forever); -1: forever."),
@@ -42,6 +43,10 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
     wanted = t.all_with_dlq()
 
     async def run() -> tuple[list[str], list]:
+        nonlocal brokers
+        # Not told: the cluster's own size, so that a 3-node cluster is never "fixed" down to one replica's
+        # min.insync.replicas.
+        brokers = brokers or await kafka.wait_ready(bootstrap, 120, **options)
         await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
         created = await topic_admin.create_topics(bootstrap, wanted, partitions, brokers=brokers,
                                                   business_retention_days=retention_days, **options)

@@ -291,8 +291,9 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait(timeout=10)
 
 
-async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **client_options) -> None:
-    """Wait until the cluster answers a metadata request naming at least `brokers` live brokers."""
+async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **client_options) -> int:
+    """Wait until the cluster answers a metadata request naming at least `brokers` live brokers; how many
+    it named."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     import logging
@@ -306,10 +307,11 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0, brokers: int = 1, **
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
-            if len(cluster.get("brokers", ())) < brokers:
-                raise InfraError(f"{len(cluster.get('brokers', ()))} of {brokers} brokers registered")
+            registered = len(cluster.get("brokers", ()))
+            if registered < brokers:
+                raise InfraError(f"{registered} of {brokers} brokers registered")
             logging.getLogger("aiokafka").setLevel(logging.NOTSET)
-            return
+            return registered
         except Exception as exc:  # the broker is still starting: any error means "not yet"
             last = exc
             await asyncio.sleep(0.3)

@@ -61,7 +61,7 @@ async def _check(bootstrap: str, **policy) -> list[topic_admin.TopicDrift]:
 async def _cli(infra, *args: str) -> tuple[int, str]:
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap, "COLUMNS": "250", "NO_COLOR": "1"}
     env.pop("CANCELFLOW_TOPIC_RETENTION_DAYS", None)
-    args = ("--brokers", str(await _brokers(infra.bootstrap)), *args)
+    # No --brokers: the command asks the cluster its size (on the compose cluster overlay, 3).
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cancelflow.cli", "topics", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
