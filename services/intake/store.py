@@ -132,9 +132,6 @@ _MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status
 _KEY = "SELECT key_id, key FROM subject_keys WHERE contract_id = $1 AND key IS NOT NULL"
 _KEYS = ("SELECT contract_id, key_id, key FROM subject_keys WHERE contract_id = ANY($1::text[])"
          " AND key IS NOT NULL")
-_NEW_KEY = ("INSERT INTO subject_keys (contract_id, key_id, key) VALUES ($1, $2, $3) ON CONFLICT (contract_id)"
-            " DO UPDATE SET key_id = coalesce(subject_keys.key_id, excluded.key_id),"
-            " key = coalesce(subject_keys.key, excluded.key) RETURNING key_id, key")
 _NEW_KEYS = ("INSERT INTO subject_keys (contract_id, key_id, key)"
              " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (contract_id)"
              " DO UPDATE SET key_id = coalesce(subject_keys.key_id, excluded.key_id),"
@@ -198,19 +195,9 @@ class IntakeStore(Store):
         rows = await self.conn.fetch(_INSERT_MANY, *(list(c) for c in zip(*(n.row() for n in news.values()))))
         created = {row["request_id"] for row in rows}
         self.batch = {event_id: (new, new.request_id in created) for event_id, new in news.items()}
-        await self._preload_keys(sorted({n.form.contract_id for n in news.values() if n.request_id in created}))
+        wanted = sorted({n.form.contract_id for n in news.values() if n.request_id in created})
+        self.keys = await self._data_keys(wanted) if wanted else None
         return self.batch
-
-    async def _preload_keys(self, contract_ids: list[str]) -> None:
-        """The data keys the batch's new requests are sealed with: one read, one insert for those missing."""
-        if not contract_ids:
-            return
-        rows = list(await self.conn.fetch(_KEYS, contract_ids))
-        missing = sorted(set(contract_ids) - {r["contract_id"] for r in rows})
-        if missing:
-            rows += await self.conn.fetch(_NEW_KEYS, missing, [str(uuid.uuid4()) for _ in missing],
-                                          [new_key() for _ in missing])
-        self.keys = {r["contract_id"]: DataKey(r["contract_id"], r["key_id"], bytes(r["key"])) for r in rows}
 
     async def record_submission(self, event_id: uuid.UUID, e: CancellationSubmitted, now: datetime) -> Recorded:
         if self.batch is not None and event_id in self.batch:
@@ -293,10 +280,16 @@ class IntakeStore(Store):
         """The contract's data key, made the first time (and again after an erasure, for new data)."""
         if self.keys is not None and contract_id in self.keys:
             return self.keys[contract_id]
-        row = await self.conn.fetchrow(_KEY, contract_id)
-        if row is None:
-            row = await self.conn.fetchrow(_NEW_KEY, contract_id, str(uuid.uuid4()), new_key())
-        return DataKey(contract_id, row["key_id"], bytes(row["key"]))
+        return (await self._data_keys([contract_id]))[contract_id]
+
+    async def _data_keys(self, contract_ids: list[str]) -> dict[str, DataKey]:
+        """The contracts' data keys: one read, and one insert for those that have none (yet, or any more)."""
+        rows = list(await self.conn.fetch(_KEYS, contract_ids))
+        missing = sorted(set(contract_ids) - {r["contract_id"] for r in rows})
+        if missing:
+            rows += await self.conn.fetch(_NEW_KEYS, missing, [str(uuid.uuid4()) for _ in missing],
+                                          [new_key() for _ in missing])
+        return {r["contract_id"]: DataKey(r["contract_id"], r["key_id"], bytes(r["key"])) for r in rows}
 
     def erase(self, contract_id: str, at: datetime) -> None:
         """The contract's key deleted and its customer gone from intake's rows (ids, dates and amounts stay)."""
