@@ -99,6 +99,8 @@ async def run(args) -> dict:
     lead = max(1, round(args.lead_s * args.rate))
     env = {f"{s.upper()}_INBOX_PRUNE_INTERVAL_S": str(args.prune_interval_s) for s in SERVICES}
     env |= {"ELIGIBILITY_COMPLETION_INTERVAL_S": "1", "NOTIFIER_DISPATCH_INTERVAL_S": "0.5"}
+    if args.collect_ms:
+        env |= {f"{s.upper()}_BATCH_COLLECT_MS": str(args.collect_ms) for s in SERVICES}
     stack = Stack(StackConfig(root=root, ports=ports, clock_file=root / "clock", extra_env=env))
     clock = FastClock(root / "clock")
     clock.file.set(clock.now())
@@ -225,6 +227,7 @@ def main() -> None:
     ap.add_argument("--warmup-days", type=float, default=50, help="clock days of warm-up before the first tenth")
     ap.add_argument("--lead-s", type=float, default=20, help="seconds a contract is signed before its cancellation")
     ap.add_argument("--prune-interval-s", type=float, default=5, help="each service's inbox pruning interval")
+    ap.add_argument("--collect-ms", type=int, default=0, help="every service's batch_collect_ms (0: the default)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds the run may take to finish after its last send")
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("CANCELFLOW_PORT_BASE", 0)) or None)
     ap.add_argument("--dir", help="the stack's directory (kept)")

@@ -233,7 +233,8 @@ def build_app(*, name: str, settings: ServiceSettings, service_dir: Path,
         committer = OffsetCommitter(settings.commit_interval_ms / 1000)
         runtime.committers.append(committer)
         _subscribe(broker, consumer, committer, group_id=settings.consumer_group or name,
-                   max_records=settings.batch_max_records, collect_ms=sub.collect_ms)
+                   max_records=settings.batch_max_records,
+                   collect_ms=max(sub.collect_ms, settings.batch_collect_ms))
     app_http = health_routes(runtime)
     if http is not None:
         http(runtime, app_http)

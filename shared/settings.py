@@ -72,6 +72,10 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address of the health/metrics (and intake API) server.")
     http_port: int = Field(8000, description="Port of the health/metrics (and intake API) server.")
     batch_max_records: int = Field(500, ge=1, description="Most records handled in one DB transaction.")
+    batch_collect_ms: int = Field(
+        0, ge=0, le=5000, description="Each consumer's fetch is held by the broker up to this long (or 1 MiB), so a "
+                                      "batch gathers what came meanwhile: fewer, larger transactions at a steady "
+                                      "rate, each hop later by as much. 0: a batch as soon as a record arrives.")
     db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL connection pool.")
     commit_interval_ms: int = Field(
         100, ge=0, description="Offsets of processed batches are committed to Kafka this often (0: after every "
