@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,8 @@ async def run(args) -> dict:
     from cancelflow.infra.ports import free_port
     from cancelflow.stack import Ports, Stack, StackConfig
 
+    # A `kill` stops the run as Ctrl-C does: through the finally below, which takes the stack down.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     root = Path(args.dir or tempfile.mkdtemp(prefix="cancelflow-soak-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if args.port_base:

@@ -256,13 +256,17 @@ def consumer_description(group_id: str, consumer: BatchConsumer) -> str:
             f"parsed or handled goes to {dlqs} with the reason in headers.")
 
 
+def fetch_options(collect_ms: int) -> dict:
+    """The consumer's fetch settings: with collect_ms, the broker holds each fetch until 1 MiB or collect_ms, so
+    a batch gathers what came meanwhile; without, a batch goes as soon as a record arrives."""
+    collecting = {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": collect_ms} if collect_ms else {}
+    return {"batch_timeout_ms": max(50, collect_ms), **collecting}
+
+
 def _subscribe(broker: KafkaBroker, consumer: BatchConsumer, committer: OffsetCommitter, *, group_id: str,
                max_records: int, collect_ms: int = 0) -> None:
-    # collect_ms: the broker holds each fetch until 1 MiB or collect_ms, so a batch gathers what came meanwhile.
-    collecting = {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": collect_ms} if collect_ms else {}
     @broker.subscriber(
-        *consumer.topics, group_id=group_id, batch=True, max_records=max_records,
-        batch_timeout_ms=max(50, collect_ms), **collecting,
+        *consumer.topics, group_id=group_id, batch=True, max_records=max_records, **fetch_options(collect_ms),
         auto_offset_reset="earliest", ack_policy=AckPolicy.MANUAL, listener=committer,
         max_poll_interval_ms=300_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
         title=f"{group_id}:{'+'.join(consumer.topics)}", description=consumer_description(group_id, consumer),
