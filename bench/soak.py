@@ -184,7 +184,8 @@ async def run(args) -> dict:
             print("          topics MiB: " + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in snap["topic_bytes"].items()),
                   flush=True)
         if args.report:
-            results["report"] = time_report(stack, datetime.fromtimestamp(results["snapshots"][-2]["wall"], timezone.utc))
+            results["report"] = time_report(stack, datetime.fromtimestamp(results["snapshots"][-2]["wall"], timezone.utc),
+                                            collector.key_of.get(order[warmup]))
     finally:
         ticker.cancel()
         await asyncio.to_thread(stack.down)
@@ -203,7 +204,7 @@ REPORT_PATHS = {
 }
 
 
-def time_report(stack, since: datetime) -> dict:
+def time_report(stack, since: datetime, request_id: str | None = None) -> dict:
     """`cancelflow report`'s reading and figures over the soak's topics, each way in a process of its own:
     seconds, peak RSS and the accepted count (the same figures whichever way, the window's fewer)."""
     out = {}
@@ -213,12 +214,24 @@ def time_report(stack, since: datetime) -> dict:
                   "; print(json.dumps({'seconds': round(time.monotonic() - t, 2), 'accepted': f.accepted,"
                   " 'notifications': sum(f.notifications_by_kind.values()),"
                   " 'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))")
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                              env=os.environ | {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap})
-        out[label] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
-            "error": proc.stderr[-500:]}
+        out[label] = _timed(stack, script)
         print(f"report {label}: {out[label]}", flush=True)
+    if request_id:
+        # `cancelflow trace` of one request of the first tenth, over every topic of the run.
+        script = ("import asyncio, resource, time, json; t = time.monotonic();"
+                  "from cancelflow.ops.tracing import collect_trace;"
+                  f"rows = asyncio.run(collect_trace({stack.bootstrap!r}, {request_id!r}));"
+                  "print(json.dumps({'seconds': round(time.monotonic() - t, 2), 'rows': len(rows),"
+                  " 'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))")
+        out["trace (a request of the first tenth)"] = _timed(stack, script)
+        print(f"trace {request_id}: {out['trace (a request of the first tenth)']}", flush=True)
     return out
+
+
+def _timed(stack, script: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env=os.environ | {"KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap})
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
 
 
 def main() -> None:

@@ -111,24 +111,36 @@ def trace_table(request_id: str, rows: Sequence[TraceRow]) -> Table:
     return table
 
 
+# Where the other topics start, before the request's first record on the requests topic: its submission
+# comes moments earlier, from an upstream clock that may be off.
+TRACE_MARGIN_MS = 7 * 86_400_000
+
+
 async def collect_trace(target: Target, request_id: str) -> list[TraceRow]:
     """The request's events, every topic streamed to its end a fetch at a time and only the request's
     records kept (a year of topics is read, never held, and never cut short by a time limit). The requests
-    topic goes first: its `cancellation.requested` names the submission whose events come along."""
+    topic goes first: its `cancellation.requested` names the submission whose events come along, and its
+    time is where the other topics start (less TRACE_MARGIN_MS). A record is decoded only when its bytes
+    name one of the ids, so a year's records cost a substring search each."""
     conn = as_connection(target)
     existing = await topic_partitions(conn, topics.all_with_dlq())
-    ids, kept = {request_id}, []
+    ids, kept, start_ms = {request_id}, [], None
     for topic in (topics.REQUESTS, *(t for t in topics.all_with_dlq() if t != topics.REQUESTS)):
         if topic not in existing:
             continue
-        async for records in stream_topic(conn, topic):
+        needles = tuple(i.encode() for i in ids)
+        async for records in stream_topic(conn, topic, start_ms=start_ms if topic != topics.REQUESTS else None):
             for raw in records:
+                if not any(n in (raw.value or b"") for n in needles):
+                    continue
                 r = decode_record(raw)
                 if r.event_type == "cancellation.requested" and r.data.get("request_id") == request_id \
                         and r.data.get("source") == "kafka" and r.data.get("submission_id"):
                     ids.add(str(r.data["submission_id"]))
                 if r.envelope is not None and _matches(r, ids):
                     kept.append(r)
+        if topic == topics.REQUESTS and kept:
+            start_ms = min(r.timestamp_ms for r in kept) - TRACE_MARGIN_MS
     return trace_rows(kept, request_id)
 
 
