@@ -6,7 +6,7 @@ service, the database's and the topics' size. A command, not a test (docs/perfor
 operation"). Beside it: soak_snapshot.py (what is recorded at each tenth's end), soak_results.py (the tenths,
 the summary, the curves and the table).
 
-    .venv/bin/python bench/soak.py --n 500000 --rate 100 --collect-ms 200   # the issue's run (~1 h 40 min)
+    .venv/bin/python bench/soak.py --n 500000 --rate 80 --collect-ms 200   # the issue's run (~2 h 5 min)
     .venv/bin/python bench/soak.py --n 150000 --rate 50           # what a shared 2-core box sustains (~55 min)
 
 The load is one open-loop stream: every cancellation's `contract.signed` goes out `--lead-s` seconds ahead
