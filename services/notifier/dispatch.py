@@ -13,9 +13,9 @@ a crash leaves us not knowing. So a mail is sent at least once, and never twice 
   are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
 
 Throughput: up to `WORKERS` batches run side by side when more than a batch is due (SKIP LOCKED keeps them
-apart), and a batch's confirmation runs while its worker claims and sends the next. The loop is woken by `NOTIFY notifier_due` when the consumer schedules something due now, and
-polls every `dispatch_interval_s` for what falls due later (reminders, a moved clock) and for expired
-leases.
+apart), and a batch's confirmation runs while its worker claims and sends the next. The loop is woken by
+`NOTIFY notifier_due` when the consumer schedules something due now, and polls every `dispatch_interval_s`
+for what falls due later (reminders, a moved clock) and for expired leases.
 
 The SMTP connection is smtp_client.py; a mail's bytes, mime.py; its text, texts.py.
 """
