@@ -13,9 +13,9 @@ a crash leaves us not knowing. So a mail is sent at least once, and never twice 
   are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
 
 Throughput: up to `WORKERS` batches run side by side when more than a batch is due (SKIP LOCKED keeps them
-apart), and a batch's confirmation runs while its worker claims and sends the next. The loop is woken by
-`NOTIFY notifier_due` when the consumer schedules something due now, and polls every `dispatch_interval_s`
-for what falls due later (reminders, a moved clock) and for expired leases.
+apart). The loop is woken by `NOTIFY notifier_due` when the consumer schedules something due now, and
+polls every `dispatch_interval_s` for what falls due later (reminders, a moved clock) and for expired
+leases.
 
 The SMTP connection is smtp_client.py; a mail's bytes, mime.py; its text, texts.py.
 """
@@ -117,15 +117,13 @@ class _NotSent(Exception):
         self.cause = cause
 
 
-async def send_batch(rt: Runtime, mailers: list[Mailer],
-                     settings: NotifierSettings) -> tuple[int, asyncio.Task | None]:
-    """Claim up to len(mailers) due rows and send them at once: how many were claimed (0: nothing due), and
-    the confirmation of the mails the server took, still running, so that the mailers go on to the next batch
-    meanwhile (`settle` it before the next one's). A row whose customer was erased is marked so, never sent."""
+async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSettings) -> int:
+    """Claim up to len(mailers) due rows and send them at once; how many were claimed (0: nothing due). A row
+    whose customer was erased is marked so, never sent."""
     async with rt.pool.acquire() as conn:
         rows = await claim_due(conn, rt.clock.now(), len(mailers), settings.sending_lease_s)
     if not rows:
-        return 0, None
+        return 0
     claimed = len(rows)
     recipients = open_recipients(rows)
     if len(recipients) < claimed:
@@ -133,7 +131,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer],
             await conn.execute(_ERASED, [row["id"] for row in rows if row["id"] not in recipients])
         rows = [row for row in rows if row["id"] in recipients]
         if not rows:
-            return claimed, None
+            return claimed
     resent = [row for row in rows if row["resent"]]
     if resent:
         for row in resent:
@@ -160,36 +158,17 @@ async def send_batch(rt: Runtime, mailers: list[Mailer],
                                     return_exceptions=True)
     outcomes = [_NotSent(o) if isinstance(o, MailRefused) else o for o in outcomes]
     sent = [(row, i, recipients[row["id"]]) for row, i, o in zip(rows, msg_ids, outcomes) if o is None]
-    confirming = asyncio.create_task(_confirm_retried(rt, sent)) if sent else None
+    if sent:
+        async def confirm() -> None:
+            await _confirm(rt, sent)
+        # Retried: only this process's death (or a database down past the lease) makes them go out again.
+        await until_it_works("the database (confirming mails sent)", confirm, first_s=0.2, most_s=2.0)
     await _release(rt, [row["id"] for row, o in zip(rows, outcomes) if isinstance(o, _NotSent)])
     # A mail whose answer never came (the connection lost after its ".") stays 'sending': the lease resends it.
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
-        await settle(confirming)
         raise error.cause if isinstance(error, _NotSent) else error
-    return claimed, confirming
-
-
-async def _confirm_retried(rt: Runtime, sent: list) -> None:
-    async def confirm() -> None:
-        await _confirm(rt, sent)
-    # Retried: only this process's death (or a database down past the lease) makes them go out again.
-    await until_it_works("the database (confirming mails sent)", confirm, first_s=0.2, most_s=2.0)
-
-
-async def settle(confirming: asyncio.Task | None, *, stopping_s: float = 5.0) -> None:
-    """Wait for a batch's confirmation. When this worker is being stopped, it gets `stopping_s` more; a
-    confirmation cut short leaves its rows 'sending', sent again (same Message-ID) once their lease ends."""
-    if confirming is None:
-        return
-    try:
-        await asyncio.shield(confirming)
-    except asyncio.CancelledError:
-        try:
-            await asyncio.wait_for(confirming, stopping_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            pass
-        raise
+    return claimed
 
 
 async def _release(rt: Runtime, ids: list[int]) -> None:
@@ -250,18 +229,10 @@ def dispatch_loop(settings: NotifierSettings):
         def on_notify(*_: object) -> None:
             wake.set()
 
-        async def drain(mailers: list[Mailer], confirming: asyncio.Task | None = None) -> None:
+        async def drain(mailers: list[Mailer]) -> None:
             # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            # Each batch's confirmation runs while the next batch is claimed and sent.
-            try:
-                while True:
-                    claimed, next_confirming = await send_batch(rt, mailers, settings)
-                    await settle(confirming)
-                    confirming = next_confirming
-                    if claimed < len(mailers):
-                        break
-            finally:
-                await settle(confirming)
+            while await send_batch(rt, mailers, settings) == len(mailers):
+                pass
 
         async def send_due() -> None:
             nonlocal listener
@@ -274,12 +245,8 @@ def dispatch_loop(settings: NotifierSettings):
                     await listener.add_listener(DUE_CHANNEL, on_notify)
                 wake.clear()
                 # One worker first; the others join only when there is more than a batch to send.
-                claimed, confirming = await send_batch(rt, workers[0], settings)
-                if claimed < settings.smtp_connections:
-                    await settle(confirming)
-                else:
-                    outcomes = await asyncio.gather(drain(workers[0], confirming), *(drain(m) for m in workers[1:]),
-                                                    return_exceptions=True)
+                if await send_batch(rt, workers[0], settings) == settings.smtp_connections:
+                    outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
                     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
                     if error is not None:
                         raise error
