@@ -46,8 +46,10 @@ def topics(bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS")
         nonlocal brokers
         # Not told: the cluster's own size, so that a 3-node cluster is never "fixed" down to one replica's
         # min.insync.replicas.
-        brokers = brokers or await kafka.wait_ready(bootstrap, 120, **options)
-        await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
+        if brokers is None:
+            brokers = await kafka.wait_ready(bootstrap, 120, **options)
+        else:
+            await kafka.wait_ready(bootstrap, 120, brokers=brokers, **options)
         created = await topic_admin.create_topics(bootstrap, wanted, partitions, brokers=brokers,
                                                   business_retention_days=retention_days, **options)
         drifted = await topic_admin.check_topics(bootstrap, wanted, business_retention_days=retention_days,
