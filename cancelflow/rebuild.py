@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -86,19 +87,8 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
                 async for records in kafka_clients.stream_topic(kafka, topic):
                     async with raw.transaction():
                         for record in records:
-                            try:
-                                envelope, data = decode(record.value)
-                            except PoisonMessage:
-                                result.skipped += 1
-                                continue
-                            if not seen.first(envelope.event_id, envelope.occurred_at):
-                                result.duplicates += 1
-                                continue
-                            await proj(conn, envelope, data)
-                            if envelope.occurred_at >= since:
-                                inbox_ids.add(str(envelope.event_id))
-                                if envelope.producer == service and envelope.causation_id:
-                                    inbox_ids.add(envelope.causation_id)
+                            await apply_record(record, proj, conn, seen=seen, result=result, since=since,
+                                               inbox_ids=inbox_ids)
                         await conn.flush()
                     result.records[topic] += len(records)
             result.inbox = await _fill_inbox(raw, inbox_ids, now)
@@ -112,6 +102,32 @@ async def build(service: str, *, database_url: str, kafka: KafkaConnection, sche
         raise
     await pool.close()
     return result
+
+
+def published_at(record: Any) -> datetime:
+    """When the record was written to the log (its Kafka timestamp)."""
+    return datetime.fromtimestamp(record.timestamp / 1000, timezone.utc)
+
+
+async def apply_record(record: Any, proj: Projection, conn: Any, *, seen: SeenWindow, result: Rebuilt,
+                       since: datetime, inbox_ids: set[str]) -> None:
+    """One record into the schema being built, unless it is not an event or a copy of one read before.
+    A copy is one within the window of *publication* time: a relay's republish carries the original's
+    `occurred_at`, so only the log's timestamps tell how long after the original it came, which is what
+    the service's inbox measured (it held the original's id from its processing for the window)."""
+    try:
+        envelope, data = decode(record.value)
+    except PoisonMessage:
+        result.skipped += 1
+        return
+    if not seen.first(envelope.event_id, published_at(record)):
+        result.duplicates += 1
+        return
+    await proj(conn, envelope, data)
+    if envelope.occurred_at >= since:
+        inbox_ids.add(str(envelope.event_id))
+        if envelope.producer == proj.service and envelope.causation_id:
+            inbox_ids.add(envelope.causation_id)
 
 
 async def _fill_inbox(conn, inbox_ids: set[str], now: datetime) -> int:

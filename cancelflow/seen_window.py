@@ -43,8 +43,10 @@ class SeenWindow:
                 del self.items[old]
 
     def first(self, key: Any, at: datetime | None) -> bool:
-        """True the first time `key` is seen within the window (and remembers it)."""
+        """True the first time `key` is seen within the window of its last sighting (and remembers it)."""
         if key in self.items:
-            return False
+            last = self.items[key][0]
+            if at is None or last is None or at - last <= self.window:
+                return False
         self.put(key, None, at)
         return True
