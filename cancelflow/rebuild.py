@@ -170,10 +170,18 @@ async def compare(database_url: str, service: str, a: str, b: str) -> dict[str, 
             only_b = await conn.fetchval(f"SELECT count(*) FROM (SELECT {cols} FROM {_q(b)}.{_q(table)} EXCEPT ALL"
                                          f" SELECT {cols} FROM {_q(a)}.{_q(table)}) d")
             if only_a or only_b:
-                differences[table] = f"{only_a} row(s) only in {a}, {only_b} only in {b}"
+                differences[table] = (f"{only_a} row(s) only in {a}, {only_b} only in {b}; first of each: "
+                                      f"{await _sample(conn, cols, table, a, b)} / {await _sample(conn, cols, table, b, a)}")
         return differences
     finally:
         await conn.close()
+
+
+async def _sample(conn, cols: str, table: str, a: str, b: str, n: int = 3) -> list[dict]:
+    """What an operator (or a failing test) needs to see: a few of the rows only in `a`."""
+    rows = await conn.fetch(f"SELECT {cols} FROM {_q(a)}.{_q(table)} EXCEPT ALL SELECT {cols} FROM {_q(b)}.{_q(table)}"
+                            f" ORDER BY 1 LIMIT {n}")
+    return [dict(r) for r in rows]
 
 
 async def switch(database_url: str, service: str, rebuilt: str, *, suffix: str) -> str | None:

@@ -152,7 +152,13 @@ def infra(infra_choice: Choice):
                          extra_env={"ELIGIBILITY_COMPLETION_INTERVAL_S": "0.2",
                                     "NOTIFIER_DISPATCH_INTERVAL_S": "0.1",
                                     # test_dispatch creates it to hold mails before the end of DATA
-                                    "NOTIFIER_TEST_HOLD_FILE": str(root / "notifier.hold")})
+                                    "NOTIFIER_TEST_HOLD_FILE": str(root / "notifier.hold"),
+                                    # Tests move this clock weeks ahead and back. A prune while it is ahead
+                                    # forgets every id processed at real time, so a copy of one published
+                                    # afterwards (test_rebuild's relay copies) would be applied again: outside
+                                    # the window by the service's clock, but only because the clock jumped.
+                                    # No test needs the stack's own pruning (test_inbox_window drives it).
+                                    **{f"{s.upper()}_INBOX_PRUNE_INTERVAL_S": "86400" for s in SERVICES}})
     containers = []
     stack = Stack(config)
     config.api_keys = f"{stack.api_key},{OLD_API_KEY}"
