@@ -189,9 +189,12 @@ async def run(args) -> dict:
     finally:
         ticker.cancel()
         await asyncio.to_thread(stack.down)
+        if "tenths" in results:  # written first: deleting a long run's mails takes many minutes
+            results["summary"] = summarize(results)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
         if not args.keep and not args.dir:
             shutil.rmtree(root, ignore_errors=True)
-    results["summary"] = summarize(results)
     return results
 
 
@@ -259,12 +262,10 @@ def main() -> None:
         plot(results, args.png)
         print(markdown(results))
         return
+    args.out = args.out or REPO / "bench" / "results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
     results = asyncio.run(run(args))
-    out = args.out or REPO / "bench" / "results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results["summary"], indent=2))
-    print(f"written {out}")
+    print(f"written {args.out}")
 
 
 if __name__ == "__main__":
