@@ -165,23 +165,22 @@ async def compare(database_url: str, service: str, a: str, b: str) -> dict[str, 
             if table == "notifications":
                 columns = [c for c in columns if c != "id"]
             cols = ", ".join(_q(c) for c in columns)
-            only_a = await conn.fetchval(f"SELECT count(*) FROM (SELECT {cols} FROM {_q(a)}.{_q(table)} EXCEPT ALL"
-                                         f" SELECT {cols} FROM {_q(b)}.{_q(table)}) d")
-            only_b = await conn.fetchval(f"SELECT count(*) FROM (SELECT {cols} FROM {_q(b)}.{_q(table)} EXCEPT ALL"
-                                         f" SELECT {cols} FROM {_q(a)}.{_q(table)}) d")
+            only_a = await conn.fetchval(f"SELECT count(*) FROM ({_only_in(cols, table, a, b)}) d")
+            only_b = await conn.fetchval(f"SELECT count(*) FROM ({_only_in(cols, table, b, a)}) d")
             if only_a or only_b:
+                # What an operator (or a failing test) needs to see: the first few rows of each side.
+                first = [[dict(r) for r in await conn.fetch(f"{_only_in(cols, table, x, y)} ORDER BY 1 LIMIT 3")]
+                         for x, y in ((a, b), (b, a))]
                 differences[table] = (f"{only_a} row(s) only in {a}, {only_b} only in {b}; first of each: "
-                                      f"{await _sample(conn, cols, table, a, b)} / {await _sample(conn, cols, table, b, a)}")
+                                      f"{first[0]} / {first[1]}")
         return differences
     finally:
         await conn.close()
 
 
-async def _sample(conn, cols: str, table: str, a: str, b: str, n: int = 3) -> list[dict]:
-    """What an operator (or a failing test) needs to see: a few of the rows only in `a`."""
-    rows = await conn.fetch(f"SELECT {cols} FROM {_q(a)}.{_q(table)} EXCEPT ALL SELECT {cols} FROM {_q(b)}.{_q(table)}"
-                            f" ORDER BY 1 LIMIT {n}")
-    return [dict(r) for r in rows]
+def _only_in(cols: str, table: str, a: str, b: str) -> str:
+    """The rows of `table` in schema `a` and not in `b` (as many times as they are more often in `a`)."""
+    return f"SELECT {cols} FROM {_q(a)}.{_q(table)} EXCEPT ALL SELECT {cols} FROM {_q(b)}.{_q(table)}"
 
 
 async def switch(database_url: str, service: str, rebuilt: str, *, suffix: str) -> str | None:
