@@ -123,7 +123,7 @@ class PostgresNode:
         return subprocess.Popen(
             [str(_bin_dir() / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
              "-h", "127.0.0.1", "-k", str(socket_dir),
-             "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+             "-c", "max_connections=200", "-c", "shared_buffers=512MB",
              "-c", "listen_addresses=127.0.0.1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, **_run_as(),
