@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from types import MappingProxyType
 
 import orjson
 
@@ -21,6 +20,7 @@ from services.eligibility.domain import (DEFAULT_OFFER_POLICY, CancellationState
                                          can_withdraw, decide, earliest_effective_date, hold_out)
 from services.eligibility.domain import withdrawal_refusal as eligibility_refusal
 from shared.contract_calendar import first_anniversary
+from shared.request_lifecycle import may_become
 from shared.vocabulary import Offer, Reason, RejectionCode, RequestStatus
 
 __all__ = ["ENDED", "AskWithdrawal", "AskedBefore", "IdempotencyConflict", "Quote", "RefuseWithdrawal", "Refusal",
@@ -124,21 +124,6 @@ def answer_withdrawal(*, status: str, effective_date: date | None, today: date, 
                    else Refusal.not_offered if in_time else Refusal.date_come)
         return RefuseWithdrawal(why, refusal)
     return AskWithdrawal(taken_offer)
-
-
-# Status changes only move forward: an answer never goes back to "received", an end is final.
-_MAY_BECOME: Mapping[RequestStatus, frozenset[RequestStatus]] = MappingProxyType({
-    S.received: frozenset(),
-    S.accepted: frozenset({S.received}),
-    S.rejected: frozenset({S.received}),
-    S.withdrawn: frozenset({S.received, S.accepted}),
-    S.completed: frozenset({S.received, S.accepted}),
-})
-
-
-def may_become(status: RequestStatus) -> frozenset[RequestStatus]:
-    """The statuses a request may be in for it to move to `status`."""
-    return _MAY_BECOME[status]
 
 
 # --- the quote (SPEC section 7) ------------------------------------------------------------------

@@ -16,10 +16,11 @@ from shared.events import (CancellationAccepted, CancellationForm, CancellationR
                            CancellationSubmitted, ContractSigned, Customer, NotificationSent, PaymentRecorded,
                            SettlementIssued)
 from shared.messaging.consumer import Store
+from shared.request_lifecycle import may_move_from
 from shared.sealing import DataKey, new_key, seal
 from shared.vocabulary import RequestStatus
 
-from .domain import IdempotencyConflict, may_become, replayed_request, submission_digest
+from .domain import IdempotencyConflict, replayed_request, submission_digest
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ _NOTIFICATION = ("UPDATE requests SET notifications = notifications || $2::jsonb
 
 
 # What the domain allows each status to move from, as the statements' parameter (computed once).
-_MAY_MOVE_FROM = {status: sorted(s.value for s in may_become(status)) for status in RequestStatus}
+_MAY_MOVE_FROM = may_move_from()
 
 
 # Personal data: one data key per contract; after an erasure a new one only for new data.

@@ -14,12 +14,22 @@ from typing import Any
 
 from shared.events import CancellationAccepted, CancellationRejected, CancellationRequested, SettlementIssued
 from shared.messaging.consumer import Store
-from shared.vocabulary import NotificationKind
+from shared.request_lifecycle import may_move_from, moved
+from shared.vocabulary import NotificationKind, RequestStatus
 
 from .domain import RequestFacts, ScheduledNotification, days_before
 
 # The dispatcher LISTENs here: a notification that is due now goes out without waiting for its poll.
 DUE_CHANNEL = "notifier_due"
+
+# What each status may move from (shared.request_lifecycle), as the statements' parameter.
+_MAY_MOVE_FROM = may_move_from()
+
+
+def _forward(to: str, param: int) -> str:
+    """The status `to` if the request's status is in parameter `param` (what it may move from), else as it is."""
+    return f"CASE WHEN requests.status = ANY(${param}::text[]) THEN '{to}' ELSE requests.status END"
+
 
 _ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before, status) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
@@ -47,7 +57,8 @@ _ACCEPTED = """
 WITH request AS (
     INSERT INTO requests (request_id, contract_id, status, accepted_at, effective_date, offers)
     VALUES ($1, $2, 'accepted', $3, $4, $5)
-    ON CONFLICT (request_id) DO UPDATE SET status = 'accepted', accepted_at = excluded.accepted_at,
+    ON CONFLICT (request_id) DO UPDATE SET status = """ + _forward("accepted", 10) + """,
+        accepted_at = excluded.accepted_at,
         effective_date = excluded.effective_date, offers = excluded.offers)
 INSERT INTO notifications (request_id, kind, due_at, days_before, status)
 SELECT $1, kind, due_at, days_before, status
@@ -66,11 +77,13 @@ ON CONFLICT (request_id, kind, due_at) DO NOTHING
 """
 _VOIDED = "UPDATE requests SET settlement_status = 'voided' WHERE request_id = $1"
 _REJECTED = ("INSERT INTO requests (request_id, contract_id, status, codes, earliest_effective_date)"
-             " VALUES ($1, $2, 'rejected', $3, $4) ON CONFLICT (request_id) DO UPDATE SET status = 'rejected',"
+             " VALUES ($1, $2, 'rejected', $3, $4) ON CONFLICT (request_id)"
+             " DO UPDATE SET status = " + _forward("rejected", 5) + ","
              " codes = excluded.codes, earliest_effective_date = excluded.earliest_effective_date")
 _WITHDRAWN = ("INSERT INTO requests (request_id, contract_id, status, taken_offer) VALUES ($1, $2, 'withdrawn', $3)"
-              " ON CONFLICT (request_id) DO UPDATE SET status = 'withdrawn', taken_offer = excluded.taken_offer")
-_COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1"
+              " ON CONFLICT (request_id) DO UPDATE SET status = " + _forward("withdrawn", 4) + ","
+              " taken_offer = excluded.taken_offer")
+_COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1 AND status = ANY($2::text[])"
 _CANCEL_PENDING = ("UPDATE notifications SET status = 'cancelled' WHERE request_id = $1 AND status = 'pending'"
                    " AND kind = ANY($2::text[])")
 
@@ -108,6 +121,10 @@ class NotifierStore(Store):
         if self.known is not None and request_id in self.known:
             self.known[request_id] = replace(self.known[request_id], **changes)
 
+    def _moved(self, request_id: str, to: RequestStatus) -> None:
+        if self.known is not None and request_id in self.known:
+            self._learned(request_id, status=moved(self.known[request_id].status, to))
+
     def save_recipient(self, e: CancellationRequested) -> None:
         """Sealed as it came (opened at send time); a version-1 event's customer in clear."""
         clear = e.customer if e.customer_sealed is None else None
@@ -124,7 +141,8 @@ class NotifierStore(Store):
                        reminders: Sequence[ScheduledNotification], *, acknowledge: Acknowledge) -> None:
         """What the acceptance says, its reminders, and the acknowledgement `acknowledge` asks for given what
         is known of the request then."""
-        known = replace(await self.facts(e.request_id, e.contract_id or ""), status="accepted", accepted_at=accepted_at)
+        facts = await self.facts(e.request_id, e.contract_id or "")
+        known = replace(facts, status=moved(facts.status, RequestStatus.accepted), accepted_at=accepted_at)
         kinds = [r.kind.value for r in reminders]
         due = [r.due_at for r in reminders]
         days = [days_before(r, effective_date=e.effective_date, accepted_at=accepted_at) for r in reminders]
@@ -135,9 +153,10 @@ class NotifierStore(Store):
             days.append(None)
             statuses.append("cancelled" if ack[1] else "pending")
         self.conn.defer(_ACCEPTED, e.request_id, e.contract_id or "", accepted_at, e.effective_date,
-                        [o.value for o in e.offers], kinds, due, days, statuses)
+                        [o.value for o in e.offers], kinds, due, days, statuses,
+                        _MAY_MOVE_FROM[RequestStatus.accepted])
         self.outbox.notify(DUE_CHANNEL)
-        self._learned(e.request_id, status="accepted", accepted_at=accepted_at)
+        self._learned(e.request_id, status=known.status, accepted_at=accepted_at)
 
     async def settled(self, e: SettlementIssued, *, acknowledge: Acknowledge) -> None:
         """The settlement's figures, and the acknowledgement `acknowledge` asks for given what is known of the
@@ -156,16 +175,16 @@ class NotifierStore(Store):
 
     def rejected(self, e: CancellationRejected) -> None:
         self.conn.defer(_REJECTED, e.request_id, e.contract_id or "", [c.value for c in e.codes],
-                        e.earliest_effective_date)
-        self._learned(e.request_id, status="rejected")
+                        e.earliest_effective_date, _MAY_MOVE_FROM[RequestStatus.rejected])
+        self._moved(e.request_id, RequestStatus.rejected)
 
     def withdrawn(self, request_id: str, contract_id: str, taken_offer: str | None = None) -> None:
-        self.conn.defer(_WITHDRAWN, request_id, contract_id, taken_offer)
-        self._learned(request_id, status="withdrawn")
+        self.conn.defer(_WITHDRAWN, request_id, contract_id, taken_offer, _MAY_MOVE_FROM[RequestStatus.withdrawn])
+        self._moved(request_id, RequestStatus.withdrawn)
 
     def completed(self, request_id: str) -> None:
-        self.conn.defer(_COMPLETED, request_id)
-        self._learned(request_id, status="completed")
+        self.conn.defer(_COMPLETED, request_id, _MAY_MOVE_FROM[RequestStatus.completed])
+        self._moved(request_id, RequestStatus.completed)
 
     def cancel_pending(self, request_id: str, kinds: Sequence[NotificationKind]) -> None:
         self.conn.defer(_CANCEL_PENDING, request_id, [k.value for k in kinds])

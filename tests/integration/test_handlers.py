@@ -250,3 +250,52 @@ async def test_a_batch_of_acceptances_reads_the_terms_at_once_and_settles_as_one
     issued = await pool.fetch("SELECT value FROM outbox WHERE topic = $1 AND key = ANY($2)",
                               topics.SETTLEMENTS, [a.encode(), b.encode(), c.encode()])
     assert len(issued) == 2
+
+
+@pytest.fixture
+async def notifier(handler_db, infra):
+    from services.notifier.app import create_app as create_notifier
+    from services.notifier.settings import NotifierSettings
+
+    app = await _service_on_own_db(create_notifier, NotifierSettings, handler_db, infra)
+    yield app
+    await app.runtime.close_pool()
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["batch-by-batch", "one-batch"])
+async def test_a_late_copy_of_an_acceptance_does_not_move_an_ended_request_back(notifier, together):
+    """A copy of an acceptance read after the request ended (a redelivery or a replay older than the inbox
+    window: a new event id to the inbox) leaves notifier's record of it ended, and its reminders cancelled:
+    a status only moves forward. Read batch by batch (each statement reads the table) and in one batch
+    (the store's batch read, kept up to date by its own writes)."""
+    from shared.events import CancellationAccepted, CancellationCompleted, CancellationWithdrawn
+
+    pool = notifier.runtime.pool
+    withdrawn, completed = (f"R-{uuid.uuid4().hex[:8]}" for _ in range(2))
+
+    def env(data) -> bytes:
+        return new_envelope(data, producer="t", correlation_id="x", causation_id=None).to_bytes()
+
+    def accepted(request_id):
+        return env(CancellationAccepted(request_id=request_id, contract_id=f"C-{request_id}",
+                                        effective_date=date(2027, 6, 30), first_anniversary=date(2026, 1, 31),
+                                        decided_at=datetime(2027, 3, 1, 1, tzinfo=timezone.utc)))
+
+    first = [accepted(withdrawn), accepted(completed),
+             env(CancellationWithdrawn(request_id=withdrawn, contract_id=f"C-{withdrawn}",
+                                       withdrawn_at=datetime(2027, 3, 2, tzinfo=timezone.utc))),
+             env(CancellationCompleted(request_id=completed, contract_id=f"C-{completed}",
+                                       effective_date=date(2027, 6, 30)))]
+    copies = [accepted(withdrawn), accepted(completed)]  # new event ids: what the inbox no longer remembers
+    async with TestKafkaBroker(notifier.broker) as broker:
+        if together:
+            await broker.publish_batch(*first, *copies, topic=topics.DECISIONS)
+        else:
+            for record in [*first, *copies]:
+                await broker.publish(record, topic=topics.DECISIONS)
+    status = {r["request_id"]: r["status"] for r in await pool.fetch(
+        "SELECT request_id, status FROM requests WHERE request_id = ANY($1)", [withdrawn, completed])}
+    assert status == {withdrawn: "withdrawn", completed: "completed"}
+    pending = await pool.fetch("SELECT request_id, kind FROM notifications WHERE request_id = ANY($1)"
+                               " AND status = 'pending' AND kind LIKE '%reminder'", [withdrawn, completed])
+    assert pending == [], "the copies scheduled no reminder again"
