@@ -16,6 +16,7 @@ from aiokafka.structs import TopicPartition
 
 from cancelflow import kafka_clients
 from load import drive
+from mail_arrival import MailArrivals
 from sampling import Monitor
 
 
@@ -124,7 +125,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run_phase(name: str, *, rate: float | None, messages, producer, topic: str, collector: Collector,
-                    monitor: Monitor, timeout: float) -> dict:
+                    monitor: Monitor, timeout: float, mail: MailArrivals | None = None) -> dict:
     monitor.phase_peak.clear()
     cpu0 = monitor.cpu()
     wall0 = time.monotonic()
@@ -144,7 +145,9 @@ async def run_phase(name: str, *, rate: float | None, messages, producer, topic:
     wall = time.monotonic() - wall0
     machine1 = psutil.cpu_times()
     busy = (lambda t: t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
-    e2e, from_requested, ends = [], [], []
+    e2e, from_requested, ends, delivered = [], [], [], []
+    if mail is not None:
+        mail.scan()
     hops: dict[str, list[float]] = defaultdict(list)
     for sid, t0 in sent.items():
         t1 = collector.completed(sid)
@@ -153,6 +156,8 @@ async def run_phase(name: str, *, rate: float | None, messages, producer, topic:
         ends.append(t1)
         e2e.append((t1 - t0) * 1000)
         rid = collector.key_of.get(sid)
+        if mail is not None and (t_mail := mail.last(rid, NOTIFICATIONS_PER_REQUEST)) is not None:
+            delivered.append((t_mail - t0) * 1000)
         if rid in collector.requested_at:
             from_requested.append((t1 - collector.requested_at[rid]) * 1000)
         st = collector.stages.get(rid)
@@ -176,6 +181,8 @@ async def run_phase(name: str, *, rate: float | None, messages, producer, topic:
         "span_s": span,
         "e2e_ms": {f"p{q}": pct(e2e, q) for q in (50, 95, 99)} | {"max": max(e2e) if e2e else float("nan")},
         "requested_ms": {f"p{q}": pct(from_requested, q) for q in (50, 95, 99)},
+        # To the last mail's arrival at the sink: the same end point in every version of the code.
+        "delivered_ms": {f"p{q}": pct(delivered, q) for q in (50, 95, 99)} | {"n": len(delivered)},
         "hops_p50_ms": {k: round(pct(v, 50), 1) for k, v in hops.items()},
         "hops_p99_ms": {k: round(pct(v, 99), 1) for k, v in hops.items()},
         "cpu_s_per_1k": {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / max(n_done, 1) for k in cpu1},
@@ -192,6 +199,10 @@ async def run_phase(name: str, *, rate: float | None, messages, producer, topic:
         f"{k} {v:.2f}" for k, v in sorted(result["cpu_cores"].items(), key=lambda kv: -kv[1]) if v >= 0.01)
         + f"; total {sum(result['cpu_cores'].values()):.2f}; whole machine {result['machine_busy_cores']:.2f}"
         + f" of {psutil.cpu_count()}", flush=True)
+    if delivered:
+        d = result["delivered_ms"]
+        print(f"              mail at the sink: p50 {d['p50']:8.1f} ms, p95 {d['p95']:8.1f} ms,"
+              f" p99 {d['p99']:8.1f} ms ({d['n']} requests)", flush=True)
     if hops:
         print("              hops p50 (ms): " + ", ".join(f"{k} {v}" for k, v in result["hops_p50_ms"].items()),
               flush=True)

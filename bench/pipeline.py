@@ -147,6 +147,7 @@ async def run(args) -> dict:
 
             collector = Collector(bootstrap, (topics.REQUESTS, topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS))
             ctask = asyncio.create_task(collector.run())
+            mail = MailArrivals(stack.mail_dir)
             await collector.ready.wait()
             print("pipeline: submissions over Kafka (cancellation.submissions)", flush=True)
             await run_phase("warm-up", rate=50, messages=take(warmup), producer=producer, topic=topics.SUBMISSIONS,
@@ -163,7 +164,8 @@ async def run(args) -> dict:
                                                       REPO / "bench" / "results" / f"profile-{args.label}-{rate}")
                 results["pipeline"].append(await run_phase(
                     f"{rate}/s", rate=rate, messages=take(int(rate * plan.duration)), producer=producer,
-                    topic=topics.SUBMISSIONS, collector=collector, monitor=monitor, timeout=plan.timeout))
+                    topic=topics.SUBMISSIONS, collector=collector, monitor=monitor, timeout=plan.timeout,
+                    mail=mail))
                 if profilers:
                     out = await finish_profilers(profilers, plan.profile_s, f"profile-{args.label}-{rate}")
                     results.setdefault("profile_at_rate", {})[str(rate)] = out
@@ -175,7 +177,7 @@ async def run(args) -> dict:
                                                       f"profile-{args.label}")
                 results["pipeline"].append(await run_phase(
                     "full speed", rate=None, messages=msgs, producer=producer, topic=topics.SUBMISSIONS,
-                    collector=collector, monitor=monitor, timeout=plan.timeout))
+                    collector=collector, monitor=monitor, timeout=plan.timeout, mail=mail))
                 if profilers:
                     results["profile"] = await finish_profilers(profilers, plan.profile_s, f"profile-{args.label}")
             results["notification_kinds"] = dict(collector.kinds)
