@@ -68,6 +68,7 @@ from phases import Collector, plan_from, run_phase  # noqa: E402
 from profiling import finish_profilers, start_profilers  # noqa: E402
 from relay_baseline import RELAY_TOPICS, relay_hop, run_baseline  # noqa: E402
 from reporting import plot, report  # noqa: E402
+from mail_arrival import MailArrivals  # noqa: E402
 from sampling import Monitor, calibrate, git_state  # noqa: E402
 
 
