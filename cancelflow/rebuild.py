@@ -162,8 +162,6 @@ async def compare(database_url: str, service: str, a: str, b: str) -> dict[str, 
             columns = [r["column_name"] for r in await conn.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2"
                 " ORDER BY ordinal_position", a, table) if r["column_name"] not in bookkeeping.get(table, ())]
-            if table == "notifications":
-                columns = [c for c in columns if c != "id"]
             cols = ", ".join(_q(c) for c in columns)
             only_a = await conn.fetchval(f"SELECT count(*) FROM ({_only_in(cols, table, a, b)}) d")
             only_b = await conn.fetchval(f"SELECT count(*) FROM ({_only_in(cols, table, b, a)}) d")

@@ -2,12 +2,12 @@
 
 SMTP cannot be exactly-once: between the server's 250 and our record of it there is always a moment where
 a crash leaves us not knowing. So a mail is sent at least once, and never twice without cause:
-- a claim (one statement, FOR UPDATE SKIP LOCKED, committed) marks up to `smtp_connections` due rows
-  'sending', with the database's time as `claimed_at`;
+- a claim (one statement, FOR UPDATE SKIP LOCKED, committed) marks up to `smtp_connections` due rows of
+  the queue (`notification_queue`: only what is still to be sent) claimed, the database's time as `claimed_at`;
 - each mail goes over SMTP on its own kept-open connection; after the server's 250 its row becomes 'sent'
-  and its `notification.sent` goes to the outbox, in one transaction: the event is emitted once, on
-  confirmation. A mail the server refused, or whose DATA never ended, goes back to 'pending';
-- a row still 'sending' after `sending_lease_s` (its notifier was killed between the claim and the
+  and its `notification.sent` goes to the outbox, in one transaction (the row leaves the queue): the event
+  is emitted once, on confirmation. A mail the server refused, or whose DATA never ended, is unclaimed;
+- a row still claimed after `sending_lease_s` (its notifier was killed between the claim and the
   confirmation) is claimed again by whichever notifier gets it first and sent again with the same
   Message-ID (`<request.kind.due@cancelflow>`), so that the receiving side keeps one copy. Such resends
   are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
@@ -45,62 +45,64 @@ from .texts import render
 
 log = logging.getLogger(__name__)
 
-# Three lanes, in this order: rows whose lease expired (sent again), what a customer just did
-# (days_before IS NULL), then the scheduled reminders, which all fall due at 10:00 Tokyo at once; a day's
-# burst of them never holds back an acknowledgement. Each lane reads its own partial index.
+# Three lanes, in this order: rows whose lease expired (sent again), what a customer just did (`now_lane`),
+# then the scheduled reminders, which all fall due at 10:00 Tokyo at once; a day's burst of them never holds
+# back an acknowledgement. Each lane reads its own partial index of the queue (migration 0007), which holds
+# only what is still to be sent.
 _CLAIM = """
 WITH stale AS (
-    SELECT n.id, 0 AS lane FROM notifications n
-    WHERE n.status = 'sending' AND n.claimed_at < now() - make_interval(secs => $3::float8)
-    ORDER BY n.claimed_at, n.id LIMIT $2
+    SELECT q.id, 0 AS lane FROM notification_queue q
+    WHERE q.claimed_at IS NOT NULL AND q.claimed_at < now() - make_interval(secs => $3::float8)
+    ORDER BY q.claimed_at, q.id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), due_now AS (
-    SELECT n.id, 1 AS lane FROM notifications n JOIN recipients r USING (request_id)
-    WHERE n.status = 'pending' AND n.days_before IS NULL AND n.due_at <= $1
-    ORDER BY n.due_at, n.id LIMIT $2 - (SELECT count(*) FROM stale)
-    FOR UPDATE OF n SKIP LOCKED
+    SELECT q.id, 1 AS lane FROM notification_queue q JOIN recipients r USING (request_id)
+    WHERE q.claimed_at IS NULL AND q.now_lane AND q.due_at <= $1
+    ORDER BY q.due_at, q.id LIMIT $2 - (SELECT count(*) FROM stale)
+    FOR UPDATE OF q SKIP LOCKED
 ), due_scheduled AS (
-    SELECT n.id, 2 AS lane FROM notifications n JOIN recipients r USING (request_id)
-    WHERE n.status = 'pending' AND n.days_before IS NOT NULL AND n.due_at <= $1
-    ORDER BY n.due_at, n.id LIMIT $2 - (SELECT count(*) FROM stale) - (SELECT count(*) FROM due_now)
-    FOR UPDATE OF n SKIP LOCKED
+    SELECT q.id, 2 AS lane FROM notification_queue q JOIN recipients r USING (request_id)
+    WHERE q.claimed_at IS NULL AND NOT q.now_lane AND q.due_at <= $1
+    ORDER BY q.due_at, q.id LIMIT $2 - (SELECT count(*) FROM stale) - (SELECT count(*) FROM due_now)
+    FOR UPDATE OF q SKIP LOCKED
 ), picked AS (
     SELECT * FROM stale UNION ALL SELECT * FROM due_now UNION ALL SELECT * FROM due_scheduled
 ), claimed AS (
-    -- By id through the primary key: a join with the picked rows was planned as a hash of the whole table
-    -- (the lanes' computed LIMITs are estimated at thousands of rows), a second a claim at 640,000 rows.
-    UPDATE notifications n SET status = 'sending', claimed_at = now()
-    WHERE n.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING n.id, n.request_id, n.kind, n.due_at, n.days_before
+    -- By id through the primary key: a join with the picked rows can be planned as a hash of the whole
+    -- table (the lanes' computed LIMITs are estimated at thousands of rows).
+    UPDATE notification_queue q SET claimed_at = now()
+    WHERE q.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING q.id
 )
-SELECT c.id, c.request_id, c.kind, c.due_at, c.days_before, p.lane = 0 AS resent, r.contract_id,
+SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, p.lane = 0 AS resent, r.contract_id,
        r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
        q.paid_through, q.taken_offer, k.key_id AS data_key_id, k.key AS data_key
 FROM claimed c
 JOIN picked p USING (id)
-JOIN recipients r USING (request_id)
-LEFT JOIN requests q USING (request_id)
+JOIN notifications n ON n.id = c.id
+JOIN recipients r ON r.request_id = n.request_id
+LEFT JOIN requests q ON q.request_id = n.request_id
 LEFT JOIN intake.data_keys k ON k.contract_id = r.contract_id
-ORDER BY p.lane, c.due_at, c.id
+ORDER BY p.lane, n.due_at, n.id
 """
 
-# Confirmed by the server's 250; only a row still 'sending' (a resend may have confirmed it first).
+# Confirmed by the server's 250; only a row still claimed (a resend may have confirmed it first). Its leaving
+# 'pending' takes it out of the queue (the trigger of migration 0007).
 _CONFIRM = """
-UPDATE notifications AS n SET status = 'sent', sent_at = $2, message_id = u.message_id, claimed_at = NULL
-FROM unnest($1::bigint[], $3::text[]) AS u(id, message_id)
-WHERE n.id = u.id AND n.status = 'sending'
+UPDATE notifications AS n SET status = 'sent', sent_at = $2, message_id = u.message_id
+FROM unnest($1::bigint[], $3::text[]) AS u(id, message_id), notification_queue q
+WHERE n.id = u.id AND q.id = u.id AND q.claimed_at IS NOT NULL AND n.status = 'pending'
 RETURNING n.id
 """
-_RELEASE = ("UPDATE notifications SET status = 'pending', claimed_at = NULL"
-            " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
-_ERASED = ("UPDATE notifications SET status = 'erased', claimed_at = NULL"
-           " WHERE id = ANY($1::bigint[]) AND status = 'sending'")
+_RELEASE = "UPDATE notification_queue SET claimed_at = NULL WHERE id = ANY($1::bigint[]) AND claimed_at IS NOT NULL"
+_ERASED = ("UPDATE notifications AS n SET status = 'erased' FROM notification_queue q"
+           " WHERE n.id = ANY($1::bigint[]) AND q.id = n.id AND q.claimed_at IS NOT NULL AND n.status = 'pending'")
 
 WORKERS = 2  # dispatch batches running side by side
 
 
 async def claim_due(conn, now, most: int, lease_s: float) -> list:
-    """Mark up to `most` due rows 'sending' (expired leases first, then what a customer just did, then the
+    """Claim up to `most` due rows of the queue (expired leases first, then what a customer just did, then the
     scheduled reminders) and return them with what their mails say; committed unless inside a transaction."""
     return await conn.fetch(_CLAIM, now, most, lease_s)
 
@@ -164,7 +166,7 @@ async def send_batch(rt: Runtime, mailers: list[Mailer], settings: NotifierSetti
         # Retried: only this process's death (or a database down past the lease) makes them go out again.
         await until_it_works("the database (confirming mails sent)", confirm, first_s=0.2, most_s=2.0)
     await _release(rt, [row["id"] for row, o in zip(rows, outcomes) if isinstance(o, _NotSent)])
-    # A mail whose answer never came (the connection lost after its ".") stays 'sending': the lease resends it.
+    # A mail whose answer never came (the connection lost after its ".") stays claimed: the lease resends it.
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
         raise error.cause if isinstance(error, _NotSent) else error

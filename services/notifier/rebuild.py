@@ -49,4 +49,6 @@ PROJECTION = Projection(
         NotificationSent.event_type: _sent,
         CustomerErasureRequested.event_type: _handler(h.on_erasure_requested),
     },
-    own=frozenset({NotificationSent.event_type}))
+    own=frozenset({NotificationSent.event_type}),
+    # Ids are the database's own numbering; a queue row's claim is a notifier's send in flight.
+    bookkeeping={"notifications": ("id",), "notification_queue": ("id", "claimed_at")})

@@ -2,7 +2,8 @@
 
 What the handlers read is what is known of a request (`facts`), for a whole batch in one statement
 (`preload`); every write is deferred, so a batch's writes reach PostgreSQL in a few executemany round
-trips, in order.
+trips, in order. A notification written 'pending' is queued for the dispatcher, and leaves the queue when it
+ends, by the triggers of migration 0007: no statement here writes the queue.
 """
 
 from __future__ import annotations
@@ -31,12 +32,20 @@ def _forward(to: str, param: int) -> str:
     return f"CASE WHEN requests.status = ANY(${param}::text[]) THEN '{to}' ELSE requests.status END"
 
 
+def _end_unclaimed(status: str, which: str) -> str:
+    """The notifications `which` still to be sent and not being sent now moved to `status` (a claimed mail's
+    outcome is the dispatcher's to record): their queue rows locked first, so that a claim committing
+    meanwhile is seen and its row left alone."""
+    return (f"WITH unclaimed AS (SELECT q.id FROM notifications n JOIN notification_queue q USING (id)"
+            f" WHERE {which} AND n.status = 'pending' AND q.claimed_at IS NULL FOR UPDATE OF q)"
+            f" UPDATE notifications SET status = '{status}' WHERE id IN (SELECT id FROM unclaimed)")
+
+
 _ADD = ("INSERT INTO notifications (request_id, kind, due_at, days_before, status) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (request_id, kind, due_at) DO NOTHING")
 _RECIPIENT = ("INSERT INTO recipients (request_id, contract_id, customer_name, email, customer_sealed)"
               " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING")
-_ERASE_PENDING = ("UPDATE notifications SET status = 'erased' WHERE status = 'pending'"
-                  " AND request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)")
+_ERASE_PENDING = _end_unclaimed("erased", "n.request_id IN (SELECT request_id FROM recipients WHERE contract_id = $1)")
 _ERASE_RECIPIENTS = ("UPDATE recipients SET customer_name = NULL, email = NULL, customer_sealed = NULL,"
                      " erased_at = $2 WHERE contract_id = $1")
 
@@ -84,8 +93,7 @@ _WITHDRAWN = ("INSERT INTO requests (request_id, contract_id, status, taken_offe
               " ON CONFLICT (request_id) DO UPDATE SET status = " + _forward("withdrawn", 4) + ","
               " taken_offer = excluded.taken_offer")
 _COMPLETED = "UPDATE requests SET status = 'completed' WHERE request_id = $1 AND status = ANY($2::text[])"
-_CANCEL_PENDING = ("UPDATE notifications SET status = 'cancelled' WHERE request_id = $1 AND status = 'pending'"
-                   " AND kind = ANY($2::text[])")
+_CANCEL_PENDING = _end_unclaimed("cancelled", "n.request_id = $1 AND n.kind = ANY($2::text[])")
 
 
 # The acknowledgement rule (domain.acknowledgement): what is known of a request -> (due at, cancelled) or None.

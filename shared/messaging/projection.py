@@ -47,7 +47,8 @@ class Projection:
     # The service's own outputs: applied only when the service itself published them (another producer's
     # copy on the same topic is nothing the service decided).
     own: frozenset[str] = frozenset()
-    # Columns that are bookkeeping (when a row was last written), not state: left out of comparisons.
+    # Columns that are bookkeeping (when a row was last written, a surrogate id), not state: left out of
+    # comparisons.
     bookkeeping: Mapping[str, tuple[str, ...]] = ()  # type: ignore[assignment]
     # Tables no topic holds (intake's data keys, the signatures it saw): copied from the service's own schema
     # before the topics are read; rebuilt without them, every sealed customer would be shredded and a signed

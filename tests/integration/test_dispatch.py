@@ -70,54 +70,100 @@ async def test_mail_is_delivered_only_after_the_commit_and_discarded_when_it_fai
     mailer.close()
 
 
-async def test_a_burst_of_due_reminders_does_not_hold_back_an_acknowledgement(infra):
-    """10:00 Tokyo makes a day's 14- and 3-day reminders due at once: the dispatcher claims what a customer
-    just did (the acknowledgement, due later than every reminder) first, then the oldest reminders."""
-    from datetime import datetime, timedelta, timezone
+@pytest.fixture
+async def notifier_schema(infra):
+    """A connection to a schema of its own with notifier's migrations applied (dropped afterwards)."""
+    import uuid
     from pathlib import Path
 
     import asyncpg
 
-    from services.notifier.dispatch import claim_due
     from shared.db import migrate
 
-    schema = "notifier_lanes_test"
+    schema = f"notifier_dispatch_{uuid.uuid4().hex[:8]}"
     repo = Path(__file__).resolve().parents[2]
     conn = await asyncpg.connect(infra.database_url)
     try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await migrate(infra.database_url, schema, repo / "services" / "notifier", service="notifier")
         await conn.execute(f"SET search_path TO {schema}")
-        now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
-        await conn.executemany("INSERT INTO recipients VALUES ($1, 'C-1', '山田', 'a@example.jp')",
-                               [(f"R{i}",) for i in range(201)])
-        await conn.executemany(
-            "INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)",
-            [(f"R{i}", "data_export_reminder", now - timedelta(hours=1, seconds=i), 14) for i in range(200)]
-            + [("R200", "acknowledgement", now - timedelta(seconds=1), None),
-               ("R200", "data_export_reminder", now + timedelta(days=3), 3)])  # not due yet
-        tx = conn.transaction()
-        await tx.start()
-        first = await claim_due(conn, now, 4, 60)
-        await tx.rollback()  # the claim marks its rows 'sending': undone, to claim them all below
-        assert [r["kind"] for r in first] == ["acknowledgement", *["data_export_reminder"] * 3]
-        assert [r["request_id"] for r in first[1:]] == ["R199", "R198", "R197"]  # then the oldest reminders
-        assert len(await claim_due(conn, now, 500, 60)) == 201  # the one due in 3 days is not claimed
-        assert await claim_due(conn, now, 500, 60) == []  # claimed: 'sending', not due again within the lease
-        # A lease run out (its notifier died before the confirmation): claimed again, before anything due.
-        await conn.execute("UPDATE notifications SET claimed_at = claimed_at - interval '61 seconds'"
-                           " WHERE request_id IN ('R0', 'R200')")
-        await conn.execute("UPDATE notifications SET status = 'pending', claimed_at = NULL WHERE request_id = 'R1'")
-        again = await claim_due(conn, now, 500, 60)
-        assert [(r["request_id"], r["resent"]) for r in again] == [("R0", True), ("R200", True), ("R1", False)]
+        yield conn
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
 
 
+async def test_a_burst_of_due_reminders_does_not_hold_back_an_acknowledgement(notifier_schema):
+    """10:00 Tokyo makes a day's 14- and 3-day reminders due at once: the dispatcher claims what a customer
+    just did (the acknowledgement, due later than every reminder) first, then the oldest reminders."""
+    from datetime import datetime, timedelta, timezone
+
+    from services.notifier.dispatch import claim_due
+
+    conn = notifier_schema
+    now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+    await conn.executemany("INSERT INTO recipients VALUES ($1, 'C-1', '山田', 'a@example.jp')",
+                           [(f"R{i}",) for i in range(201)])
+    await conn.executemany(
+        "INSERT INTO notifications (request_id, kind, due_at, days_before) VALUES ($1, $2, $3, $4)",
+        [(f"R{i}", "data_export_reminder", now - timedelta(hours=1, seconds=i), 14) for i in range(200)]
+        + [("R200", "acknowledgement", now - timedelta(seconds=1), None),
+           ("R200", "data_export_reminder", now + timedelta(days=3), 3)])  # not due yet
+    tx = conn.transaction()
+    await tx.start()
+    first = await claim_due(conn, now, 4, 60)
+    await tx.rollback()  # the claim marks its queue rows claimed: undone, to claim them all below
+    assert [r["kind"] for r in first] == ["acknowledgement", *["data_export_reminder"] * 3]
+    assert [r["request_id"] for r in first[1:]] == ["R199", "R198", "R197"]  # then the oldest reminders
+    assert len(await claim_due(conn, now, 500, 60)) == 201  # the one due in 3 days is not claimed
+    assert await claim_due(conn, now, 500, 60) == []  # claimed: not due again within the lease
+    # A lease run out (its notifier died before the confirmation): claimed again, before anything due.
+    await conn.execute("UPDATE notification_queue SET claimed_at = claimed_at - interval '61 seconds'"
+                       " WHERE request_id IN ('R0', 'R200')")
+    await conn.execute("UPDATE notification_queue SET claimed_at = NULL WHERE request_id = 'R1'")
+    again = await claim_due(conn, now, 500, 60)
+    assert [(r["request_id"], r["resent"]) for r in again] == [("R0", True), ("R200", True), ("R1", False)]
+
+
+async def test_the_queue_holds_only_what_is_still_to_be_sent(notifier_schema):
+    """The dispatcher claims from notification_queue: a notification written pending is in it, one that ends
+    leaves it. A withdrawal cancels what is pending but not a mail being sent, whose confirmation ends it once."""
+    from datetime import datetime, timedelta, timezone
+
+    from services.notifier.dispatch import _CONFIRM, claim_due
+    from services.notifier.store import _CANCEL_PENDING
+
+    conn = notifier_schema
+    now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+    await conn.executemany("INSERT INTO recipients VALUES ($1, 'C-1', '山田', 'a@example.jp')", [("R1",), ("R2",)])
+    await conn.executemany(
+        "INSERT INTO notifications (request_id, kind, due_at, days_before, status) VALUES ($1, $2, $3, $4, $5)",
+        [("R1", "acknowledgement", now - timedelta(seconds=1), None, "pending"),
+         ("R1", "data_export_reminder", now - timedelta(hours=1), 14, "pending"),
+         ("R2", "data_export_reminder", now - timedelta(hours=1), 14, "pending"),
+         ("R2", "rich_menu_reminder", now - timedelta(hours=1), 14, "cancelled")])
+
+    async def queue() -> list[tuple]:
+        return [tuple(r) for r in await conn.fetch(
+            "SELECT n.request_id, n.kind, q.claimed_at IS NOT NULL FROM notification_queue q"
+            " JOIN notifications n USING (id) ORDER BY 1, 2")]
+
+    assert await queue() == [("R1", "acknowledgement", False), ("R1", "data_export_reminder", False),
+                             ("R2", "data_export_reminder", False)]
+    [ack] = await claim_due(conn, now, 1, 60)
+    assert (ack["request_id"], ack["kind"]) == ("R1", "acknowledgement")
+    await conn.execute(_CANCEL_PENDING, "R1", ["acknowledgement", "data_export_reminder"])  # R1 withdrawn
+    assert await queue() == [("R1", "acknowledgement", True), ("R2", "data_export_reminder", False)]
+    assert await conn.fetch(_CONFIRM, [ack["id"]], now, ["<m1@cancelflow>"]) != []
+    assert await conn.fetch(_CONFIRM, [ack["id"]], now, ["<m1@cancelflow>"]) == [], "confirmed once"
+    assert await queue() == [("R2", "data_export_reminder", False)]
+    statuses = {(r[0], r[1]): r[2] for r in await conn.fetch("SELECT request_id, kind, status FROM notifications")}
+    assert statuses == {("R1", "acknowledgement"): "sent", ("R1", "data_export_reminder"): "cancelled",
+                        ("R2", "data_export_reminder"): "pending", ("R2", "rich_menu_reminder"): "cancelled"}
+
+
 async def test_a_notifier_killed_before_the_end_of_data_sends_the_mail_after_restart(infra, client, db):
     """The one window SMTP leaves open: the claim committed, the DATA not ended. A notifier killed -9 there
-    loses nothing: the rows stay 'sending', and after its lease the restarted notifier sends them again
+    loses nothing: the rows stay claimed, and after its lease the restarted notifier sends them again
     under the same Message-ID; every mail arrives once, every notification.sent is emitted once."""
     from datetime import date
     from pathlib import Path
@@ -151,8 +197,9 @@ async def test_a_notifier_killed_before_the_end_of_data_sends_the_mail_after_res
             await asyncio.sleep(0.1)
         held_ids = [i for i in held.read_text().split() if request_id in i]
         assert held_ids, "the dispatcher held the request's mails before the end of DATA"
-        rows = await db.fetch("SELECT message_id, status FROM notifier.notifications WHERE request_id = $1", request_id)
-        assert {r["status"] for r in rows} >= {"sending"}, "the claim is committed before the DATA ends"
+        claimed = await db.fetchval("SELECT count(*) FROM notifier.notification_queue WHERE request_id = $1"
+                                    " AND claimed_at IS NOT NULL", request_id)
+        assert claimed > 0, "the claim is committed before the DATA ends"
         assert client.mails(request_id) == [], "no DATA ended yet"
 
         stack.kill("notifier")  # kill -9 inside the window
