@@ -41,6 +41,25 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Server pids of pooled connections that took a session-level advisory lock or a LISTEN (the relay, the
+# notifier's wake-up): only those get asyncpg's full reset query when they go back to the pool. Every other
+# release would pay a round trip (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) for state it never had;
+# open transactions and listener callbacks are cleared by the pool either way.
+_SESSION_STATE: set[int] = set()
+
+
+def keeps_session_state(conn: asyncpg.Connection) -> None:
+    """Mark a pooled connection that will hold a session-level lock or LISTEN: reset in full on release."""
+    _SESSION_STATE.add(conn.get_server_pid())
+
+
+async def _reset_if_marked(conn: asyncpg.Connection) -> None:
+    pid = conn.get_server_pid()
+    if pid in _SESSION_STATE:
+        _SESSION_STATE.discard(pid)
+        await conn.execute(conn.get_reset_query())
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
                               schema="pg_catalog")
@@ -49,7 +68,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def create_pool(url: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections see only `schema` (and public) by default."""
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=max_size, init=_init_connection,
+        url, min_size=1, max_size=max_size, init=_init_connection, reset=_reset_if_marked,
         server_settings={"search_path": schema, "application_name": f"cancelflow-{schema}"},
         command_timeout=30,
     )

@@ -12,10 +12,10 @@ a crash leaves us not knowing. So a mail is sent at least once, and never twice 
   Message-ID (`<request.kind.due@cancelflow>`), so that the receiving side keeps one copy. Such resends
   are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
 
-Throughput: up to `WORKERS` batches run side by side when more than a batch is due (SKIP LOCKED keeps them
-apart). The loop is woken by `NOTIFY notifier_due` when the consumer schedules something due now, and
-polls every `dispatch_interval_s` for what falls due later (reminders, a moved clock) and for expired
-leases.
+Throughput: `WORKERS` workers, each a batch at a time (SKIP LOCKED keeps them apart). `NOTIFY notifier_due`
+(the consumer scheduled something due now) wakes one idle worker, so what falls due while a batch is on the
+wire does not wait for it; each worker also polls every `dispatch_interval_s` for what falls due later
+(reminders, a moved clock) and for expired leases.
 
 The SMTP connection is smtp_client.py; a mail's bytes, mime.py; its text, texts.py.
 """
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from shared import metrics
-from shared.db import is_lost
+from shared.db import is_lost, keeps_session_state
 from shared.events import NotificationSent
 from shared.messaging.outbox import Emitter, outbox_transaction
 from shared.service import Runtime
@@ -222,51 +222,86 @@ async def _raise(error: BaseException) -> None:
     raise error
 
 
+class _Wakeups:
+    """Which worker claims next: a NOTIFY wakes one idle worker, so a mail that falls due while a batch is on
+    the wire is claimed by the other worker at once instead of after that batch; with every worker busy, the
+    first to finish claims again without waiting. A full batch wakes an idle worker too (more is due)."""
+
+    def __init__(self) -> None:
+        self._idle: list[asyncio.Future] = []
+        self._missed = False
+
+    def notify(self) -> None:
+        if not self.wake_idle():
+            self._missed = True
+
+    def wake_idle(self) -> bool:
+        while self._idle:
+            waiter = self._idle.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until notified, or `timeout_s` (the poll for what falls due later and for expired leases)."""
+        if self._missed:
+            self._missed = False
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._idle:
+                self._idle.remove(waiter)
+
+
 def dispatch_loop(settings: NotifierSettings):
     async def dispatch(rt: Runtime) -> None:
         workers = [[Mailer(settings) for _ in range(settings.smtp_connections)] for _ in range(WORKERS)]
-        wake = asyncio.Event()
+        wakeups = _Wakeups()
+        listening = asyncio.Lock()
         listener = None
 
         def on_notify(*_: object) -> None:
-            wake.set()
+            wakeups.notify()
 
-        async def drain(mailers: list[Mailer]) -> None:
-            # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us again.
-            while await send_batch(rt, mailers, settings) == len(mailers):
-                pass
-
-        async def send_due() -> None:
+        async def listen() -> None:
             nonlocal listener
-            try:
+            async with listening:
                 if listener is None or is_lost(listener):
                     if listener is not None:
                         await rt.pool.release(listener, timeout=5)
                         listener = None
                     listener = await rt.pool.acquire()
+                    keeps_session_state(listener)
                     await listener.add_listener(DUE_CHANNEL, on_notify)
-                wake.clear()
-                # One worker first; the others join only when there is more than a batch to send.
-                if await send_batch(rt, workers[0], settings) == settings.smtp_connections:
-                    outcomes = await asyncio.gather(*(drain(m) for m in workers), return_exceptions=True)
-                    error = next((o for o in outcomes if isinstance(o, BaseException)), None)
-                    if error is not None:
-                        raise error
-            except Exception:
-                for mailers in workers:
+
+        async def work(mailers: list[Mailer]) -> None:
+            async def send() -> int:
+                try:
+                    await listen()
+                    return await send_batch(rt, mailers, settings)
+                except Exception:
                     for mailer in mailers:
                         mailer.close()
-                raise
+                    raise
 
-        try:
             while True:
                 # SMTP or the database down: the rows stay pending, sent once both answer again.
-                await until_it_works("SMTP and the database (dispatch paused)", send_due,
-                                     first_s=2 * settings.dispatch_interval_s, most_s=10.0)
-                try:
-                    await asyncio.wait_for(wake.wait(), settings.dispatch_interval_s)
-                except asyncio.TimeoutError:
-                    pass
+                claimed = await until_it_works("SMTP and the database (dispatch paused)", send,
+                                               first_s=2 * settings.dispatch_interval_s, most_s=10.0)
+                if claimed == len(mailers):
+                    wakeups.wake_idle()
+                else:
+                    # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us.
+                    await wakeups.wait(settings.dispatch_interval_s)
+
+        try:
+            await asyncio.gather(*(work(mailers) for mailers in workers))
         finally:
             for mailers in workers:
                 for mailer in mailers:

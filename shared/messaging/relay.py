@@ -16,7 +16,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import metrics
-from shared.db import is_lost
+from shared.db import is_lost, keeps_session_state
 from shared.messaging.outbox import OutboxRow, channel
 from shared.retry import backing_off
 
@@ -93,6 +93,7 @@ class OutboxRelay:
 
     async def _run_listening(self) -> None:
         listen_conn = await self.pool.acquire()
+        keeps_session_state(listen_conn)
         try:
             # Only one relay per schema publishes, so per-key order is the order of the commits.
             lock_key = _lock_key(self.schema)
@@ -181,6 +182,7 @@ class OutboxRelay:
             await self.pool.execute(_DELETE, self._to_delete)
             self._to_delete = []
         async with self.pool.acquire() as conn:
+            keeps_session_state(conn)
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(self.schema)):
                 return
             try:
