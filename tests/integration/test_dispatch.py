@@ -120,6 +120,11 @@ async def test_a_burst_of_due_reminders_does_not_hold_back_an_acknowledgement(no
     await conn.execute("UPDATE notification_queue SET claimed_at = claimed_at - interval '61 seconds'"
                        " WHERE request_id IN ('R0', 'R200')")
     await conn.execute("UPDATE notification_queue SET claimed_at = NULL WHERE request_id = 'R1'")
+    # Without a lease (the claims between the dispatcher's looks for expired leases) only what is due.
+    tx = conn.transaction()
+    await tx.start()
+    assert [r["request_id"] for r in await claim_due(conn, now, 500, None)] == ["R1"]
+    await tx.rollback()
     again = await claim_due(conn, now, 500, 60)
     assert [(r["request_id"], r["resent"]) for r in again] == [("R0", True), ("R200", True), ("R1", False)]
 
