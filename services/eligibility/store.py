@@ -38,10 +38,12 @@ _CANCELLATION = ("SELECT c.contract_id, c.status, c.effective_date, c.offers, c.
                  " k.plan FROM cancellations c LEFT JOIN contracts k USING (contract_id) WHERE c.request_id = $1"
                  " FOR UPDATE OF c")
 _WITHDRAW = "UPDATE cancellations SET status = 'withdrawn', closed_at = $2, taken_offer = $3 WHERE request_id = $1"
+# By id through the primary key: `request_id IN (subquery)` was planned as a hash join over a sequential
+# scan of every cancellation ever made, once a pass (pg_stat_user_tables in issue 15's soak).
 _COMPLETE_DUE = (
-    "UPDATE cancellations SET status = 'completed', closed_at = $3 WHERE request_id IN ("
+    "UPDATE cancellations SET status = 'completed', closed_at = $3 WHERE request_id = ANY(ARRAY("
     " SELECT request_id FROM cancellations WHERE status = 'accepted' AND effective_date <= $1"
-    " ORDER BY effective_date LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    " ORDER BY effective_date LIMIT $2 FOR UPDATE SKIP LOCKED))"
     " RETURNING request_id, contract_id, effective_date")
 _END_CONTRACT = "UPDATE contracts SET ended_on = $2, updated_at = now() WHERE contract_id = $1"
 
