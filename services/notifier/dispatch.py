@@ -274,13 +274,24 @@ def dispatch_loop(settings: NotifierSettings):
         def on_notify(*_: object) -> None:
             wakeups.notify()
 
+        async def drop_listener() -> None:
+            """The wake-up connection back to the pool (reset in full there: it LISTENed), lost or not."""
+            nonlocal listener
+            conn, listener = listener, None
+            if conn is None:
+                return
+            try:
+                if not is_lost(conn):
+                    await conn.remove_listener(DUE_CHANNEL, on_notify)
+                await rt.pool.release(conn, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - the pool replaces a connection it cannot reset
+                log.info("wake-up connection dropped: %s", type(exc).__name__)
+
         async def listen() -> None:
             nonlocal listener
             async with listening:
                 if listener is None or is_lost(listener):
-                    if listener is not None:
-                        await rt.pool.release(listener, timeout=5)
-                        listener = None
+                    await drop_listener()
                     listener = await rt.pool.acquire()
                     keeps_session_state(listener)
                     await listener.add_listener(DUE_CHANNEL, on_notify)
@@ -316,12 +327,6 @@ def dispatch_loop(settings: NotifierSettings):
             for mailers in workers:
                 for mailer in mailers:
                     mailer.close()
-            if listener is not None:
-                try:
-                    if not is_lost(listener):
-                        await listener.remove_listener(DUE_CHANNEL, on_notify)
-                    await rt.pool.release(listener, timeout=5)
-                except Exception:  # noqa: BLE001 - shutting down
-                    pass
+            await drop_listener()
 
     return dispatch
