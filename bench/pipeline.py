@@ -72,6 +72,13 @@ from mail_arrival import MailArrivals  # noqa: E402
 from sampling import Monitor, calibrate, git_state  # noqa: E402
 
 
+def _link_mail_dir(root: Path, target: Path | None) -> None:
+    """The stack's `mail` a link to `target`, if given: the sink writes a file per mail, and on a disk mounted
+    with `discard` its cost varied fivefold between runs of the same code."""
+    if target is not None:
+        (root / "mail").symlink_to(target)
+
+
 async def run(args) -> dict:
     from cancelflow.infra import kafka
     from cancelflow.infra.ports import free_port
@@ -80,6 +87,9 @@ async def run(args) -> dict:
 
     plan = plan_from(args)
     root = Path(tempfile.mkdtemp(prefix="cancelflow-bench-"))
+    mail_dir = (Path(tempfile.mkdtemp(prefix="cancelflow-bench-mail-", dir=args.mail_dir_in))
+                if args.mail_dir_in else None)
+    _link_mail_dir(root, mail_dir)
     ports = Ports(*(free_port() for _ in range(8)))
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     stack = Stack(StackConfig(root=root, ports=ports, partitions=args.partitions, extra_env=extra_env))
@@ -89,6 +99,7 @@ async def run(args) -> dict:
                                  "load_before": os.getloadavg(), "calibration_ms": calibrate()},
                      "code": git_state(),
                      "plan": plan.__dict__, "partitions": args.partitions, "env": extra_env,
+                     "mail_dir_in": str(args.mail_dir_in) if args.mail_dir_in else None,
                      "pipeline": [], "baseline": []}
     sizes = pipeline_message_sizes()
     results["message_sizes"] = sizes
@@ -102,6 +113,7 @@ async def run(args) -> dict:
             await asyncio.to_thread(stack.down)
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
+            _link_mail_dir(root, mail_dir)
             stack = Stack(StackConfig(root=root, ports=Ports(*(free_port() for _ in range(8))),
                                       partitions=args.partitions, extra_env=extra_env))
             await asyncio.to_thread(stack.start_infra)
@@ -192,6 +204,8 @@ async def run(args) -> dict:
         print("stopping the stack ...", flush=True)
         await asyncio.to_thread(stack.down)
         shutil.rmtree(root, ignore_errors=True)
+        if mail_dir is not None:
+            shutil.rmtree(mail_dir, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - t_start, 1)
     results["machine"]["calibration_ms_after"] = calibrate()
     return results
@@ -213,6 +227,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy every service during the burst")
     parser.add_argument("--profile-rate", type=int, default=None, metavar="RATE",
                         help="py-spy every service during the phase at this offered load")
+    parser.add_argument("--mail-dir-in", type=Path, metavar="DIR",
+                        help="the SMTP sink's files in a directory under DIR (/dev/shm: off the disk)")
     parser.add_argument("--label", default="latest", help="name of this run in the results and the plot")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the services (e.g. NOTIFIER_DISPATCH_INTERVAL_S=0.1)")
