@@ -105,26 +105,25 @@ def subscriptions(rt: Runtime) -> list[Subscription]:
         store.clock = rt.clock  # the batch insert stamps received_at
         return store
 
-    submissions = Subscription(
-        topics=(topics.SUBMISSIONS,), store=submissions_store,
-        handlers={CancellationSubmitted.event_type: on_submitted,
-                  WithdrawalSubmitted.event_type: on_withdrawal_submitted})
-    # The status view: five events per request, none on the way to the customer's e-mails, so they are
-    # collected for up to status_collect_ms and written a batch at a time.
-    status_view = Subscription(
+    return [Subscription(topics=(topics.SUBMISSIONS,), handlers={CancellationSubmitted.event_type: on_submitted,
+                                   WithdrawalSubmitted.event_type: on_withdrawal_submitted},
+                         store=submissions_store),
+            # The status view: five events per request, none on the way to the customer's e-mails, so they
+            # are collected for up to status_collect_ms and written a batch at a time.
+            Subscription(
         topics=(topics.DECISIONS, topics.SETTLEMENTS, topics.NOTIFICATIONS),
         collect_ms=rt.settings.status_collect_ms, store=IntakeStore,
-        handlers={CancellationAccepted.event_type: on_accepted,
-                  CancellationRejected.event_type: on_rejected,
-                  CancellationWithdrawn.event_type: on_withdrawn,
-                  WithdrawalRefused.event_type: on_withdrawal_refused,
-                  CancellationCompleted.event_type: on_completed,
-                  SettlementIssued.event_type: on_settlement_issued,
-                  SettlementVoided.event_type: on_settlement_voided,
-                  NotificationSent.event_type: on_notification_sent})
-    contracts = Subscription(
-        topics=(topics.CONTRACTS,), store=IntakeStore,
-        handlers={ContractSigned.event_type: on_contract_signed,
-                  PaymentRecorded.event_type: on_payment_recorded,
-                  CustomerErasureRequested.event_type: on_erasure_requested})
-    return [submissions, status_view, contracts]
+        handlers={
+            CancellationAccepted.event_type: on_accepted,
+            CancellationRejected.event_type: on_rejected,
+            CancellationWithdrawn.event_type: on_withdrawn,
+            WithdrawalRefused.event_type: on_withdrawal_refused,
+            CancellationCompleted.event_type: on_completed,
+            SettlementIssued.event_type: on_settlement_issued,
+            SettlementVoided.event_type: on_settlement_voided,
+            NotificationSent.event_type: on_notification_sent,
+        }),
+            Subscription(topics=(topics.CONTRACTS,), store=IntakeStore,
+                         handlers={ContractSigned.event_type: on_contract_signed,
+                                   PaymentRecorded.event_type: on_payment_recorded,
+                                   CustomerErasureRequested.event_type: on_erasure_requested})]
