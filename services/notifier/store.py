@@ -3,7 +3,7 @@
 What the handlers read is what is known of a request (`facts`), for a whole batch in one statement
 (`preload`); every write is deferred, so a batch's writes reach PostgreSQL in a few executemany round
 trips, in order. A notification written 'pending' is queued for the dispatcher, and leaves the queue when it
-ends, by the triggers of migration 0007: no statement here writes the queue.
+ends, by the triggers of migrations 0007 and 0009: no statement here writes the queue.
 """
 
 from __future__ import annotations

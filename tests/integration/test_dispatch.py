@@ -166,6 +166,35 @@ async def test_the_queue_holds_only_what_is_still_to_be_sent(notifier_schema):
                         ("R2", "data_export_reminder"): "pending", ("R2", "rich_menu_reminder"): "cancelled"}
 
 
+async def test_the_queue_follows_statements_of_many_rows(notifier_schema):
+    """The queue's triggers fire once a statement: a statement writing several rows queues exactly its pending
+    ones, an update that moves no status leaves the queue alone, and the rebuild's upsert of a sent row
+    (INSERT ... ON CONFLICT DO UPDATE) takes a pending one out."""
+    from datetime import datetime, timedelta, timezone
+
+    from services.notifier.rebuild import _SENT
+
+    conn = notifier_schema
+    now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+    await conn.execute(
+        "INSERT INTO notifications (request_id, kind, due_at, days_before, status)"
+        " SELECT 'R' || i, 'data_export_reminder', $1::timestamptz + i * interval '1 hour', 14,"
+        " CASE WHEN i % 3 = 0 THEN 'cancelled' ELSE 'pending' END FROM generate_series(1, 9) AS i", now)
+
+    async def queued() -> list[str]:
+        return [r[0] for r in await conn.fetch("SELECT request_id FROM notification_queue ORDER BY due_at")]
+
+    assert await queued() == ["R1", "R2", "R4", "R5", "R7", "R8"]
+    await conn.execute("UPDATE notifications SET days_before = 3 WHERE request_id IN ('R1', 'R2', 'R3')")
+    assert await queued() == ["R1", "R2", "R4", "R5", "R7", "R8"], "no status moved"
+    await conn.execute("UPDATE notifications SET status = 'cancelled' WHERE request_id IN ('R2', 'R3', 'R4')")
+    assert await queued() == ["R1", "R5", "R7", "R8"]
+    await conn.execute(_SENT, "R5", "data_export_reminder", now + timedelta(hours=5), now, "<m5@cancelflow>")
+    await conn.execute(_SENT, "R10", "acknowledgement", now, now, "<m10@cancelflow>")
+    assert await queued() == ["R1", "R7", "R8"]
+    assert await conn.fetchval("SELECT count(*) FROM notifications WHERE status = 'sent'") == 2
+
+
 async def test_a_notifier_killed_before_the_end_of_data_sends_the_mail_after_restart(infra, client, db):
     """The one window SMTP leaves open: the claim committed, the DATA not ended. A notifier killed -9 there
     loses nothing: the rows stay claimed, and after its lease the restarted notifier sends them again
