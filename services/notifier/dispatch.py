@@ -88,9 +88,8 @@ ORDER BY p.lane, n.due_at, n.id
 
 # Confirmed by the server's 250: the mail went out, so a row still pending is sent (one already sent was
 # confirmed by a resend first). A claimed row is never ended by anyone else (withdrawals and erasures end only
-# unclaimed ones), so no look at the queue: joined with it, the planner read every claim through the partial
-# index on claimed_at, dead entries included (most of the confirmation's CPU at 100 req/s, issue 11's
-# session 14). Its leaving 'pending' takes it out of the queue (the trigger of migration 0009).
+# unclaimed ones), so no look at the queue: joined with it, the planner reads every claim through the partial
+# index on claimed_at, dead entries included. Leaving 'pending' takes it out of the queue (migration 0009).
 _CONFIRM = """
 UPDATE notifications AS n SET status = 'sent', sent_at = $2, message_id = u.message_id
 FROM unnest($1::bigint[], $3::text[]) AS u(id, message_id)

@@ -30,9 +30,8 @@ _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # A committed row older than the handed-over ones that this relay has not published (another instance's
 # commit, or this one's while its relay was not active): it goes first. This process's uncommitted rows
-# ($2 has them, with the published and the handed-over ones) are not older by commit. Counted, in one
-# snapshot, rather than `id <> ALL($2)`: that compares every row below with every known id, hundreds by
-# hundreds once a publish (issue 11's session 14: the relays' dearest statement per request).
+# ($2 has them, with the published and the handed-over ones) are not older by commit. Counted in one
+# snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds.
 _OLDER = ("SELECT (SELECT count(*) FROM outbox WHERE id < $1)"
           " > (SELECT count(*) FROM outbox WHERE id = ANY($2::bigint[]))")
 
@@ -121,6 +120,12 @@ class OutboxRelay:
         finally:
             await self.pool.release(listen_conn, timeout=5)
 
+    async def _older_committed(self, conn: asyncpg.Connection, rows: list) -> bool:
+        """Whether a committed row below `rows` is one this relay does not know (see `_OLDER`)."""
+        top = max(r.id for r in rows)
+        known = [i for i in (*self._to_delete, *(r.id for r in rows), *self._in_flight) if i < top]
+        return await conn.fetchval(_OLDER, top, known)
+
     async def _loop(self, conn: asyncpg.Connection) -> None:
         while True:
             if self._handed:
@@ -129,9 +134,7 @@ class OutboxRelay:
                     scanned = set(self._scanned)
                     self._handed = [r for r in self._handed if r.id not in scanned]
                 rows = list(self._handed)
-                top = max((r.id for r in rows), default=0)
-                known = [i for i in (*self._to_delete, *(r.id for r in rows), *self._in_flight) if i < top]
-                if rows and not await conn.fetchval(_OLDER, top, known):
+                if rows and not await self._older_committed(conn, rows):
                     del self._handed[:len(rows)]  # more may have been handed over meanwhile
                     await self._publish(rows)
                     self._to_delete += [r.id for r in rows]

@@ -1,6 +1,5 @@
--- The queue's two triggers, once a statement instead of once a row: a batch's acceptances write ~7
--- notifications a request and a confirmation ends a batch of 32, and a PL/pgSQL call per row was the larger
--- part of those statements' time (issue 11's measure, docs/performance.md, session 14). Same rule as 0007:
+-- The queue's two triggers, once a statement instead of once a row: an acceptance writes about seven
+-- notifications and a confirmation ends a batch of them, each row a PL/pgSQL call before. Same rule as 0007:
 -- a row written 'pending' is queued; a row leaving 'pending' leaves the queue. An UPDATE trigger with
 -- transition tables cannot name its columns, so it looks at every UPDATE and keeps the status moves.
 DROP TRIGGER notification_queued ON notifications;
