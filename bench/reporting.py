@@ -38,6 +38,11 @@ def report(results: dict) -> str:
     if p:
         lines += ["CPU ms per request at full speed: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(p["cpu_s_per_1k"].items(), key=lambda kv: -kv[1]))]
+    if writes := results.get("table_writes_per_request"):
+        lines += ["", "| table | inserted / req | updated / req | HOT share | deleted / req | seq scans / req"
+                      " | rows they read / req |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t} | {w['ins']} | {w['upd']} | {'-' if w['hot_share'] is None else w['hot_share']} | {w['del']}"
+                  f" | {w.get('seq_scans', '-')} | {w.get('seq_rows_read', '-')} |" for t, w in writes.items()]
     return "\n".join(lines)
 
 

@@ -107,3 +107,37 @@ def git_state() -> str:
         return head + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+_TABLE_WRITES = """
+SELECT schemaname || '.' || relname AS name, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del,
+       seq_scan, seq_tup_read
+FROM pg_stat_user_tables
+"""
+
+
+async def table_writes(database_url: str) -> dict[str, tuple[int, ...]]:
+    """Rows inserted, updated, updated HOT (no index touched) and deleted so far, and the sequential scans and
+    the rows they read, per schema.table.
+    PostgreSQL's backends publish their counts at most once a second: take it after a pause."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {r["name"]: (r["n_tup_ins"], r["n_tup_upd"], r["n_tup_hot_upd"], r["n_tup_del"], r["seq_scan"] or 0,
+                            r["seq_tup_read"] or 0) for r in await conn.fetch(_TABLE_WRITES)}
+    finally:
+        await conn.close()
+
+
+def writes_per_request(before: dict, after: dict, requests: int) -> dict[str, dict[str, float]]:
+    """What each table was written per request between two `table_writes`, the share of its updates that
+    were HOT, and the rows sequential scans read per request; tables neither written nor scanned left out."""
+    out = {}
+    for name, now in sorted(after.items()):
+        ins, upd, hot, dele, scans, scanned = (a - b for a, b in zip(now, before.get(name, (0,) * len(now))))
+        if ins or upd or dele or scans:
+            out[name] = {"ins": round(ins / requests, 2), "upd": round(upd / requests, 2),
+                         "del": round(dele / requests, 2), "hot_share": round(hot / upd, 2) if upd else None,
+                         "seq_scans": round(scans / requests, 2), "seq_rows_read": round(scanned / requests, 1)}
+    return out

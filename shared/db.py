@@ -65,11 +65,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog")
 
 
-async def create_pool(url: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections see only `schema` (and public) by default."""
+# A service's statements read by key, each with an index to serve it (tests/integration/test_plans.py).
+# asyncpg keeps every statement prepared, and PostgreSQL keeps the generic plan it made on a statement's first
+# executions: made while a table was still nearly empty (a fresh start, before autovacuum's first analyze),
+# that plan is a sequential scan, and it stays one as the table grows until an analyze replans it (the
+# dispatcher's confirmation read every notification so). With sequential scans off the plan takes the index
+# whatever the table's size; a statement that no index serves is still planned, as a sequential scan.
+_BY_KEY = {"enable_seqscan": "off"}
+
+
+async def create_pool(url: str, schema: str, *, max_size: int = 10, by_key: bool = False) -> asyncpg.Pool:
+    """A pool whose connections see only `schema` (and public) by default. `by_key`: for a service's own
+    statements, planned through their indexes (`_BY_KEY`); not for whole-table copies such as a rebuild's."""
     return await asyncpg.create_pool(
         url, min_size=1, max_size=max_size, init=_init_connection, reset=_reset_if_marked,
-        server_settings={"search_path": schema, "application_name": f"cancelflow-{schema}"},
+        server_settings={"search_path": schema, "application_name": f"cancelflow-{schema}",
+                         **(_BY_KEY if by_key else {})},
         command_timeout=30,
     )
 

@@ -115,7 +115,7 @@ class ServiceApp(AsgiFastStream):
 
         async def connect_db() -> asyncpg.Pool:
             await migrate(s.database_url, rt.schema, rt.service_dir)
-            return await create_pool(s.database_url, rt.schema, max_size=s.db_pool_max)
+            return await create_pool(s.database_url, rt.schema, max_size=s.db_pool_max, by_key=True)
 
         rt.pool = await until_it_works("database", connect_db)
         rt.waiting_for.remove("database")

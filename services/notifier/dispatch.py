@@ -73,11 +73,15 @@ WITH stale AS (
     UPDATE notification_queue q SET claimed_at = now()
     WHERE q.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING q.id
+), unflushed AS (
+    -- The claim's commit does not wait for the disk (see claim_due).
+    SELECT set_config('synchronous_commit', 'off', true)
 )
 SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, p.lane = 0 AS resent, r.contract_id,
        r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,
        q.paid_through, q.taken_offer, k.key_id AS data_key_id, k.key AS data_key
 FROM claimed c
+CROSS JOIN unflushed
 JOIN picked p USING (id)
 JOIN notifications n ON n.id = c.id
 JOIN recipients r ON r.request_id = n.request_id
@@ -105,8 +109,14 @@ WORKERS = 2  # dispatch batches running side by side
 
 async def claim_due(conn, now, most: int, lease_s: float | None) -> list:
     """Claim up to `most` due rows of the queue (expired leases first, then what a customer just did, then the
-    scheduled reminders) and return them with what their mails say; committed unless inside a transaction.
-    `lease_s` None leaves expired leases out (the index scan for them ends at once)."""
+    scheduled reminders) and return them with what their mails say, in a transaction of its own. `lease_s`
+    None leaves expired leases out (the index scan for them ends at once).
+
+    The claim's commit does not wait for its WAL to reach the disk (`synchronous_commit` off for it alone):
+    it is visible to every other notifier at once, and only a crash of PostgreSQL itself within a moment
+    of it can lose it. The row is then unclaimed, so it is sent again under the same Message-ID: the
+    at-least-once a notifier's death already causes. The confirmation, which emits notification.sent, waits
+    for the disk, and its flush carries the claim's WAL with it."""
     return await conn.fetch(_CLAIM, now, most, lease_s)
 
 

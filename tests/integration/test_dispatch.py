@@ -166,6 +166,38 @@ async def test_the_queue_holds_only_what_is_still_to_be_sent(notifier_schema):
                         ("R2", "data_export_reminder"): "pending", ("R2", "rich_menu_reminder"): "cancelled"}
 
 
+async def test_a_claim_commits_without_waiting_for_the_disk_and_a_confirmation_waits(notifier_schema):
+    """The claim's commit writes no WAL to the disk itself (it is sent again under its Message-ID if a crash of
+    PostgreSQL loses it); the confirmation, which emits notification.sent, flushes. Counted by this backend's
+    WAL fsyncs (PostgreSQL 18's per-backend I/O statistics)."""
+    from datetime import datetime, timedelta, timezone
+
+    from services.notifier.dispatch import _CONFIRM, claim_due
+
+    conn = notifier_schema
+    now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+    await conn.executemany("INSERT INTO recipients VALUES ($1, 'C-1', '山田', 'a@example.jp')",
+                           [(f"R{i}",) for i in range(5)])
+    await conn.executemany("INSERT INTO notifications (request_id, kind, due_at) VALUES ($1, 'acknowledgement', $2)",
+                           [(f"R{i}", now - timedelta(seconds=5 - i)) for i in range(5)])
+
+    async def fsyncs() -> int:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT 1")  # the statement after the one that asked publishes the counts
+        return await conn.fetchval("SELECT sum(fsyncs) FROM pg_stat_get_backend_io(pg_backend_pid())"
+                                   " WHERE object = 'wal'")
+
+    before = await fsyncs()
+    claimed = [row for _ in range(5) for row in await claim_due(conn, now, 1, 60)]
+    assert [r["request_id"] for r in claimed] == [f"R{i}" for i in range(5)]
+    after_claims = await fsyncs()
+    assert after_claims == before, "five claims committed, none waited for the disk"
+    assert await conn.fetchval("SHOW synchronous_commit") == "on", "for the claim's transaction alone"
+    for row in claimed:
+        assert await conn.fetch(_CONFIRM, [row["id"]], now, [f"<{row['request_id']}@cancelflow>"]) != []
+    assert await fsyncs() - after_claims >= 5, "each confirmation waited for the disk"
+
+
 async def test_the_queue_follows_statements_of_many_rows(notifier_schema):
     """The queue's triggers fire once a statement: a statement writing several rows queues exactly its pending
     ones, an update that moves no status leaves the queue alone, and the rebuild's upsert of a sent row

@@ -105,3 +105,37 @@ async def test_a_pass_reaches_its_rows_by_primary_key(schemas, name, table):
     finally:
         await conn.close()
     assert re.search(rf"Index Scan (?:using|on) {table}_pkey[^\n]*\n\s+Index Cond: \(\w+ = ANY \(\(InitPlan", plan), plan
+
+
+@pytest.mark.parametrize("by_key, scans", [(True, 0), (False, 1)])
+async def test_a_plan_made_on_an_empty_table_still_reads_by_key_once_the_table_has_grown(infra, by_key, scans):
+    """A service's pool (`by_key`): the dispatcher's confirmation, prepared and run while notifications was
+    empty, confirms one mail among 20,000 rows through the primary key. Without it, PostgreSQL keeps the
+    sequential scan it planned on the empty table (no analyze in between: autovacuum is off for the table)."""
+    from datetime import datetime, timezone
+
+    from services.notifier.dispatch import _CONFIRM
+    from shared.db import create_pool
+
+    now = datetime(2027, 3, 1, 1, 0, tzinfo=timezone.utc)
+    async with own_database(infra, "grown") as url:
+        await migrate(url, "notifier", REPO / "services" / "notifier")
+        pool = await create_pool(url, "notifier", max_size=1, by_key=by_key)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute("ALTER TABLE notifications SET (autovacuum_enabled = false)")
+                for _ in range(8):  # past the executions after which the generic plan is kept
+                    assert await conn.fetch(_CONFIRM, [1], now, ["<m@cancelflow>"]) == []
+                await conn.execute(
+                    "INSERT INTO notifications (request_id, kind, due_at, status) SELECT 'R' || i, 'acknowledgement',"
+                    " $1::timestamptz - i * interval '1 second', 'sent' FROM generate_series(1, 20000) AS i", now)
+                pending = await conn.fetchval("INSERT INTO notifications (request_id, kind, due_at)"
+                                              " VALUES ('R0', 'acknowledgement', $1) RETURNING id", now)
+                # This backend's scans of the table not yet published (nothing is published inside a transaction).
+                seq_scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'notifications'"
+                async with conn.transaction():
+                    before = await conn.fetchval(seq_scans)
+                    assert [r["id"] for r in await conn.fetch(_CONFIRM, [pending], now, ["<m@cancelflow>"])] == [pending]
+                    assert await conn.fetchval(seq_scans) - before == scans
+        finally:
+            await pool.close()
