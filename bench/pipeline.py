@@ -69,7 +69,7 @@ from profiling import finish_profilers, start_profilers  # noqa: E402
 from relay_baseline import RELAY_TOPICS, relay_hop, run_baseline  # noqa: E402
 from reporting import plot, report  # noqa: E402
 from mail_arrival import MailArrivals  # noqa: E402
-from sampling import Monitor, calibrate, git_state, table_writes, writes_per_request  # noqa: E402
+from sampling import Monitor, calibrate, git_state, table_counts, counts_per_request  # noqa: E402
 
 
 def _link_mail_dir(root: Path, target: Path | None) -> None:
@@ -149,7 +149,7 @@ async def run(args) -> dict:
             await sign_contracts(bootstrap, contracts)
             print(f"signed {total} contracts in {time.monotonic() - t:.1f} s", flush=True)
             pool = iter(enumerate(contracts))
-            writes_before = await table_writes(stack.database_url)
+            counts_before = await table_counts(stack.database_url)
 
             def take(n: int) -> list[tuple[str, bytes, bytes]]:
                 out = []
@@ -197,8 +197,8 @@ async def run(args) -> dict:
             results["notification_kinds"] = dict(collector.kinds)
             await asyncio.sleep(1.5)  # the backends' counts, published
             measured = sum(r["requests"] for r in results["pipeline"]) + warmup
-            results["table_writes_per_request"] = writes_per_request(
-                writes_before, await table_writes(stack.database_url), measured)
+            results["table_writes_per_request"] = counts_per_request(
+                counts_before, await table_counts(stack.database_url), measured)
             results["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in monitor.peak_rss.items()}
             ctask.cancel()
             await asyncio.gather(ctask, return_exceptions=True)

@@ -109,14 +109,14 @@ def git_state() -> str:
         return "unknown"
 
 
-_TABLE_WRITES = """
+_TABLE_COUNTS = """
 SELECT schemaname || '.' || relname AS name, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del,
        seq_scan, seq_tup_read
 FROM pg_stat_user_tables
 """
 
 
-async def table_writes(database_url: str) -> dict[str, tuple[int, ...]]:
+async def table_counts(database_url: str) -> dict[str, tuple[int, ...]]:
     """Rows inserted, updated, updated HOT (no index touched) and deleted so far, and the sequential scans and
     the rows they read, per schema.table.
     PostgreSQL's backends publish their counts at most once a second: take it after a pause."""
@@ -125,13 +125,13 @@ async def table_writes(database_url: str) -> dict[str, tuple[int, ...]]:
     conn = await asyncpg.connect(database_url)
     try:
         return {r["name"]: (r["n_tup_ins"], r["n_tup_upd"], r["n_tup_hot_upd"], r["n_tup_del"], r["seq_scan"] or 0,
-                            r["seq_tup_read"] or 0) for r in await conn.fetch(_TABLE_WRITES)}
+                            r["seq_tup_read"] or 0) for r in await conn.fetch(_TABLE_COUNTS)}
     finally:
         await conn.close()
 
 
-def writes_per_request(before: dict, after: dict, requests: int) -> dict[str, dict[str, float]]:
-    """What each table was written per request between two `table_writes`, the share of its updates that
+def counts_per_request(before: dict, after: dict, requests: int) -> dict[str, dict[str, float]]:
+    """What each table was written per request between two `table_counts`, the share of its updates that
     were HOT, and the rows sequential scans read per request; tables neither written nor scanned left out."""
     out = {}
     for name, now in sorted(after.items()):
