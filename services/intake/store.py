@@ -133,10 +133,16 @@ _MAY_MOVE_FROM = may_move_from()
 _KEY = "SELECT key_id, key FROM subject_keys WHERE contract_id = $1 AND key IS NOT NULL"
 _KEYS = ("SELECT contract_id, key_id, key FROM subject_keys WHERE contract_id = ANY($1::text[])"
          " AND key IS NOT NULL")
-_NEW_KEYS = ("INSERT INTO subject_keys (contract_id, key_id, key)"
-             " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (contract_id)"
-             " DO UPDATE SET key_id = coalesce(subject_keys.key_id, excluded.key_id),"
-             " key = coalesce(subject_keys.key, excluded.key) RETURNING contract_id, key_id, key")
+# One round trip: a key made for the contracts without one (new, or erased), the others' read in the same
+# statement (its snapshot does not see `made`'s rows). A contract whose key another transaction committed
+# after the snapshot is in neither half: the caller reads those with `_KEYS`.
+_DATA_KEYS = (
+    "WITH made AS (INSERT INTO subject_keys (contract_id, key_id, key)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT (contract_id)"
+    " DO UPDATE SET key_id = excluded.key_id, key = excluded.key WHERE subject_keys.key IS NULL"
+    " RETURNING contract_id, key_id, key)"
+    " SELECT contract_id, key_id, key FROM made UNION ALL"
+    " SELECT contract_id, key_id, key FROM subject_keys WHERE contract_id = ANY($1::text[]) AND key IS NOT NULL")
 _ERASE = (
     "INSERT INTO subject_keys (contract_id, erased_at) VALUES ($1, $2) ON CONFLICT (contract_id)"
     " DO UPDATE SET key_id = NULL, key = NULL, erased_at = excluded.erased_at",
@@ -284,12 +290,11 @@ class IntakeStore(Store):
         return (await self._data_keys([contract_id]))[contract_id]
 
     async def _data_keys(self, contract_ids: list[str]) -> dict[str, DataKey]:
-        """The contracts' data keys: one read, and one insert for those that have none (yet, or any more)."""
-        rows = list(await self.conn.fetch(_KEYS, contract_ids))
-        missing = sorted(set(contract_ids) - {r["contract_id"] for r in rows})
-        if missing:
-            rows += await self.conn.fetch(_NEW_KEYS, missing, [str(uuid.uuid4()) for _ in missing],
-                                          [new_key() for _ in missing])
+        """The contracts' data keys, made for those that have none (yet, or any more): one statement."""
+        rows = list(await self.conn.fetch(_DATA_KEYS, contract_ids, [str(uuid.uuid4()) for _ in contract_ids],
+                                          [new_key() for _ in contract_ids]))
+        if missing := sorted(set(contract_ids) - {r["contract_id"] for r in rows}):
+            rows += await self.conn.fetch(_KEYS, missing)
         return {r["contract_id"]: DataKey(r["contract_id"], r["key_id"], bytes(r["key"])) for r in rows}
 
     def erase(self, contract_id: str, at: datetime) -> None:
