@@ -35,6 +35,7 @@ from shared.messaging import inbox
 from shared.messaging.consumer import BatchConsumer, Subscription
 from shared.messaging.lag import lag_loop
 from shared.messaging.offsets import OffsetCommitter
+from shared.messaging.doorbell import Doorbell
 from shared.messaging.relay import OutboxRelay
 from shared.retry import until_it_works
 from shared.settings import ServiceSettings
@@ -56,6 +57,7 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     producer: AIOKafkaProducer | None = None
     relay: OutboxRelay | None = None
+    doorbell: Doorbell = field(default_factory=Doorbell)  # this process's NOTIFYs, heard here at commit
     waiting_for: list[str] = field(default_factory=lambda: ["database", "kafka"])
     started: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)

@@ -13,7 +13,8 @@ a crash leaves us not knowing. So a mail is sent at least once, and never twice 
   are counted (`cancelflow_notifications_resent_total`) and logged; only a notifier's death causes them.
 
 Throughput: `WORKERS` workers, each a batch at a time (SKIP LOCKED keeps them apart). `NOTIFY notifier_due`
-(the consumer scheduled something due now) wakes one idle worker, so what falls due while a batch is on the
+(the consumer scheduled something due now; this process's own consumer rings its doorbell at commit, other
+processes' come through LISTEN) wakes one idle worker, so what falls due while a batch is on the
 wire does not wait for it; each worker also polls every `dispatch_interval_s` for what falls due later
 (reminders, a moved clock); expired leases are looked for every few seconds.
 
@@ -210,7 +211,7 @@ def _text(row, recipient: Recipient) -> tuple[str, str]:
 async def _confirm(rt: Runtime, sent: list) -> None:
     """The mails the server accepted: 'sent', and their notification.sent, in one transaction."""
     sent_at = rt.clock.now()
-    async with rt.pool.acquire() as conn, outbox_transaction(conn, rt.schema, rt.relay) as outbox:
+    async with rt.pool.acquire() as conn, outbox_transaction(conn, rt.schema, rt.relay, rt.doorbell) as outbox:
         confirmed = {r["id"] for r in await conn.fetch(_CONFIRM, [row["id"] for row, _, _ in sent], sent_at,
                                                        [i for _, i, _ in sent])}
         for row, _, recipient in sent:
@@ -283,8 +284,9 @@ def dispatch_loop(settings: NotifierSettings):
         reclaim_every_s = min(5.0, settings.sending_lease_s / 2)
         next_reclaim = 0.0
 
-        def on_notify(*_: object) -> None:
-            wakeups.notify()
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if not rt.doorbell.rung_here(payload):  # this process's own commits ring the doorbell at once
+                wakeups.notify()
 
         async def drop_listener() -> None:
             """The wake-up connection back to the pool (reset in full there: it LISTENed), lost or not."""
@@ -333,9 +335,11 @@ def dispatch_loop(settings: NotifierSettings):
                     # A batch that was not full means nothing more was due a moment ago: a NOTIFY wakes us.
                     await wakeups.wait(settings.dispatch_interval_s)
 
+        rt.doorbell.listen(DUE_CHANNEL, wakeups.notify)
         try:
             await asyncio.gather(*(work(mailers) for mailers in workers))
         finally:
+            rt.doorbell.unlisten(DUE_CHANNEL, wakeups.notify)
             for mailers in workers:
                 for mailer in mailers:
                     mailer.close()

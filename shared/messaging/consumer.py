@@ -36,6 +36,7 @@ from shared.db import TRANSIENT_DB_ERRORS, is_lost
 from shared.events import Envelope, EventData, PoisonMessage, decode
 from shared.messaging import inbox
 from shared.messaging.deferral import BatchConnection
+from shared.messaging.doorbell import Doorbell
 from shared.messaging.dlq import dead_letter
 from shared.messaging.outbox import Emitter, Outbox, outbox_transaction
 from shared.messaging.relay import OutboxRelay
@@ -100,6 +101,7 @@ class Resources(Protocol):
     clock: Clock
     pool: asyncpg.Pool | None
     relay: OutboxRelay | None
+    doorbell: Doorbell
 
 
 class _RecordFailed(Exception):
@@ -151,7 +153,7 @@ class BatchConsumer:
     async def _transaction(self, raw: asyncpg.Connection) -> AsyncIterator[tuple[BatchConnection, Outbox, Store]]:
         """The batch's transaction, outbox and store; once it committed, its rows go to the relay."""
         conn = BatchConnection(raw)
-        outbox = Outbox(conn, self.resources.schema, self.resources.relay)
+        outbox = Outbox(conn, self.resources.schema, self.resources.relay, self.resources.doorbell)
         try:
             async with raw.transaction():
                 yield conn, outbox, self.store(conn, outbox)
@@ -280,5 +282,5 @@ async def store_transaction(resources: Resources, store: Callable[[BatchConnecti
     outbox rows are written just before the commit and handed to the relay after it."""
     async with resources.pool.acquire() as raw:
         conn = BatchConnection(raw)
-        async with outbox_transaction(conn, resources.schema, resources.relay) as outbox:
+        async with outbox_transaction(conn, resources.schema, resources.relay, resources.doorbell) as outbox:
             yield store(conn, outbox)

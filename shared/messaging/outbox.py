@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from shared.events import Envelope, EventData, new_envelope
+from shared.messaging.doorbell import Doorbell
 
 Header = tuple[str, str]
 
@@ -52,7 +53,7 @@ WITH added AS (
     ORDER BY n
     RETURNING id)
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM added) AS ids,
-       (SELECT count(pg_notify(c, '')) FROM unnest($5::text[]) AS c) AS notified
+       (SELECT count(pg_notify(c, $6)) FROM unnest($5::text[]) AS c) AS notified
 """
 
 
@@ -61,10 +62,12 @@ class Outbox:
     so "state + outbox in one transaction" holds with one round trip for the whole transaction. A record
     whose savepoint is rolled back is cut out with `mark()` / `rollback_to()`."""
 
-    def __init__(self, conn: Any, schema: str, relay: Relay | None = None) -> None:
+    def __init__(self, conn: Any, schema: str, relay: Relay | None = None, doorbell: Doorbell | None = None) -> None:
         self.conn = conn
         self.schema = schema
         self.relay = relay
+        self.doorbell = doorbell
+        self.rung: set[str] = set()  # NOTIFYed in this transaction, for the doorbell once it commits
         self.rows: list[tuple[str, bytes | None, bytes, Sequence[Header]]] = []
         self.channels: set[str] = set()
         self.written: list[OutboxRow] = []  # flushed in this transaction, for the relay once it commits
@@ -92,32 +95,39 @@ class Outbox:
         # Headers as JSON text: a list of pairs would be taken for a two-dimensional array.
         ids = await self.conn.fetchval(
             _INSERT_MANY, [r[0] for r in self.rows], [r[1] for r in self.rows], [r[2] for r in self.rows],
-            [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels))
+            [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels),
+            self.doorbell.token if self.doorbell is not None else "")
         if relay is not None and ids:
             relay.expect(ids)  # not committed yet: the relay must not read them back meanwhile
             self.written += [OutboxRow(i, *r) for i, r in zip(ids, self.rows)]
+        self.rung |= self.channels
         self.rows.clear()
         self.channels.clear()
 
     def committed(self) -> None:
-        """The transaction committed: the relay in this process publishes the rows now."""
+        """The transaction committed: the relay in this process publishes the rows now, and this process's
+        listeners of what it NOTIFYed hear it now."""
         written, self.written = self.written, []
+        rung, self.rung = self.rung, set()
         if written and self.relay is not None:
             self.relay.hand_over(written)
+        if rung and self.doorbell is not None:
+            self.doorbell.ring(rung)
 
     def abandoned(self) -> None:
-        """The transaction rolled back: its rows never existed."""
+        """The transaction rolled back: its rows never existed, its NOTIFYs never went out."""
         written, self.written = self.written, []
+        self.rung = set()
         if written and self.relay is not None:
             self.relay.forget([row.id for row in written])
 
 
 @asynccontextmanager
-async def outbox_transaction(conn: Any, schema: str, relay: Relay | None = None
+async def outbox_transaction(conn: Any, schema: str, relay: Relay | None = None, doorbell: Doorbell | None = None
                              ) -> AsyncIterator[Outbox]:
     """A transaction on `conn` with its outbox: the rows are written just before the commit and handed to
-    `relay` once it committed (forgotten if it rolled back)."""
-    outbox = Outbox(conn, schema, relay)
+    `relay` once it committed (forgotten if it rolled back), its NOTIFYs rung on `doorbell` too."""
+    outbox = Outbox(conn, schema, relay, doorbell)
     try:
         async with conn.transaction():
             yield outbox

@@ -11,6 +11,7 @@ import pytest
 from cancelflow import kafka_clients
 from cancelflow.infra.kafka import create_topics
 from shared.db import create_pool, migrate
+from shared.messaging.doorbell import Doorbell
 from shared.messaging.outbox import Outbox
 from shared.messaging.relay import OutboxRelay
 from services.intake.app import create_app
@@ -135,3 +136,30 @@ async def test_a_row_committed_elsewhere_goes_before_later_handed_over_rows_of_i
     gated.gate.set()
     values = await _published(bootstrap, topic, 3)
     assert values == [b"first-here", b"second-elsewhere", b"third-here"], "per key, commit order"
+
+
+async def test_a_notify_is_heard_here_at_commit_and_elsewhere_with_the_token(relay_setup):
+    """The process's own listener is rung as the transaction commits; a LISTEN connection (another process)
+    gets the NOTIFY with the token, so this process can tell its own from others'."""
+    _, pool, _, schema, _ = relay_setup
+    doorbell, rung = Doorbell(), []
+    doorbell.listen("doorbell_test", lambda: rung.append(1))
+    listener, payloads = await pool.acquire(), asyncio.Queue()
+
+    def on_notify(_conn, _pid, _channel, payload: str) -> None:
+        payloads.put_nowait(payload)
+
+    await listener.add_listener("doorbell_test", on_notify)
+    try:
+        async with pool.acquire() as conn:
+            outbox = Outbox(conn, schema, None, doorbell)
+            async with conn.transaction():
+                outbox.notify("doorbell_test")
+                await outbox.flush()
+            assert rung == []
+            outbox.committed()
+        assert rung == [1]
+        assert await asyncio.wait_for(payloads.get(), 10) == doorbell.token
+    finally:
+        await listener.remove_listener("doorbell_test", on_notify)
+        await pool.release(listener)

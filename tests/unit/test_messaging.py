@@ -11,6 +11,7 @@ import pytest
 from shared import topics
 from shared.events import WithdrawalRequested
 from shared.messaging.dlq import dead_letter
+from shared.messaging.doorbell import Doorbell
 from shared.messaging.outbox import Emitter, Outbox
 from shared.retry import until_it_works
 
@@ -35,6 +36,44 @@ def test_a_rolled_back_record_leaves_no_row_and_no_notify() -> None:
     outbox.notify("notifier_due")
     outbox.rollback_to(mark)
     assert [r[2] for r in outbox.rows] == [b"first"] and not outbox.channels
+
+
+class _Conn:
+    """Answers the outbox's one statement (no rows, so no ids) and keeps its parameters."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    async def fetchval(self, sql: str, *args: object) -> list[int]:
+        self.sent.append(args)
+        return []
+
+
+async def test_a_committed_transaction_rings_this_process_and_notifies_the_others_with_its_token() -> None:
+    doorbell, heard = Doorbell(), []
+    doorbell.listen("notifier_due", lambda: heard.append("due"))
+    conn = _Conn()
+    outbox = Outbox(conn, schema="notifier", doorbell=doorbell)
+    outbox.notify("notifier_due")
+    outbox.notify("notifier_due")
+    await outbox.flush()
+    assert heard == [], "not before the commit"
+    [args] = conn.sent
+    assert args[4] == ["notifier_due"] and args[5] == doorbell.token, "the NOTIFY's payload says who sent it"
+    outbox.committed()
+    assert heard == ["due"], "once, however often the transaction asked"
+    assert doorbell.rung_here(doorbell.token) and not doorbell.rung_here("") and not doorbell.rung_here(Doorbell().token)
+
+
+async def test_a_rolled_back_transaction_rings_nothing() -> None:
+    doorbell, heard = Doorbell(), []
+    doorbell.listen("notifier_due", lambda: heard.append("due"))
+    outbox = Outbox(_Conn(), schema="notifier", doorbell=doorbell)
+    outbox.notify("notifier_due")
+    await outbox.flush()
+    outbox.abandoned()
+    outbox.committed()
+    assert heard == []
 
 
 @dataclass
