@@ -26,14 +26,21 @@ log = logging.getLogger(__name__)
 # Rows the relay did not get from this process's transactions (other processes, or before a restart). The
 # ones this process is about to commit or has published but not deleted yet are left out by id.
 _SCAN = "SELECT id, topic, key, value, headers FROM outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2"
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# Published rows are deleted without waiting for the disk: a delete that a crash of PostgreSQL loses only
+# publishes its rows again, which consumers' inboxes drop (as after a crash between publishing and deleting).
+_DELETE = ("WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]))"
+           " SELECT set_config('synchronous_commit', 'off', true)")
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # A committed row older than the handed-over ones that this relay has not published (another instance's
 # commit, or this one's while its relay was not active): it goes first. This process's uncommitted rows
 # ($2 has them, with the published and the handed-over ones) are not older by commit. Counted in one
-# snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds.
-_OLDER = ("SELECT (SELECT count(*) FROM outbox WHERE id < $1)"
-          " > (SELECT count(*) FROM outbox WHERE id = ANY($2::bigint[]))")
+# snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds. The
+# rows published since the last check ($3) are deleted by the same statement, so what is counted is only
+# what the last moment wrote; its snapshot still sees them, and $2 counts them as known.
+_OLDER = ("WITH gone AS (DELETE FROM outbox WHERE id = ANY($3::bigint[])),"
+          " unflushed AS (SELECT set_config('synchronous_commit', 'off', true))"
+          " SELECT (SELECT count(*) FROM outbox WHERE id < $1)"
+          " > (SELECT count(*) FROM outbox WHERE id = ANY($2::bigint[])) FROM unflushed")
 
 
 def _lock_key(schema: str) -> int:
@@ -121,10 +128,13 @@ class OutboxRelay:
             await self.pool.release(listen_conn, timeout=5)
 
     async def _older_committed(self, conn: asyncpg.Connection, rows: list) -> bool:
-        """Whether a committed row below `rows` is one this relay does not know (see `_OLDER`)."""
+        """Whether a committed row below `rows` is one this relay does not know (see `_OLDER`); the rows
+        published so far are deleted meanwhile."""
         top = max(r.id for r in rows)
         known = [i for i in (*self._to_delete, *(r.id for r in rows), *self._in_flight) if i < top]
-        return await conn.fetchval(_OLDER, top, known)
+        older = await conn.fetchval(_OLDER, top, known, self._to_delete)
+        self._to_delete = []
+        return older
 
     async def _loop(self, conn: asyncpg.Connection) -> None:
         while True:

@@ -27,3 +27,12 @@ async def own_database(infra, prefix: str) -> AsyncIterator[str]:
         yield infra.admin_url(name)
     finally:
         await _as_admin(infra, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def wal_fsyncs(conn: asyncpg.Connection) -> int:
+    """How many times this connection's backend waited for its WAL to reach the disk (PostgreSQL 18's
+    per-backend I/O statistics)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT 1")  # the statement after the one that asked publishes the counts
+    return await conn.fetchval("SELECT sum(fsyncs) FROM pg_stat_get_backend_io(pg_backend_pid())"
+                               " WHERE object = 'wal'")

@@ -14,6 +14,7 @@ from cancelflow.infra.mailsink import Maildir, read_mail, serve
 from cancelflow.infra.ports import free_port
 from services.notifier.smtp_client import Mailer
 from services.notifier.settings import NotifierSettings
+from tests.integration.own_database import wal_fsyncs
 
 
 class MaildirHandler:
@@ -182,10 +183,7 @@ async def test_a_claim_commits_without_waiting_for_the_disk_and_a_confirmation_w
                            [(f"R{i}", now - timedelta(seconds=5 - i)) for i in range(5)])
 
     async def fsyncs() -> int:
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await conn.execute("SELECT 1")  # the statement after the one that asked publishes the counts
-        return await conn.fetchval("SELECT sum(fsyncs) FROM pg_stat_get_backend_io(pg_backend_pid())"
-                                   " WHERE object = 'wal'")
+        return await wal_fsyncs(conn)
 
     before = await fsyncs()
     claimed = [row for _ in range(5) for row in await claim_due(conn, now, 1, 60)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
 from cancelflow import kafka_clients
@@ -13,11 +14,11 @@ from cancelflow.infra.kafka import create_topics
 from shared.db import create_pool, migrate
 from shared.messaging.doorbell import Doorbell
 from shared.messaging.outbox import Outbox
-from shared.messaging.relay import OutboxRelay
+from shared.messaging.relay import _DELETE, _OLDER, OutboxRelay
 from services.intake.app import create_app
 from services.intake.settings import IntakeSettings
 
-from tests.integration.own_database import own_database
+from tests.integration.own_database import own_database, wal_fsyncs
 
 pytestmark = pytest.mark.integration
 
@@ -163,3 +164,33 @@ async def test_a_notify_is_heard_here_at_commit_and_elsewhere_with_the_token(rel
     finally:
         await listener.remove_listener("doorbell_test", on_notify)
         await pool.release(listener)
+
+
+@pytest.fixture
+async def outbox_only(infra):
+    """intake's schema on a database of its own, no relay running: the relay's statements by hand."""
+    async with own_database(infra, "relay_sql") as url:
+        await migrate(url, "intake", create_app(IntakeSettings(database_url=url, api_keys="k")).runtime.service_dir)
+        conn = await asyncpg.connect(url, server_settings={"search_path": "intake"})
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+async def test_the_in_order_check_deletes_what_was_published_and_neither_waits_for_the_disk(outbox_only):
+    conn = outbox_only
+    ids = [await conn.fetchval("INSERT INTO outbox (topic, key, value, headers) VALUES ('t', 'k', 'v', '[]')"
+                               " RETURNING id") for _ in range(6)]
+    before = await wal_fsyncs(conn)
+    # 0 and 1 published (deleted by the check), 2-4 known, 5 the handed-over top: nothing older unknown.
+    assert await conn.fetchval(_OLDER, ids[5], ids[:5], ids[:2]) is False
+    assert await conn.fetchval("SELECT array_agg(id ORDER BY id) FROM outbox") == ids[2:]
+    # 2 not known (another instance's commit): older.
+    assert await conn.fetchval(_OLDER, ids[5], ids[3:5], []) is True
+    await conn.execute(_DELETE, ids[2:])
+    assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await wal_fsyncs(conn) == before, "the relay's deletes do not wait for the disk"
+    assert await conn.fetchval("SHOW synchronous_commit") == "on", "for the relay's statements alone"
+    await conn.execute("INSERT INTO outbox (topic, key, value, headers) VALUES ('t', 'k', 'v', '[]')")
+    assert await wal_fsyncs(conn) > before, "a plain commit here does wait (the count is not blind)"
