@@ -194,3 +194,30 @@ async def test_the_in_order_check_deletes_what_was_published_and_neither_waits_f
     assert await conn.fetchval("SHOW synchronous_commit") == "on", "for the relay's statements alone"
     await conn.execute("INSERT INTO outbox (topic, key, value, headers) VALUES ('t', 'k', 'v', '[]')")
     assert await wal_fsyncs(conn) > before, "a plain commit here does wait (the count is not blind)"
+
+
+async def test_the_relay_vacuums_the_outbox_after_deleting_enough_rows(relay_setup):
+    """The deleted rows' index entries are what the in-order check and the scan step over; autovacuum comes
+    once a minute at best, so the relay vacuums the table itself."""
+    relay, pool, topic, schema, bootstrap = relay_setup
+    relay.VACUUM_EVERY = 30
+
+    async def vacuums() -> int:
+        return await pool.fetchval("SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = $1"
+                                   " AND relname = 'outbox'", schema)
+
+    assert await vacuums() == 0
+    for batch in range(8):
+        async with pool.acquire() as conn:
+            outbox = Outbox(conn, schema, relay)
+            async with conn.transaction():
+                for i in range(5):
+                    outbox.add(topic, b"k", f"{batch}-{i}".encode(), [("event_type", "test")])
+                await outbox.flush()
+            outbox.committed()
+    assert len(await _published(bootstrap, topic, 40)) == 40
+    for _ in range(100):
+        if await vacuums() >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await vacuums() >= 1
