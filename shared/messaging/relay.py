@@ -61,7 +61,7 @@ class OutboxRelay:
     DELETE_AFTER_S = 0.05   # ... or once nothing was handed over for this long
     # The table vacuumed by the relay each time it has deleted this many rows: the in-order check and the
     # scan read the index from its start, where the deleted rows' entries stay until a vacuum, and
-    # autovacuum comes once a minute at best (at 100 requests/s, 6,000 dead rows: milliseconds a check).
+    # autovacuum comes once a minute at best (a minute at 100 requests/s leaves 6,000 of them).
     VACUUM_EVERY = 1000
 
     def __init__(self, *, pool: asyncpg.Pool, producer: AIOKafkaProducer, schema: str, service: str,
