@@ -15,6 +15,11 @@ log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
+# A CTE's body: the statement's own transaction commits without waiting for its WAL to reach the disk. Only
+# for writes whose loss in a crash of PostgreSQL repeats work that is safe to repeat (a claim, a delete of
+# rows already published).
+UNFLUSHED = "SELECT set_config('synchronous_commit', 'off', true)"
+
 def is_lost(conn: asyncpg.Connection) -> bool:
     """True when a pooled connection is closed, or was taken back by its pool: asyncpg does that when the
     server closes it (a PostgreSQL restart), and a kept proxy then refuses every call. Acquire a new one."""

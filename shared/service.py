@@ -33,9 +33,9 @@ from shared.jsonlog import configure_logging
 from shared.kafka_connection import MAX_REQUEST_BYTES
 from shared.messaging import inbox
 from shared.messaging.consumer import BatchConsumer, Subscription
+from shared.messaging.doorbell import Doorbell
 from shared.messaging.lag import lag_loop
 from shared.messaging.offsets import OffsetCommitter
-from shared.messaging.doorbell import Doorbell
 from shared.messaging.relay import OutboxRelay
 from shared.retry import until_it_works
 from shared.settings import ServiceSettings

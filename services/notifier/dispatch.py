@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from shared import metrics
-from shared.db import is_lost, keeps_session_state
+from shared.db import UNFLUSHED, is_lost, keeps_session_state
 from shared.events import NotificationSent
 from shared.messaging.outbox import Emitter, outbox_transaction
 from shared.service import Runtime
@@ -76,7 +76,7 @@ WITH stale AS (
     RETURNING q.id
 ), unflushed AS (
     -- The claim's commit does not wait for the disk (see claim_due).
-    SELECT set_config('synchronous_commit', 'off', true)
+    """ + UNFLUSHED + """
 )
 SELECT n.id, n.request_id, n.kind, n.due_at, n.days_before, p.lane = 0 AS resent, r.contract_id,
        r.customer_name, r.email, r.customer_sealed, q.effective_date, q.offers, q.codes, q.earliest_effective_date, q.total_jpy,

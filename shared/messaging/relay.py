@@ -16,7 +16,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from shared import metrics
-from shared.db import is_lost, keeps_session_state
+from shared.db import UNFLUSHED, is_lost, keeps_session_state
 from shared.messaging.outbox import OutboxRow, channel
 from shared.retry import backing_off
 
@@ -28,17 +28,16 @@ log = logging.getLogger(__name__)
 _SCAN = "SELECT id, topic, key, value, headers FROM outbox WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2"
 # Published rows are deleted without waiting for the disk: a delete that a crash of PostgreSQL loses only
 # publishes its rows again, which consumers' inboxes drop (as after a crash between publishing and deleting).
-_DELETE = ("WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]))"
-           " SELECT set_config('synchronous_commit', 'off', true)")
+_DELETE = f"WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])) {UNFLUSHED}"
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # A committed row older than the handed-over ones that this relay has not published (another instance's
 # commit, or this one's while its relay was not active): it goes first. This process's uncommitted rows
 # ($2 has them, with the published and the handed-over ones) are not older by commit. Counted in one
 # snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds. The
-# rows published since the last check ($3) are deleted by the same statement, so what is counted is only
-# what the last moment wrote; its snapshot still sees them, and $2 counts them as known.
+# rows published since the last check ($3) are deleted by the same statement, in its round trip rather than
+# one of their own; its snapshot still sees them, and $2 counts them as known.
 _OLDER = ("WITH gone AS (DELETE FROM outbox WHERE id = ANY($3::bigint[])),"
-          " unflushed AS (SELECT set_config('synchronous_commit', 'off', true))"
+          f" unflushed AS ({UNFLUSHED})"
           " SELECT (SELECT count(*) FROM outbox WHERE id < $1)"
           " > (SELECT count(*) FROM outbox WHERE id = ANY($2::bigint[])) FROM unflushed")
 
@@ -141,7 +140,7 @@ class OutboxRelay:
         top = max(r.id for r in rows)
         known = [i for i in (*self._to_delete, *(r.id for r in rows), *self._in_flight) if i < top]
         older = await conn.fetchval(_OLDER, top, known, self._to_delete)
-        self._deleted_some(len(self._to_delete))
+        self._published_rows_deleted()
         return older
 
     async def _loop(self, conn: asyncpg.Connection) -> None:
@@ -187,11 +186,12 @@ class OutboxRelay:
     async def _delete(self, conn: asyncpg.Connection) -> None:
         if self._to_delete:
             await conn.execute(_DELETE, self._to_delete)
-            self._deleted_some(len(self._to_delete))
+            self._published_rows_deleted()
 
-    def _deleted_some(self, n: int) -> None:
+    def _published_rows_deleted(self) -> None:
+        """`_to_delete` is gone from the table: counted towards the next vacuum."""
+        self._deleted += len(self._to_delete)
         self._to_delete = []
-        self._deleted += n
         if self._deleted >= self.VACUUM_EVERY and (self._vacuum is None or self._vacuum.done()):
             self._deleted = 0
             self._vacuum = asyncio.create_task(self._vacuum_outbox(), name=f"{self.service}-outbox-vacuum")
