@@ -38,10 +38,12 @@ class Relay(Protocol):
     """What a transaction tells the relay of its process (shared.messaging.relay.OutboxRelay)."""
 
     active: bool
+    epoch: int  # counts the relay's activations: what it knew in an earlier one it may have dropped since
 
+    def known(self) -> list[int]: ...
     def expect(self, ids: Sequence[int]) -> None: ...
     def forget(self, ids: Sequence[int]) -> None: ...
-    def hand_over(self, rows: Sequence[OutboxRow]) -> None: ...
+    def hand_over(self, rows: Sequence[OutboxRow], *, in_order_at: int | None = None) -> None: ...
 
 
 # Many rows in the order they were added (ids follow that order), then the NOTIFYs: one round trip that
@@ -53,8 +55,17 @@ WITH added AS (
     ORDER BY n
     RETURNING id)
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM added) AS ids,
-       (SELECT count(pg_notify(c, $6)) FROM unnest($5::text[]) AS c) AS notified
-"""
+       (SELECT count(pg_notify(c, $6)) FROM unnest($5::text[]) AS c) AS notified"""
+# With this process's relay active, the same round trip tells whether a committed row is in the table that
+# the relay does not know ($7): another instance's commit, or this process's while its relay was not active.
+# The statement's snapshot is the transaction's last, and its own rows are not in it: a row committed before
+# it is seen here. One committed after it, before this transaction's commit, had no lock or record in common
+# with it (either would have made one wait for the other's commit before this statement): no order between
+# the two to keep. So the relay publishes these rows as soon as they are handed over, without a check of its
+# own, unless this says otherwise.
+_INSERT_CHECKED = _INSERT_MANY + """,
+       EXISTS (SELECT FROM outbox o WHERE NOT EXISTS (SELECT FROM unnest($7::bigint[]) AS k(id) WHERE k.id = o.id))
+           AS older"""
 
 
 class Outbox:
@@ -71,6 +82,10 @@ class Outbox:
         self.rows: list[tuple[str, bytes | None, bytes, Sequence[Header]]] = []
         self.channels: set[str] = set()
         self.written: list[OutboxRow] = []  # flushed in this transaction, for the relay once it commits
+        # The relay's epoch in which every flush of this transaction found no older row it does not know;
+        # None once one found one (or flushed in another epoch).
+        self.in_order_at: int | None = None
+        self._flushed = False
 
     def add(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[Header] = ()) -> None:
         self.rows.append((topic, key, value, headers))
@@ -93,13 +108,18 @@ class Outbox:
         if not self.channels and not self.rows:
             return
         # Headers as JSON text: a list of pairs would be taken for a two-dimensional array.
-        ids = await self.conn.fetchval(
-            _INSERT_MANY, [r[0] for r in self.rows], [r[1] for r in self.rows], [r[2] for r in self.rows],
-            [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels),
-            self.doorbell.token if self.doorbell is not None else "")
-        if relay is not None and ids:
+        args = ([r[0] for r in self.rows], [r[1] for r in self.rows], [r[2] for r in self.rows],
+                [orjson.dumps([list(h) for h in r[3]]).decode() for r in self.rows], sorted(self.channels),
+                self.doorbell.token if self.doorbell is not None else "")
+        if relay is not None and self.rows:
+            epoch = relay.epoch  # with what it knows, before the statement's snapshot is taken
+            ids, _, older = await self.conn.fetchrow(_INSERT_CHECKED, *args, relay.known())
             relay.expect(ids)  # not committed yet: the relay must not read them back meanwhile
             self.written += [OutboxRow(i, *r) for i, r in zip(ids, self.rows)]
+            in_order = not older and (not self._flushed or self.in_order_at == epoch)
+            self.in_order_at, self._flushed = (epoch if in_order else None), True
+        else:
+            await self.conn.fetchval(_INSERT_MANY, *args)
         self.rung |= self.channels
         self.rows.clear()
         self.channels.clear()
@@ -110,7 +130,7 @@ class Outbox:
         written, self.written = self.written, []
         rung, self.rung = self.rung, set()
         if written and self.relay is not None:
-            self.relay.hand_over(written)
+            self.relay.hand_over(written, in_order_at=self.in_order_at)
         if rung and self.doorbell is not None:
             self.doorbell.ring(rung)
 

@@ -31,7 +31,8 @@ _SCAN = "SELECT id, topic, key, value, headers FROM outbox WHERE id <> ALL($1::b
 _DELETE = f"WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])) {UNFLUSHED}"
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # A committed row older than the handed-over ones that this relay has not published (another instance's
-# commit, or this one's while its relay was not active): it goes first. This process's uncommitted rows
+# commit, or this one's while its relay was not active): it goes first. Checked here only for rows whose
+# transaction did not check it in its own outbox INSERT (shared.messaging.outbox._INSERT_CHECKED). This process's uncommitted rows
 # ($2 has them, with the published and the handed-over ones) are not older by commit. Counted in one
 # snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds. The
 # rows published since the last check ($3) are deleted by the same statement, in its round trip rather than
@@ -54,9 +55,12 @@ class OutboxRelay:
     `poll_ms`. A crash between publishing and deleting publishes a row again: consumers' inboxes skip it.
     Only one relay per schema publishes (an advisory lock), and it publishes in id order: handed-over rows
     wait while an older row is in the table (a partition's earlier records committed by another instance
-    before a rebalance gave it to this one), so per-key order is commit order whoever committed."""
+    before a rebalance gave it to this one), so per-key order is commit order whoever committed. A
+    transaction of this process looks for such a row in its own outbox INSERT, against what the relay knows
+    (`known`), so its rows normally go without a check of the relay's own."""
 
-    DELETE_EVERY = 200      # published rows deleted together ...
+    # Published rows deleted together (every transaction's in-order check reads the rows still there) ...
+    DELETE_EVERY = 50
     DELETE_AFTER_S = 0.05   # ... or once nothing was handed over for this long
     # The table vacuumed by the relay each time it has deleted this many rows: the in-order check and the
     # scan read the index from its start, where the deleted rows' entries stay until a vacuum, and
@@ -73,6 +77,7 @@ class OutboxRelay:
         self.poll_s = poll_ms / 1000
         self._wake = asyncio.Event()
         self.published = 0
+        self.checked = 0              # handed-over batches the relay checked itself (their transaction did not)
         self.active = False           # holds the lock: transactions may hand their rows over
         self._in_flight: set[int] = set()   # written by a transaction of this process not ended yet
         self._handed: list = []              # committed, handed over, not published yet
@@ -81,17 +86,29 @@ class OutboxRelay:
         self._scan = True
         self._deleted = 0                    # since the last vacuum
         self._vacuum: asyncio.Task | None = None
+        self.epoch = 0                       # activations: a transaction's check holds within one
+        self._publishing: list[int] = []     # sent, not acknowledged yet
+        self._unchecked: set[int] = set()    # handed over without their transaction's check
 
     # --- what transactions of this process tell the relay -------------------------------------
+    def known(self) -> list[int]:
+        """The rows of this process's transactions that the relay publishes or has published: any other
+        committed row in the table is older work it has to read back first."""
+        return [*self._in_flight, *(r.id for r in self._handed), *self._publishing, *self._to_delete]
+
     def expect(self, ids: Sequence[int]) -> None:
         self._in_flight.update(ids)
 
     def forget(self, ids: Sequence[int]) -> None:
         self._in_flight.difference_update(ids)
 
-    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+    def hand_over(self, rows: Sequence[OutboxRow], *, in_order_at: int | None = None) -> None:
+        """Rows of a committed transaction. `in_order_at`: the epoch in which its outbox INSERT found no
+        committed row this relay does not know; otherwise the relay checks before publishing them."""
         for row in rows:
             self._in_flight.discard(row.id)
+        if in_order_at != self.epoch:
+            self._unchecked.update(row.id for row in rows)
         self._handed.extend(rows)
         self._wake.set()
 
@@ -121,6 +138,8 @@ class OutboxRelay:
             await listen_conn.add_listener(channel(self.schema), on_notify)
             # Whatever was handed over before (a lost connection) is in the table: read it from there.
             self._handed, self._to_delete, self._scan = [], [], True
+            self._unchecked.clear()
+            self.epoch += 1
             self.active = True
             try:
                 await self._loop(listen_conn)
@@ -140,6 +159,7 @@ class OutboxRelay:
         top = max(r.id for r in rows)
         known = [i for i in (*self._to_delete, *(r.id for r in rows), *self._in_flight) if i < top]
         older = await conn.fetchval(_OLDER, top, known, self._to_delete)
+        self.checked += 1
         self._published_rows_deleted()
         return older
 
@@ -150,9 +170,12 @@ class OutboxRelay:
                     # A commit that landed just as a scan read the table: already published by the scan.
                     scanned = set(self._scanned)
                     self._handed = [r for r in self._handed if r.id not in scanned]
+                    self._unchecked.difference_update(scanned)
                 rows = list(self._handed)
-                if rows and not await self._older_committed(conn, rows):
+                if rows and (self._unchecked.isdisjoint(r.id for r in rows)
+                             or not await self._older_committed(conn, rows)):
                     del self._handed[:len(rows)]  # more may have been handed over meanwhile
+                    self._unchecked.difference_update(r.id for r in rows)
                     await self._publish(rows)
                     self._to_delete += [r.id for r in rows]
                     if len(self._to_delete) >= self.DELETE_EVERY:
@@ -207,10 +230,14 @@ class OutboxRelay:
     async def _publish(self, rows: Sequence[OutboxRow]) -> None:
         """Send rows in order and wait until Kafka acknowledged every one (idempotent producer, acks=all)."""
         futures = []
-        for row in rows:
-            futures.append(await self.producer.send(row.topic, row.value, key=row.key,
-                                                    headers=[(k, v.encode()) for k, v in row.headers]))
-        await asyncio.gather(*futures)
+        self._publishing = [r.id for r in rows]
+        try:
+            for row in rows:
+                futures.append(await self.producer.send(row.topic, row.value, key=row.key,
+                                                        headers=[(k, v.encode()) for k, v in row.headers]))
+            await asyncio.gather(*futures)
+        finally:
+            self._publishing = []
         for row in rows:
             metrics.PRODUCED.labels(self.service, row.topic).inc()
         self.published += len(rows)

@@ -13,8 +13,8 @@ from cancelflow import kafka_clients
 from cancelflow.infra.kafka import create_topics
 from shared.db import create_pool, migrate
 from shared.messaging.doorbell import Doorbell
-from shared.messaging.outbox import Outbox
-from shared.messaging.relay import _DELETE, _OLDER, OutboxRelay
+from shared.messaging.outbox import _INSERT_CHECKED, Outbox
+from shared.messaging.relay import _DELETE, _OLDER, OutboxRelay, _lock_key
 from services.intake.app import create_app
 from services.intake.settings import IntakeSettings
 
@@ -137,6 +137,49 @@ async def test_a_row_committed_elsewhere_goes_before_later_handed_over_rows_of_i
     gated.gate.set()
     values = await _published(bootstrap, topic, 3)
     assert values == [b"first-here", b"second-elsewhere", b"third-here"], "per key, commit order"
+    assert relay.checked >= 1, "the third's INSERT saw the second: the relay checked before publishing it"
+
+
+async def _write_here(pool: asyncpg.Pool, relay: OutboxRelay, schema: str, topic: str, value: bytes) -> None:
+    async with pool.acquire() as conn:
+        outbox = Outbox(conn, schema, relay)
+        async with conn.transaction():
+            outbox.add(topic, b"contract-1", value, [("event_type", "test")])
+            await outbox.flush()
+        outbox.committed()
+
+
+async def test_rows_whose_insert_found_nothing_older_go_without_a_check_of_the_relay(relay_setup):
+    """The common case, one instance: each transaction's own INSERT vouches for its rows, so the relay
+    publishes them as they are handed over, with no round trip of its own between the commit and Kafka."""
+    relay, pool, topic, schema, bootstrap = relay_setup
+    for value in (b"a", b"b", b"c"):
+        await _write_here(pool, relay, schema, topic, value)
+    assert await _published(bootstrap, topic, 3) == [b"a", b"b", b"c"]
+    assert relay.checked == 0
+
+
+async def test_a_transaction_checked_before_its_relay_started_again_is_checked_by_the_relay(relay_setup):
+    """What the relay knew when the INSERT looked holds for that activation only: after the relay lost its
+    lock (its connection) and took it again, rows vouched for before are checked by the relay itself."""
+    relay, pool, topic, schema, bootstrap = relay_setup
+    epoch = relay.epoch
+    async with pool.acquire() as conn:
+        outbox = Outbox(conn, schema, relay)
+        async with conn.transaction():
+            outbox.add(topic, b"contract-1", b"vouched-before", [("event_type", "test")])
+            await outbox.flush()
+            assert outbox.in_order_at == epoch
+            await pool.execute("SELECT pg_terminate_backend(pid) FROM pg_locks"
+                               " WHERE locktype = 'advisory' AND objid = $1::bigint", _lock_key(schema) & 0xFFFFFFFF)
+            for _ in range(200):
+                if relay.active and relay.epoch > epoch:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.epoch > epoch, "the relay took its lock again"
+        outbox.committed()
+    assert await _published(bootstrap, topic, 1) == [b"vouched-before"]
+    assert relay.checked == 1
 
 
 async def test_a_notify_is_heard_here_at_commit_and_elsewhere_with_the_token(relay_setup):
@@ -167,15 +210,46 @@ async def test_a_notify_is_heard_here_at_commit_and_elsewhere_with_the_token(rel
 
 
 @pytest.fixture
-async def outbox_only(infra):
+async def outbox_url(infra):
     """intake's schema on a database of its own, no relay running: the relay's statements by hand."""
     async with own_database(infra, "relay_sql") as url:
         await migrate(url, "intake", create_app(IntakeSettings(database_url=url, api_keys="k")).runtime.service_dir)
-        conn = await asyncpg.connect(url, server_settings={"search_path": "intake"})
-        try:
-            yield conn
-        finally:
-            await conn.close()
+        yield url
+
+
+@pytest.fixture
+async def outbox_only(outbox_url):
+    conn = await asyncpg.connect(outbox_url, server_settings={"search_path": "intake"})
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_the_insert_finds_a_committed_row_the_relay_does_not_know(outbox_url, outbox_only):
+    conn = outbox_only
+    insert = "INSERT INTO outbox (topic, key, value, headers) VALUES ('t', 'k', 'v', '[]') RETURNING id"
+    known = [await conn.fetchval(insert) for _ in range(3)]
+
+    async def older(known: list[int]) -> bool:
+        async with conn.transaction():
+            ids, _, found = await conn.fetchrow(_INSERT_CHECKED, ["t"], [b"k"], [b"v"], ["[]"], [], "", known)
+            assert len(ids) == 1 and ids[0] not in known
+        return found
+
+    assert await older(known) is False, "every committed row known (its own row is not among them)"
+    assert await older(known) is True, "the row the previous call committed is not known"
+    known = [i for (i,) in await conn.fetch("SELECT id FROM outbox")]
+    other = await asyncpg.connect(outbox_url, server_settings={"search_path": "intake"})
+    try:
+        async with other.transaction():
+            await other.fetchval(insert)  # another transaction's row, not committed yet: not older
+            assert await older(known) is False
+    finally:
+        await other.close()
+    assert await older(known) is True, "committed now (and the previous call's row)"
+
+
 
 
 async def test_the_in_order_check_deletes_what_was_published_and_neither_waits_for_the_disk(outbox_only):
