@@ -32,8 +32,9 @@ _DELETE = f"WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[])) {UNFL
 _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # A committed row older than the handed-over ones that this relay has not published (another instance's
 # commit, or this one's while its relay was not active): it goes first. Checked here only for rows whose
-# transaction did not check it in its own outbox INSERT (shared.messaging.outbox._INSERT_CHECKED). This process's uncommitted rows
-# ($2 has them, with the published and the handed-over ones) are not older by commit. Counted in one
+# transaction did not check it in its own outbox INSERT (shared.messaging.outbox._INSERT_CHECKED). This
+# process's uncommitted rows ($2 has them, with the published and the handed-over ones) are not older by
+# commit. Counted in one
 # snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds. The
 # rows published since the last check ($3) are deleted by the same statement, in its round trip rather than
 # one of their own; its snapshot still sees them, and $2 counts them as known.
@@ -92,8 +93,8 @@ class OutboxRelay:
 
     # --- what transactions of this process tell the relay -------------------------------------
     def known(self) -> list[int]:
-        """The rows of this process's transactions that the relay publishes or has published: any other
-        committed row in the table is older work it has to read back first."""
+        """The rows in flight in this process's transactions, and those the relay is to publish, is
+        publishing or has published: any other committed row in the table it has to read back first."""
         return [*self._in_flight, *(r.id for r in self._handed), *self._publishing, *self._to_delete]
 
     def expect(self, ids: Sequence[int]) -> None:
