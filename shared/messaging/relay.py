@@ -34,10 +34,9 @@ _NEXT = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
 # commit, or this one's while its relay was not active): it goes first. Checked here only for rows whose
 # transaction did not check it in its own outbox INSERT (shared.messaging.outbox._INSERT_CHECKED). This
 # process's uncommitted rows ($2 has them, with the published and the handed-over ones) are not older by
-# commit. Counted in one
-# snapshot: `id <> ALL($2)` would compare every row below with every known id, hundreds by hundreds. The
-# rows published since the last check ($3) are deleted by the same statement, in its round trip rather than
-# one of their own; its snapshot still sees them, and $2 counts them as known.
+# commit. Counted in one snapshot: `id <> ALL($2)` would compare every row below with every known id,
+# hundreds by hundreds. The rows published since the last check ($3) are deleted by the same statement, in
+# its round trip rather than one of their own; its snapshot still sees them, and $2 counts them as known.
 _OLDER = ("WITH gone AS (DELETE FROM outbox WHERE id = ANY($3::bigint[])),"
           f" unflushed AS ({UNFLUSHED})"
           " SELECT (SELECT count(*) FROM outbox WHERE id < $1)"

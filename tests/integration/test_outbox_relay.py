@@ -113,34 +113,8 @@ class _GatedProducer:
         return await self.producer.send(*args, **kwargs)
 
 
-async def test_a_row_committed_elsewhere_goes_before_later_handed_over_rows_of_its_key(relay_setup):
-    """Found by the chaos run: the partition's earlier record was committed by another instance (a row only
-    in the table), its next one by the relay's own process after a rebalance (handed over); the handed-over
-    row was published first, so the contract's two requests were on the topic in the wrong order."""
-    relay, pool, topic, schema, bootstrap = relay_setup
-    gated = _GatedProducer(relay.producer)
-    relay.producer = gated
-
-    async def write(value: bytes, *, hand_over: bool) -> None:
-        async with pool.acquire() as conn:
-            outbox = Outbox(conn, schema, relay if hand_over else None)
-            async with conn.transaction():
-                outbox.add(topic, b"contract-1", value, [("event_type", "test")])
-                await outbox.flush()
-            outbox.committed()
-
-    await write(b"first-here", hand_over=True)
-    await asyncio.wait_for(gated.waiting.wait(), 10)  # the relay is publishing it, held at the gate
-    await write(b"second-elsewhere", hand_over=False)  # another instance's commit: in the table, NOTIFY
-    await write(b"third-here", hand_over=True)
-    await asyncio.sleep(0.3)  # the NOTIFY is in; without it the order must hold just the same
-    gated.gate.set()
-    values = await _published(bootstrap, topic, 3)
-    assert values == [b"first-here", b"second-elsewhere", b"third-here"], "per key, commit order"
-    assert relay.checked >= 1, "the third's INSERT saw the second: the relay checked before publishing it"
-
-
-async def _write_here(pool: asyncpg.Pool, relay: OutboxRelay, schema: str, topic: str, value: bytes) -> None:
+async def _write(pool: asyncpg.Pool, relay: OutboxRelay | None, schema: str, topic: str, value: bytes) -> None:
+    """One row for contract-1 in a transaction of its own: handed over to `relay`, or (None) only in the table."""
     async with pool.acquire() as conn:
         outbox = Outbox(conn, schema, relay)
         async with conn.transaction():
@@ -149,12 +123,31 @@ async def _write_here(pool: asyncpg.Pool, relay: OutboxRelay, schema: str, topic
         outbox.committed()
 
 
+async def test_a_row_committed_elsewhere_goes_before_later_handed_over_rows_of_its_key(relay_setup):
+    """Found by the chaos run: the partition's earlier record was committed by another instance (a row only
+    in the table), its next one by the relay's own process after a rebalance (handed over); the handed-over
+    row was published first, so the contract's two requests were on the topic in the wrong order."""
+    relay, pool, topic, schema, bootstrap = relay_setup
+    gated = _GatedProducer(relay.producer)
+    relay.producer = gated
+
+    await _write(pool, relay, schema, topic, b"first-here")
+    await asyncio.wait_for(gated.waiting.wait(), 10)  # the relay is publishing it, held at the gate
+    await _write(pool, None, schema, topic, b"second-elsewhere")  # another instance's commit: in the table, NOTIFY
+    await _write(pool, relay, schema, topic, b"third-here")
+    await asyncio.sleep(0.3)  # the NOTIFY is in; without it the order must hold just the same
+    gated.gate.set()
+    values = await _published(bootstrap, topic, 3)
+    assert values == [b"first-here", b"second-elsewhere", b"third-here"], "per key, commit order"
+    assert relay.checked >= 1, "the third's INSERT saw the second: the relay checked before publishing it"
+
+
 async def test_rows_whose_insert_found_nothing_older_go_without_a_check_of_the_relay(relay_setup):
     """The common case, one instance: each transaction's own INSERT vouches for its rows, so the relay
     publishes them as they are handed over, with no round trip of its own between the commit and Kafka."""
     relay, pool, topic, schema, bootstrap = relay_setup
     for value in (b"a", b"b", b"c"):
-        await _write_here(pool, relay, schema, topic, value)
+        await _write(pool, relay, schema, topic, value)
     assert await _published(bootstrap, topic, 3) == [b"a", b"b", b"c"]
     assert relay.checked == 0
 
